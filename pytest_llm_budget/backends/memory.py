@@ -1,0 +1,27 @@
+"""In-process backend: the windows live in a dict guarded by one lock (the default without xdist)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..window import WindowState
+from .base import StateBackend
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(StateBackend):
+    """Thread-safe windows for one process."""
+
+    description = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, WindowState] = {}
+
+    @contextmanager
+    def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
+        with self._lock:
+            yield self._states.setdefault(bucket, WindowState())

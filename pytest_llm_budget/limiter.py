@@ -1,0 +1,326 @@
+"""The session token limiter: reservations against per-bucket sliding windows (TPM, RPM, concurrency).
+
+A caller reserves its estimate before a request leaves, and settles the provider-reported usage
+when the answer is in. The window itself lives in a backend (memory, file, Redis); this module
+owns the waiting, the bookkeeping of waits and 429s, and the bucket each (vendor, model) maps to.
+Clock and sleep are injected so tests run on a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import itertools
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+
+from .backends.base import Backend
+from .errors import BudgetWaitTimeout, RequestTooLarge
+from .window import Admitted, Limits, WindowSnapshot
+
+__all__ = [
+    "BucketStats",
+    "Limiter",
+    "LimitRule",
+    "Reservation",
+    "SystemClock",
+]
+
+#: Tokens a bucket is charged for every 429 it receives (the seed's penalty).
+RATE_LIMIT_PENALTY = 1000
+
+
+@dataclass(frozen=True)
+class LimitRule:
+    """One `vendor:model tpm=N rpm=M` line: calls whose vendor and model match share a budget."""
+
+    vendor: str = "*"
+    model: str = "*"
+    tpm: int = 30000
+    rpm: int | None = None
+
+    def matches(self, vendor: str, model: str) -> bool:
+        """Glob match on vendor and model (case-insensitive)."""
+        return fnmatch.fnmatchcase(vendor.lower(), self.vendor.lower()) and fnmatch.fnmatchcase(
+            model.lower(), self.model.lower()
+        )
+
+    def bucket_name(self, vendor: str) -> str:
+        """A bucket is (rule, vendor): a wildcard vendor gives each vendor its own bucket."""
+        return f"{vendor}:{self.model}"
+
+    def __str__(self) -> str:
+        rpm = f" rpm={self.rpm}" if self.rpm is not None else ""
+        return f"{self.vendor}:{self.model} tpm={self.tpm}{rpm}"
+
+
+@dataclass(frozen=True)
+class BucketStats:
+    """What one bucket did this session, as this process saw it."""
+
+    name: str
+    rule: str
+    budget: int
+    calls: int = 0
+    estimated: int = 0
+    actual: int = 0
+    debt: int = 0
+    deferrals: int = 0
+    waited_s: float = 0.0
+    rate_limit_events: int = 0
+
+    def merged(self, other: BucketStats) -> BucketStats:
+        """Add another process's figures for the same bucket."""
+        return replace(
+            self,
+            calls=self.calls + other.calls,
+            estimated=self.estimated + other.estimated,
+            actual=self.actual + other.actual,
+            debt=self.debt + other.debt,
+            deferrals=self.deferrals + other.deferrals,
+            waited_s=self.waited_s + other.waited_s,
+            rate_limit_events=self.rate_limit_events + other.rate_limit_events,
+        )
+
+
+class SystemClock:
+    """Wall-clock time (shared across processes and hosts) and real sleeps."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass
+class _Bucket:
+    name: str
+    rule: LimitRule
+    limits: Limits
+    stats: BucketStats
+
+
+@dataclass
+class Reservation:
+    """Tokens held for one request; settle it with the real usage, or release it."""
+
+    limiter: Limiter
+    bucket: str
+    ticket: str
+    estimate: int
+    admitted_at: float
+    waited_s: float
+    settled: bool = field(default=False, init=False)
+    actual: int | None = field(default=None, init=False)
+
+    def settle(self, actual_tokens: int) -> int:
+        """Charge max(estimate, actual) at the reservation's time; returns the debt it added."""
+        if self.settled:
+            return 0
+        self.settled = True
+        self.actual = int(actual_tokens)
+        return self.limiter._settle(self, int(actual_tokens))
+
+    def release(self) -> None:
+        """Free the concurrency slot without reporting usage (the estimate stays charged)."""
+        if self.settled:
+            return
+        self.settled = True
+        self.limiter._release(self)
+
+    def rate_limited(self, retry_after_s: float | None) -> None:
+        """Record a 429 for this call: penalty tokens, and a pause when the server named one."""
+        self.limiter._rate_limited(self.bucket, self.ticket, retry_after_s)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class Limiter:
+    """Admits requests so that no bucket's window goes over its budget."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        rules: Iterable[LimitRule],
+        *,
+        headroom: float = 0.15,
+        window: float = 60.0,
+        max_concurrency: int | None = None,
+        max_wait: float = 600.0,
+        margin: float | None = None,
+        penalty_tokens: int = RATE_LIMIT_PENALTY,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        asleep: Callable[[float], Awaitable[None]] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        system = SystemClock()
+        self.backend = backend
+        self.rules = tuple(rules) or (LimitRule(),)
+        self.headroom = headroom
+        self.window = window
+        self.max_concurrency = max_concurrency
+        self.max_wait = max_wait
+        self.margin = min(0.25, window / 100) if margin is None else margin
+        self.penalty_tokens = penalty_tokens
+        self.clock = clock or system.now
+        self.sleep = sleep or system.sleep
+        self.asleep = asleep or system.asleep
+        self.owner = owner or f"{os.getpid()}"
+        self._lock = threading.Lock()
+        self._buckets: dict[str, _Bucket] = {}
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+
+    # -- buckets ---------------------------------------------------------------------------
+    def bucket_for(self, vendor: str, model: str) -> str:
+        """The name of the bucket a (vendor, model) call spends from."""
+        rule = next((r for r in self.rules if r.matches(vendor, model)), self.rules[-1])
+        name = rule.bucket_name(vendor)
+        with self._lock:
+            if name not in self._buckets:
+                budget = int(rule.tpm * (1 - self.headroom))
+                limits = Limits(
+                    tokens=budget,
+                    window=self.window,
+                    requests=rule.rpm,
+                    concurrency=self.max_concurrency,
+                    margin=self.margin,
+                )
+                self._buckets[name] = _Bucket(name, rule, limits, BucketStats(name, str(rule), budget))
+        return name
+
+    def limits(self, bucket: str) -> Limits:
+        """The limits a bucket enforces."""
+        return self._buckets[bucket].limits
+
+    # -- reserving -------------------------------------------------------------------------
+    def reserve(self, estimate: int, *, vendor: str = "openai", model: str = "*") -> Reservation:
+        """Block until `estimate` tokens fit in the window of the call's bucket."""
+        bucket, ticket, start = self._begin(estimate, vendor, model)
+        for attempt in itertools.count():
+            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0)
+            if wait is None:
+                break
+            self.sleep(wait)
+        return self._admitted(bucket, ticket, estimate, start)
+
+    async def areserve(
+        self, estimate: int, *, vendor: str = "openai", model: str = "*"
+    ) -> Reservation:
+        """`reserve` for event loops: waits with asyncio, never blocking the loop."""
+        bucket, ticket, start = self._begin(estimate, vendor, model)
+        for attempt in itertools.count():
+            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0)
+            if wait is None:
+                break
+            await self.asleep(wait)
+        return self._admitted(bucket, ticket, estimate, start)
+
+    def _begin(self, estimate: int, vendor: str, model: str) -> tuple[str, str, float]:
+        bucket = self.bucket_for(vendor, model)
+        limits = self._buckets[bucket].limits
+        if estimate > limits.tokens:
+            raise RequestTooLarge(
+                f"{vendor} model {model}: this request needs about {estimate} tokens but the "
+                f"bucket {bucket} admits {limits.tokens} per {limits.window:g}s window "
+                f"(tpm {self._buckets[bucket].rule.tpm} less {self.headroom:.0%} headroom); "
+                "lower max_tokens or raise --llm-tpm",
+                vendor=vendor, model=model, estimate=estimate, limit=limits.tokens,
+            )
+        ticket = f"{self._prefix}-{next(self._ids)}"
+        return bucket, ticket, self.clock()
+
+    def _try(
+        self, bucket: str, ticket: str, estimate: int, start: float, *, first: bool
+    ) -> float | None:
+        """Ask the backend once; None when admitted, else the seconds to sleep."""
+        b = self._buckets[bucket]
+        now = self.clock()
+        decision = self.backend.admit(bucket, b.limits, ticket, estimate, now, self.owner)
+        if isinstance(decision, Admitted):
+            return None
+        if now + decision.wait - start > self.max_wait:
+            self.backend.release(bucket, b.limits, ticket, now)
+            raise BudgetWaitTimeout(
+                f"bucket {bucket}: admitting {estimate} tokens would take "
+                f"{now + decision.wait - start:.1f}s (waiting for {decision.reason}), more than "
+                f"--llm-max-wait={self.max_wait:g}s",
+                bucket=bucket, estimate=estimate, wait=decision.wait, reason=decision.reason,
+            )
+        if first:
+            with self._lock:
+                b.stats = replace(b.stats, deferrals=b.stats.deferrals + 1)
+        return decision.wait
+
+    def _admitted(self, bucket: str, ticket: str, estimate: int, start: float) -> Reservation:
+        b = self._buckets[bucket]
+        now = self.clock()
+        waited = max(0.0, now - start)
+        with self._lock:
+            b.stats = replace(
+                b.stats,
+                calls=b.stats.calls + 1,
+                estimated=b.stats.estimated + estimate,
+                waited_s=b.stats.waited_s + waited,
+            )
+        return Reservation(self, bucket, ticket, estimate, now, waited)
+
+    # -- after the call --------------------------------------------------------------------
+    def _settle(self, r: Reservation, actual: int) -> int:
+        b = self._buckets[r.bucket]
+        debt = self.backend.settle(r.bucket, b.limits, r.ticket, r.estimate, actual, self.clock())
+        with self._lock:
+            b.stats = replace(b.stats, actual=b.stats.actual + actual, debt=b.stats.debt + debt)
+        return debt
+
+    def _release(self, r: Reservation) -> None:
+        b = self._buckets[r.bucket]
+        self.backend.release(r.bucket, b.limits, r.ticket, self.clock())
+
+    def _rate_limited(self, bucket: str, ticket: str, retry_after_s: float | None) -> None:
+        b = self._buckets[bucket]
+        now = self.clock()
+        pause_until = now + retry_after_s if retry_after_s else 0.0
+        self.backend.penalize(bucket, b.limits, ticket, self.penalty_tokens, pause_until, now)
+        with self._lock:
+            b.stats = replace(b.stats, rate_limit_events=b.stats.rate_limit_events + 1)
+
+    def rate_limited(self, vendor: str, model: str, retry_after_s: float | None) -> None:
+        """Record a 429 seen outside any reservation (penalty and pause for the bucket)."""
+        self._rate_limited(self.bucket_for(vendor, model), f"{self._prefix}-x", retry_after_s)
+
+    def calibrate(self, vendor: str, model: str, server_limit: int, server_remaining: int) -> int:
+        """Believe the server's `x-ratelimit-remaining-tokens` when it is lower than ours."""
+        bucket = self.bucket_for(vendor, model)
+        b = self._buckets[bucket]
+        server_used = max(0, server_limit - server_remaining)
+        return self.backend.calibrate(bucket, b.limits, self._prefix, server_used, self.clock())
+
+    # -- reading ---------------------------------------------------------------------------
+    def stats(self) -> list[BucketStats]:
+        """Per-bucket figures of this process, in bucket-name order."""
+        with self._lock:
+            return [self._buckets[k].stats for k in sorted(self._buckets)]
+
+    def window_snapshot(self, bucket: str) -> WindowSnapshot:
+        """The bucket's window as the backend holds it now."""
+        return self.backend.snapshot(bucket, self._buckets[bucket].limits, self.clock())
