@@ -1,4 +1,4 @@
-"""The session token limiter: reservations against per-bucket sliding windows (TPM, RPM, concurrency).
+"""The session token limiter: reservations against per-bucket sliding windows (TPM, RPM, cap).
 
 A caller reserves its estimate before a request leaves, and settles the provider-reported usage
 when the answer is in. The window itself lives in a backend (memory, file, Redis); this module
@@ -25,8 +25,8 @@ from .window import Admitted, Limits, WindowSnapshot
 
 __all__ = [
     "BucketStats",
-    "Limiter",
     "LimitRule",
+    "Limiter",
     "Reservation",
     "SystemClock",
 ]
@@ -205,7 +205,9 @@ class Limiter:
                     concurrency=self.max_concurrency,
                     margin=self.margin,
                 )
-                self._buckets[name] = _Bucket(name, rule, limits, BucketStats(name, str(rule), budget))
+                self._buckets[name] = _Bucket(
+                    name, rule, limits, BucketStats(name, str(rule), budget)
+                )
         return name
 
     def limits(self, bucket: str) -> Limits:
@@ -244,7 +246,10 @@ class Limiter:
                 f"bucket {bucket} admits {limits.tokens} per {limits.window:g}s window "
                 f"(tpm {self._buckets[bucket].rule.tpm} less {self.headroom:.0%} headroom); "
                 "lower max_tokens or raise --llm-tpm",
-                vendor=vendor, model=model, estimate=estimate, limit=limits.tokens,
+                vendor=vendor,
+                model=model,
+                estimate=estimate,
+                limit=limits.tokens,
             )
         ticket = f"{self._prefix}-{next(self._ids)}"
         return bucket, ticket, self.clock()
@@ -264,7 +269,10 @@ class Limiter:
                 f"bucket {bucket}: admitting {estimate} tokens would take "
                 f"{now + decision.wait - start:.1f}s (waiting for {decision.reason}), more than "
                 f"--llm-max-wait={self.max_wait:g}s",
-                bucket=bucket, estimate=estimate, wait=decision.wait, reason=decision.reason,
+                bucket=bucket,
+                estimate=estimate,
+                wait=decision.wait,
+                reason=decision.reason,
             )
         if first:
             with self._lock:

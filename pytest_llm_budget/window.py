@@ -216,9 +216,7 @@ class WindowState:
         )
 
 
-def _time_to_free(
-    entries: list[Entry], excess: int, span: float, now: float, weight: Any
-) -> float:
+def _time_to_free(entries: list[Entry], excess: int, span: float, now: float, weight: Any) -> float:
     """Seconds until the oldest entries whose weights add up to `excess` leave the window."""
     freed = 0
     for entry in entries:

@@ -1,4 +1,4 @@
-"""Where the windows live: `memory` (one process), `file` (xdist workers, one host), `redis` (many hosts)."""
+"""Where the windows live: memory (one process), file (xdist, one host), redis (many hosts)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def open_backend(spec: str, *, shared_dir: str | None = None, xdist: bool = Fals
     if spec == "file" or spec.startswith("file:"):
         from .file import FileBackend
 
-        path = spec[5:] if spec.startswith("file:") else os.path.join(
-            shared_dir or os.getcwd(), "llm-budget-state.json"
+        path = (
+            spec[5:]
+            if spec.startswith("file:")
+            else os.path.join(shared_dir or os.getcwd(), "llm-budget-state.json")
         )
         return FileBackend(path)
     from .redis import RedisBackend

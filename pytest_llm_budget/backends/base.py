@@ -1,4 +1,4 @@
-"""The interface every backend offers the limiter, and a base for backends that hold a WindowState."""
+"""The interface backends offer the limiter, and a base for backends that hold a WindowState."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ class Backend(abc.ABC):
         """Admit the ticket's estimate now, or say how long to wait before asking again."""
 
     @abc.abstractmethod
-    def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
-               now: float) -> int:
+    def settle(
+        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+    ) -> int:
         """Charge what the call really cost and end its lease; returns the debt added."""
 
     @abc.abstractmethod
@@ -32,13 +33,15 @@ class Backend(abc.ABC):
         """End a lease (or leave the queue) without settling: the estimate stays charged."""
 
     @abc.abstractmethod
-    def penalize(self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float,
-                 now: float) -> None:
+    def penalize(
+        self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float
+    ) -> None:
         """Charge a 429's penalty now and pause the bucket until `pause_until`."""
 
     @abc.abstractmethod
-    def calibrate(self, bucket: str, limits: Limits, ticket: str, server_used: int,
-                  now: float) -> int:
+    def calibrate(
+        self, bucket: str, limits: Limits, ticket: str, server_used: int, now: float
+    ) -> int:
         """Raise the bucket's usage to what the server reports; returns tokens added."""
 
     @abc.abstractmethod
@@ -62,8 +65,9 @@ class StateBackend(Backend):
         with self._state(bucket, now) as state:
             return state.admit(limits, ticket, estimate, now, owner)
 
-    def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
-               now: float) -> int:
+    def settle(
+        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+    ) -> int:
         with self._state(bucket, now) as state:
             return state.settle(ticket, estimate, charge, now)
 
@@ -71,13 +75,15 @@ class StateBackend(Backend):
         with self._state(bucket, now) as state:
             state.release(ticket)
 
-    def penalize(self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float,
-                 now: float) -> None:
+    def penalize(
+        self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float
+    ) -> None:
         with self._state(bucket, now) as state:
             state.penalize(tokens, pause_until, now, ticket)
 
-    def calibrate(self, bucket: str, limits: Limits, ticket: str, server_used: int,
-                  now: float) -> int:
+    def calibrate(
+        self, bucket: str, limits: Limits, ticket: str, server_used: int, now: float
+    ) -> int:
         with self._state(bucket, now) as state:
             return state.calibrate(limits, server_used, now, ticket)
 

@@ -1,4 +1,4 @@
-"""In-process backend: the windows live in a dict guarded by one lock (the default without xdist)."""
+"""In-process backend: windows in a dict guarded by one lock (the default without xdist)."""
 
 from __future__ import annotations
 

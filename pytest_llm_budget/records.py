@@ -1,0 +1,137 @@
+"""What every LLM call cost: one `CallRecord` per logical call, and live per-test usage."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["CallLog", "CallRecord", "TestUsage", "Totals"]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One logical call (one SDK call, however many HTTP attempts it took)."""
+
+    t: float
+    test: str
+    vendor: str
+    model: str
+    estimated: int
+    prompt_tokens: int
+    completion_tokens: int
+    status: str
+    attempts: int
+    waited_s: float
+    replayed: bool = False
+    worker: str = "main"
+    rate_limit_events: int = 0
+    malformed: bool = False
+    error_code: str | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the JSON report's `calls` entry."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallRecord:
+        """Inverse of `to_json` (used to merge xdist workers' records)."""
+        return cls(**data)
+
+
+@dataclass
+class TestUsage:
+    """A test's LLM usage so far; the `llm_usage` fixture, live while the test runs."""
+
+    __test__ = False  # not a pytest test class
+
+    calls: int = 0
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    rate_limit_events: int = 0
+    waited_s: float = 0.0
+    replayed: int = 0
+    records: list[CallRecord] = field(default_factory=list)
+
+    def add(self, record: CallRecord) -> None:
+        """Count one finished call."""
+        self.calls += 1
+        self.attempts += record.attempts
+        self.prompt_tokens += record.prompt_tokens
+        self.completion_tokens += record.completion_tokens
+        self.total_tokens += record.total_tokens
+        self.rate_limit_events += record.rate_limit_events
+        self.waited_s += record.waited_s
+        self.replayed += int(record.replayed)
+        self.records.append(record)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The JSON report's `totals` and the summary's totals line."""
+
+    calls: int = 0
+    replayed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    rate_limit_events: int = 0
+    retries: int = 0
+    waited_s: float = 0.0
+    errors: int = 0
+    malformed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CallLog:
+    """Thread-safe list of this process's call records, with per-test views."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: list[CallRecord] = []
+        self._by_test: dict[str, TestUsage] = {}
+
+    def add(self, record: CallRecord) -> None:
+        """Record a finished call."""
+        with self._lock:
+            self._records.append(record)
+            self._by_test.setdefault(record.test, TestUsage()).add(record)
+
+    def extend(self, records: list[CallRecord]) -> None:
+        """Add records from elsewhere (another xdist worker)."""
+        for record in records:
+            self.add(record)
+
+    def usage(self, test: str) -> TestUsage:
+        """The live usage object of one test (created empty on first ask)."""
+        with self._lock:
+            return self._by_test.setdefault(test, TestUsage())
+
+    def records(self) -> list[CallRecord]:
+        """A copy of every record so far, in arrival order."""
+        with self._lock:
+            return list(self._records)
+
+    def totals(self) -> Totals:
+        """Sums over every record."""
+        records = self.records()
+        return Totals(
+            calls=len(records),
+            replayed=sum(r.replayed for r in records),
+            prompt_tokens=sum(r.prompt_tokens for r in records),
+            completion_tokens=sum(r.completion_tokens for r in records),
+            total_tokens=sum(r.total_tokens for r in records),
+            rate_limit_events=sum(r.rate_limit_events for r in records),
+            retries=sum(max(0, r.attempts - 1) for r in records),
+            waited_s=round(sum(r.waited_s for r in records), 3),
+            errors=sum(r.status != "ok" for r in records),
+            malformed=sum(r.malformed for r in records),
+        )

@@ -1,0 +1,127 @@
+"""The session-wide budget: settings, limiter, call log and the test now running. No pytest here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .backends import Backend, open_backend
+from .limiter import BucketStats, Limiter, Reservation
+from .records import CallLog, CallRecord, TestUsage
+from .settings import Settings
+
+__all__ = ["BudgetSession", "BudgetSnapshot", "TestContext"]
+
+
+@dataclass(frozen=True)
+class TestContext:
+    """The test now running, and what its `llm_budget` marker declares."""
+
+    __test__ = False
+
+    nodeid: str = "<session>"
+    tokens: int | None = None
+    vendor: str | None = None
+    model: str | None = None
+    grounded: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetSnapshot:
+    """A bucket's figures and its window right now (the `llm_budget.snapshot()` answer)."""
+
+    bucket: str
+    budget: int
+    used_tokens: int
+    in_flight: int
+    waiting: int
+    paused_for: float
+    stats: BucketStats
+
+
+class BudgetSession:
+    """Everything one pytest session (or one library user) shares: one limiter, one call log."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Backend | None = None,
+        worker: str = "main",
+        shared_dir: str | None = None,
+        xdist: bool = False,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.backend = backend or open_backend(settings.backend, shared_dir=shared_dir, xdist=xdist)
+        self.limiter = Limiter(
+            self.backend,
+            settings.rules,
+            headroom=settings.headroom,
+            window=settings.window,
+            max_concurrency=settings.max_concurrency,
+            max_wait=settings.max_wait,
+            clock=clock,
+            sleep=sleep,
+            owner=f"{os.getpid()}:{worker}",
+        )
+        self.calls = CallLog()
+        self.merged_stats: list[BucketStats] = []
+        #: Set by the plugin around each test; one process runs one test at a time, so a plain
+        #: attribute (unlike a context variable) also reaches threads the test starts.
+        self.test = TestContext()
+
+    def reserve(
+        self, tokens: int | None = None, *, vendor: str = "openai", model: str = "*"
+    ) -> Reservation:
+        """Hold `tokens` (default `--llm-est-tokens`) of the bucket's budget; use as `with`."""
+        estimate = self.settings.est_tokens if tokens is None else int(tokens)
+        if estimate <= 0:
+            raise ValueError(f"reserve(tokens={tokens!r}): tokens must be above 0")
+        return self.limiter.reserve(estimate, vendor=vendor, model=model)
+
+    async def areserve(
+        self, tokens: int | None = None, *, vendor: str = "openai", model: str = "*"
+    ) -> Reservation:
+        """`reserve` for event loops."""
+        estimate = self.settings.est_tokens if tokens is None else int(tokens)
+        if estimate <= 0:
+            raise ValueError(f"areserve(tokens={tokens!r}): tokens must be above 0")
+        return await self.limiter.areserve(estimate, vendor=vendor, model=model)
+
+    def snapshot(self, vendor: str = "openai", model: str = "*") -> BudgetSnapshot:
+        """The bucket of (vendor, model): budget, tokens in the window, calls in flight."""
+        bucket = self.limiter.bucket_for(vendor, model)
+        window = self.limiter.window_snapshot(bucket)
+        stats = next(s for s in self.limiter.stats() if s.name == bucket)
+        return BudgetSnapshot(
+            bucket=bucket,
+            budget=self.limiter.limits(bucket).tokens,
+            used_tokens=window.used_tokens,
+            in_flight=window.in_flight,
+            waiting=window.waiting,
+            paused_for=window.paused_for,
+            stats=stats,
+        )
+
+    def record(self, record: CallRecord) -> None:
+        """Log one finished call."""
+        self.calls.add(record)
+
+    def usage(self, test: str | None = None) -> TestUsage:
+        """Live usage of a test (default: the one running)."""
+        return self.calls.usage(test or self.test.nodeid)
+
+    def bucket_stats(self) -> list[BucketStats]:
+        """Per-bucket figures: this process's, merged with any xdist workers' that reported."""
+        merged: dict[str, BucketStats] = {}
+        for stats in [*self.limiter.stats(), *self.merged_stats]:
+            merged[stats.name] = merged[stats.name].merged(stats) if stats.name in merged else stats
+        return [merged[k] for k in sorted(merged)]
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
