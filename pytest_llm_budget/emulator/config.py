@@ -1,4 +1,4 @@
-"""Emulator settings: per-vendor limits, per-model overrides, policy switches (frozen, validated)."""
+"""Emulator settings: per-vendor limits, per-model overrides, policy switches (frozen)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 __all__ = [
     "VENDORS",
@@ -73,7 +73,7 @@ def parse_limit_rule(rule: str) -> ModelLimit:
         if not sep or key not in values:
             raise ValueError(f"bad item {item!r} in limit rule {rule!r} (want tpm=N or rpm=N)")
         values[key] = _int_or_none(raw)
-    return ModelLimit(cast(Vendor, vendor), pattern or "*", LimitSpec(values["tpm"], values["rpm"]))
+    return ModelLimit(vendor, pattern or "*", LimitSpec(values["tpm"], values["rpm"]))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""CLI: `python -m pytest_llm_budget.emulator` / `llm-budget-emulator` runs the emulator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import EmulatorConfig, LimitSpec, parse_limit_rule
+from .faults import parse_fault
+from .server import Emulator
+
+__all__ = ["build_config", "main"]
+
+
+def _limit(text: str) -> int | None:
+    """A positive integer, or none/unlimited."""
+    if text.lower() in ("none", "unlimited", "inf"):
+        return None
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llm-budget-emulator",
+        description="OpenAI + Gemini API emulator that enforces TPM/RPM like the providers.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    p.add_argument("--tpm", type=_limit, default=30_000, help="default TPM for both vendors")
+    p.add_argument("--rpm", type=_limit, default=500, help="default RPM for both vendors")
+    p.add_argument("--openai-tpm", type=_limit, help="OpenAI default TPM (overrides --tpm)")
+    p.add_argument("--openai-rpm", type=_limit, help="OpenAI default RPM (overrides --rpm)")
+    p.add_argument("--gemini-tpm", type=_limit, help="Gemini default TPM (overrides --tpm)")
+    p.add_argument("--gemini-rpm", type=_limit, help="Gemini default RPM (overrides --rpm)")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="per-model rule, repeatable, first match wins: 'openai:gpt-5* tpm=30000 rpm=500'",
+    )
+    p.add_argument("--window", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--mode", choices=("sliding", "bucket"), default="sliding")
+    p.add_argument("--shared-bucket", action="store_true",
+                   help="one bucket per vendor (or rule) instead of one per model")
+    p.add_argument("--default-max-output", type=int, default=4096,
+                   help="output tokens charged when a request declares none (OpenAI)")
+    p.add_argument("--no-auth", action="store_true", help="accept requests without a key")
+    p.add_argument("--insufficient-quota", action="store_true", help="answer every call 429 quota")
+    p.add_argument("--vertex-429", action="store_true", help="Gemini 429s without RetryInfo")
+    p.add_argument("--fault", help="fault for every request, e.g. 'latency=0.2'")
+    p.add_argument("--log", dest="log_path", metavar="FILE", help="append records as JSONL")
+    p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between SSE events")
+    return p
+
+
+def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
+    """Parse CLI arguments into an EmulatorConfig (exits with usage on bad input)."""
+    parser = _parser()
+    a = parser.parse_args(argv)
+    try:
+        if a.fault:
+            parse_fault(a.fault)
+        kwargs: dict[str, Any] = {
+            "host": a.host,
+            "port": a.port,
+            "window": a.window,
+            "mode": a.mode,
+            "openai": LimitSpec(
+                a.openai_tpm if a.openai_tpm is not None else a.tpm,
+                a.openai_rpm if a.openai_rpm is not None else a.rpm,
+            ),
+            "gemini": LimitSpec(
+                a.gemini_tpm if a.gemini_tpm is not None else a.tpm,
+                a.gemini_rpm if a.gemini_rpm is not None else a.rpm,
+            ),
+            "model_limits": tuple(parse_limit_rule(r) for r in a.limit),
+            "per_model": not a.shared_bucket,
+            "default_max_output": a.default_max_output,
+            "require_key": not a.no_auth,
+            "insufficient_quota": a.insufficient_quota,
+            "gemini_retry_info": not a.vertex_429,
+            "fault": a.fault,
+            "log_path": a.log_path,
+            "stream_delay": a.stream_delay,
+        }
+        return EmulatorConfig(**kwargs)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until Ctrl-C; returns the process exit code."""
+    config = build_config(argv)
+    emulator = Emulator(config).start()
+    print(
+        f"llm-budget-emulator listening on {emulator.url}\n"
+        f"  OpenAI base_url: {emulator.openai_base_url}\n"
+        f"  Gemini base_url: {emulator.gemini_base_url}\n"
+        f"  mode={config.mode} window={config.window}s openai={config.openai} "
+        f"gemini={config.gemini}",
+        flush=True,
+    )
+    try:
+        emulator.serve_forever()
+    except KeyboardInterrupt:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
