@@ -1,0 +1,241 @@
+"""Redis backend: each bucket's window is one key changed by one atomic Lua script, for many hosts.
+
+Layout: `{prefix}:{bucket}:state` holds the bucket's `WindowState` as a MessagePack blob, read and
+rewritten by `redis_window.lua` (a port of `window.py`) in a single EVALSHA per operation, with a
+PX expiry so an abandoned bucket disappears. Only core commands and EVAL/EVALSHA are used, so
+Valkey works too.
+
+Clock: by default the caller's `now` is used (the limiter's clock, which tests can fake), so hosts
+sharing a bucket need NTP-synced clocks; `use_server_time=True` makes the scripts read Redis's
+TIME instead and shifts pauses accordingly, for fleets with skewed clocks.
+
+Dead workers: every lease records `hostname:owner` and is dropped after `lease_ttl` seconds (a
+call lasting longer is exotic); besides, when an admit is deferred for concurrency, leases whose
+owner runs on this host with a dead pid are reaped at once and the admit is tried again.
+
+`redis` is imported only when a backend is opened.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
+from .base import Backend
+
+__all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
+
+
+class BackendUnavailable(RuntimeError):
+    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, fit for logs and reports."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        # No colon: redis-py reads it as a user name, but people often mean a password there.
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _load_script() -> str:
+    """The Lua source shipped beside this module."""
+    return resources.files(__package__).joinpath("redis_window.lua").read_text(encoding="utf-8")
+
+
+class RedisBackend(Backend):
+    """Windows in Redis (or Valkey), shared by every process and host that uses the same keys."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        description: str,
+        prefix: str = "llm-budget",
+        use_server_time: bool = False,
+        lease_ttl: float = 600.0,
+        tries: int = 3,
+        backoff: float = 0.2,
+    ) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be > 0")
+        self.client = client
+        self.description = description
+        self.prefix = prefix
+        self.use_server_time = use_server_time
+        self.lease_ttl = lease_ttl
+        self.tries = max(1, tries)
+        self.backoff = backoff
+        self.host = socket.gethostname()
+        self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+        self._script = client.register_script(_load_script())
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        prefix: str = "llm-budget",
+        *,
+        use_server_time: bool = False,
+        lease_ttl: float = 600.0,
+        timeout: float = 2.0,
+        tries: int = 3,
+        backoff: float = 0.2,
+    ) -> RedisBackend:
+        """Connect to `redis://[:password@]host:port/db` (or rediss://, unix://) and PING it."""
+        description = mask_url(url)
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"--llm-backend {description} needs the redis package: "
+                "pip install 'pytest-llm-budget[redis]'"
+            ) from exc
+        try:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),  # our own bounded retries, below
+                decode_responses=True,
+            )
+            client.ping()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            raise BackendUnavailable(
+                f"cannot reach the llm-budget Redis at {description}: {_describe(exc)}"
+            ) from exc
+        return cls(
+            client,
+            description=description,
+            prefix=prefix,
+            use_server_time=use_server_time,
+            lease_ttl=lease_ttl,
+            tries=tries,
+            backoff=backoff,
+        )
+
+    # -- plumbing --------------------------------------------------------------------------
+    def key(self, bucket: str) -> str:
+        """The Redis key holding a bucket's state."""
+        return f"{self.prefix}:{bucket}:state"
+
+    def _run(self, op: str, bucket: str, limits: Limits, now: float, *args: object) -> Any:
+        """Run one op of the script, retrying lost connections a bounded number of times."""
+        argv = [
+            op,
+            repr(float(now)),
+            "1" if self.use_server_time else "0",
+            repr(float(limits.span)),
+            repr(float(self.lease_ttl)),
+            *[repr(a) if isinstance(a, float) else str(a) for a in args],
+        ]
+        last: BaseException | None = None
+        for attempt in range(self.tries):
+            try:
+                return self._script(keys=[self.key(bucket)], args=argv)
+            except self._transient as exc:
+                last = exc
+                if attempt + 1 < self.tries:
+                    time.sleep(self.backoff * 2**attempt)
+        raise BackendUnavailable(
+            f"lost the llm-budget Redis at {self.description}: {op} on bucket {bucket!r} failed "
+            f"{self.tries} times ({_describe(last)})"
+        ) from last
+
+    # -- Backend ---------------------------------------------------------------------------
+    def admit(
+        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+    ) -> Decision:
+        """Admit or defer in one script run; when blocked by dead local leases, reap and retry."""
+        decision, owners = self._admit(bucket, limits, ticket, estimate, now, owner)
+        if isinstance(decision, Deferred) and decision.reason == "concurrency":
+            dead = self._dead_local(owners)
+            if dead and self._run("reap", bucket, limits, now, *dead):
+                decision, _ = self._admit(bucket, limits, ticket, estimate, now, owner)
+        return decision
+
+    def _admit(
+        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+    ) -> tuple[Decision, list[str]]:
+        reply = self._run(
+            "admit",
+            bucket,
+            limits,
+            now,
+            ticket,
+            int(estimate),
+            f"{self.host}:{owner}",
+            int(limits.tokens),
+            -1 if limits.requests is None else int(limits.requests),
+            -1 if limits.concurrency is None else int(limits.concurrency),
+            float(limits.poll),
+            float(limits.waiter_grace),
+        )
+        if str(reply[0]) == "1":
+            return Admitted(ticket, float(reply[1])), []
+        return Deferred(float(reply[1]), str(reply[2])), [str(o) for o in reply[3:]]
+
+    def _dead_local(self, owners: list[str]) -> list[str]:
+        """Owners (`host:pid[:worker]`) on this host whose process no longer exists."""
+        from .file import owner_pid, pid_alive
+
+        dead = []
+        for owner in set(owners):
+            host, _, rest = owner.partition(":")
+            pid = owner_pid(rest) if host == self.host else None
+            if pid is not None and not pid_alive(pid):
+                dead.append(owner)
+        return sorted(dead)
+
+    def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
+               now: float) -> int:
+        return int(self._run("settle", bucket, limits, now, ticket, int(estimate), int(charge)))
+
+    def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        self._run("release", bucket, limits, now, ticket)
+
+    def penalize(self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float,
+                 now: float) -> None:
+        self._run("penalize", bucket, limits, now, ticket, int(tokens), float(pause_until))
+
+    def calibrate(self, bucket: str, limits: Limits, ticket: str, server_used: int,
+                  now: float) -> int:
+        return int(self._run("calibrate", bucket, limits, now, ticket, int(server_used)))
+
+    def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
+        used, requests, in_flight, waiting, paused = self._run("snapshot", bucket, limits, now)
+        return WindowSnapshot(
+            used_tokens=int(used),
+            requests=int(requests),
+            in_flight=int(in_flight),
+            waiting=int(waiting),
+            paused_for=float(paused),
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
+
+
+def _describe(exc: BaseException | None) -> str:
+    """An exception as `Type: message`, for error texts."""
+    if exc is None:
+        return "no error recorded"
+    return f"{type(exc).__name__}: {exc}"
