@@ -45,10 +45,13 @@ class EmulatorCore:
 
     # --- control -----------------------------------------------------------------------------
 
-    def configure(self, changes: Mapping[str, Any]) -> EmulatorConfig:
-        """Apply run-time changes; limits change in place, window/mode/rules start afresh."""
+    def configure(self, changes: Mapping[str, Any] | EmulatorConfig) -> EmulatorConfig:
+        """Apply run-time changes (or a whole config; host/port stay); window/mode/rules reset."""
         with self._lock:
-            new = self.config.updated(changes)
+            if isinstance(changes, EmulatorConfig):
+                new = replace(changes, host=self.config.host, port=self.config.port)
+            else:
+                new = self.config.updated(changes)
             if any(getattr(new, f) != getattr(self.config, f) for f in _RESET_FIELDS):
                 self._limiters.clear()
                 self._limiter_models.clear()

@@ -240,9 +240,11 @@ class Emulator:
         """Same as GET /__emulator/stats: totals, per vendor, per bucket (`max_window_tokens`)."""
         return self.core.stats()
 
-    def configure(self, **changes: Any) -> EmulatorConfig:
-        """Change settings at run time (same keys as POST /__emulator/config)."""
-        return self.core.configure(changes)
+    def configure(self, config: EmulatorConfig | None = None, **changes: Any) -> EmulatorConfig:
+        """Change settings at run time: a whole config and/or keys as POST /__emulator/config."""
+        if config is not None:
+            self.core.configure(config)
+        return self.core.configure(changes) if changes else self.core.config
 
     def reset(self) -> None:
         """Forget windows, records, stats and queued faults."""
