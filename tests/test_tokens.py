@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import math
 import urllib.request
 import warnings
@@ -129,7 +130,7 @@ def test_expected_hashes_are_read_from_tiktoken_ext() -> None:
 def test_seed_without_bpe_openai_raises_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tokens.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(TiktokenSeedError, match="pip install bpe-openai"):
         seed_tiktoken_cache(tmp_path)
 

@@ -1,0 +1,996 @@
+"""Provider wire knowledge: estimates, usage (JSON and SSE), retry hints and 429 classification."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_llm_budget.providers import (
+    Estimate,
+    GeminiProvider,
+    OpenAIProvider,
+    RejectionKind,
+    Usage,
+    provider_for,
+)
+from pytest_llm_budget.providers.retry_hints import (
+    parse_gemini_retry_info,
+    parse_go_duration,
+    parse_retry_after,
+    retry_delay_from_headers,
+)
+from pytest_llm_budget.tokens import EstimatePolicy, TokenCounter, seed_tiktoken_cache
+
+OPENAI = OpenAIProvider()
+GEMINI = GeminiProvider()
+POLICY = EstimatePolicy()
+NOW = 1_700_000_000.0
+JAPANESE = (
+    "東京都の天気予報によると、明日は午前中から雨が降り、午後には雷を伴う激しい雨になる見込みです。"
+)
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenCounter]:
+    """A counter reading a freshly seeded offline tiktoken cache."""
+    path: Path = tmp_path_factory.mktemp("tiktoken-cache")
+    seed_tiktoken_cache(path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(path))
+        yield TokenCounter(allow_download=False)
+
+
+def dumps(value: object) -> bytes:
+    """JSON bytes as an SDK would send them."""
+    return json.dumps(value).encode()
+
+
+def split_everywhere(data: bytes) -> Iterator[list[bytes]]:
+    """Every way of cutting data into two chunks (including empty ones)."""
+    for i in range(len(data) + 1):
+        yield [data[:i], data[i:]]
+
+
+# --- routing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "vendor"),
+    [
+        ("api.openai.com", "/v1/chat/completions", "openai"),
+        ("api.openai.com", "/v1/responses", "openai"),
+        ("api.openai.com", "/v1/completions", "openai"),
+        ("api.openai.com", "/v1/embeddings", "openai"),
+        (
+            "acme.openai.azure.com",
+            "/openai/deployments/gpt4o/chat/completions?api-version=1",
+            "openai",
+        ),
+        ("localhost:8080", "/chat/completions", "openai"),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            "gemini",
+        ),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            "gemini",
+        ),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-pro:countTokens",
+            "gemini",
+        ),
+        (
+            "us-central1-aiplatform.googleapis.com",
+            "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent",
+            "gemini",
+        ),
+        ("generativelanguage.googleapis.com", "/v1beta/openai/chat/completions", "gemini"),
+    ],
+)
+def test_provider_for_known_paths(host: str, path: str, vendor: str) -> None:
+    provider = provider_for(host, path)
+    assert provider is not None
+    assert provider.vendor == vendor
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models",
+        "/v1/files",
+        "/v1/responses/resp_123",
+        "/v1/responses/resp_123/cancel",
+        "/v1/chat/completions/chatcmpl-1/messages",
+        "/v1beta/models/gemini-2.0-flash",
+        "/v1beta/models/gemini-2.0-flash:unknownMethod",
+        "/v1beta/cachedContents",
+    ],
+)
+def test_provider_for_other_paths_is_none(path: str) -> None:
+    assert provider_for("api.example.com", path) is None
+
+
+def test_openai_compatible_gemini_endpoint_keeps_openai_format() -> None:
+    provider = provider_for("generativelanguage.googleapis.com", "/v1beta/openai/chat/completions")
+    assert isinstance(provider, OpenAIProvider)
+
+
+# --- OpenAI estimates ----------------------------------------------------------------------
+
+
+def test_chat_estimate(counter: TokenCounter) -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "name": "bob", "content": "Hi"},
+        ],
+        "max_tokens": 500,
+    }
+    estimate = OPENAI.estimate("/v1/chat/completions", dumps(body), counter, POLICY)
+    assert estimate == Estimate("gpt-4o", math.ceil(18 * 1.2), 500)
+    assert estimate.total == 22 + 500
+    assert OPENAI.charge_estimate(estimate) == 522
+
+
+def test_chat_estimate_japanese_exceeds_chars_over_4(counter: TokenCounter) -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": JAPANESE}],
+        "max_completion_tokens": 100,
+    }
+    estimate = OPENAI.estimate("/v1/chat/completions", dumps(body), counter, POLICY)
+    tokens = 3 + counter.count_text("user", "gpt-4o") + counter.count_text(JAPANESE, "gpt-4o") + 3
+    assert estimate.input_tokens == math.ceil(tokens * 1.2)
+    assert estimate.input_tokens > math.ceil(len(JAPANESE) / 4) * 1.2
+    assert estimate.output_tokens == 100
+
+
+def test_chat_estimate_uses_chars_over_4_when_larger(counter: TokenCounter) -> None:
+    text = "a" * 4000
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}], "max_tokens": 1}
+    estimate = OPENAI.estimate("/v1/chat/completions", dumps(body), counter, POLICY)
+    assert estimate.input_tokens == math.ceil((4004 / 4) * 1.2)
+
+
+def test_chat_estimate_default_output_n_and_grounded(counter: TokenCounter) -> None:
+    body = {"model": "gpt-5", "messages": [{"role": "user", "content": "Hi"}]}
+    plain = OPENAI.estimate("/v1/chat/completions", dumps(body), counter, POLICY)
+    assert plain.output_tokens == 7000
+    grounded = OPENAI.estimate("/v1/chat/completions", dumps(body), counter, POLICY, grounded=True)
+    assert grounded.input_tokens == math.ceil(8 * 1.2 * 1.15)
+    assert plain.input_tokens == math.ceil(8 * 1.2)
+    several = {**body, "max_completion_tokens": 300, "n": 3}
+    assert (
+        OPENAI.estimate("/v1/chat/completions", dumps(several), counter, POLICY).output_tokens
+        == 900
+    )
+
+
+def test_chat_estimate_counts_tools(counter: TokenCounter) -> None:
+    base = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Weather?"}]}
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    without = OPENAI.estimate("/v1/chat/completions", dumps(base), counter, POLICY)
+    with_tools = OPENAI.estimate(
+        "/v1/chat/completions", dumps({**base, "tools": tools}), counter, POLICY
+    )
+    assert with_tools.input_tokens > without.input_tokens + 20
+
+
+def test_declared_tokens_is_a_floor_on_the_total(counter: TokenCounter) -> None:
+    body = dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 50}
+    )
+    small = OPENAI.estimate("/v1/chat/completions", body, counter, POLICY, declared_tokens=10)
+    assert small == OPENAI.estimate("/v1/chat/completions", body, counter, POLICY)
+    big = OPENAI.estimate("/v1/chat/completions", body, counter, POLICY, declared_tokens=5000)
+    assert big == Estimate("gpt-4o", 4950, 50)
+
+
+def test_azure_model_comes_from_deployment(counter: TokenCounter) -> None:
+    body = dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5})
+    path = "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+    assert OPENAI.estimate(path, body, counter, POLICY).model == "prod-gpt4o"
+
+
+def test_responses_estimate_string_input(counter: TokenCounter) -> None:
+    body = {
+        "model": "gpt-4.1",
+        "instructions": "Answer in one word.",
+        "input": "Capital of France?",
+        "max_output_tokens": 64,
+    }
+    estimate = OPENAI.estimate("/v1/responses", dumps(body), counter, POLICY)
+    expected = counter.count_messages(
+        [
+            {"role": "developer", "content": "Answer in one word."},
+            {"role": "user", "content": "Capital of France?"},
+        ],
+        "gpt-4.1",
+    )
+    assert estimate == Estimate("gpt-4.1", math.ceil(expected * 1.2), 64)
+
+
+def test_responses_estimate_item_list(counter: TokenCounter) -> None:
+    body = {
+        "model": "o4-mini",
+        "input": [
+            {
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": JAPANESE},
+                    {
+                        "type": "input_image",
+                        "image_url": "https://example.com/a.png",
+                        "detail": "auto",
+                    },
+                ],
+            },
+            {"type": "function_call_output", "call_id": "call_1", "output": '{"temp": 21}'},
+        ],
+    }
+    estimate = OPENAI.estimate("/v1/responses", dumps(body), counter, POLICY)
+    japanese = counter.count_text(JAPANESE, "o4-mini")
+    assert estimate.input_tokens >= math.ceil((japanese + 1500) * 1.2)
+    assert estimate.output_tokens == 7000
+
+
+def test_embeddings_estimate_has_no_output(counter: TokenCounter) -> None:
+    body = {"model": "text-embedding-3-small", "input": ["first text", "second text"]}
+    estimate = OPENAI.estimate("/v1/embeddings", dumps(body), counter, POLICY)
+    assert estimate.output_tokens == 0
+    assert estimate.input_tokens == math.ceil(
+        max(4, math.ceil(len("first textsecond text") / 4)) * 1.2
+    )
+    tokens = {"model": "text-embedding-3-small", "input": [[1, 2, 3], [4, 5]]}
+    assert OPENAI.estimate("/v1/embeddings", dumps(tokens), counter, POLICY).input_tokens == 6
+
+
+def test_legacy_completions_estimate(counter: TokenCounter) -> None:
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "max_tokens": 7}
+    estimate = OPENAI.estimate("/v1/completions", dumps(body), counter, POLICY)
+    assert estimate == Estimate("gpt-3.5-turbo-instruct", math.ceil(5 * 1.2), 7)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"{"])
+def test_openai_malformed_request_never_raises(counter: TokenCounter, body: bytes) -> None:
+    estimate = OPENAI.estimate("/v1/chat/completions", body, counter, POLICY)
+    assert estimate == Estimate("unknown", math.ceil(len(body) * 1.2), 7000)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b'{"messages": 5}', b'{"messages": [null, 3, {"role": 1}]}', b'{"max_tokens": "x"}'],
+)
+def test_openai_odd_request_shapes_never_raise(counter: TokenCounter, body: bytes) -> None:
+    estimate = OPENAI.estimate("/v1/chat/completions", body, counter, POLICY)
+    assert estimate.model == "unknown"
+    assert estimate.output_tokens == 7000
+    assert estimate.input_tokens >= 3
+
+
+def test_openai_unparsable_body_is_unknown_model(counter: TokenCounter) -> None:
+    estimate = OPENAI.estimate("/v1/chat/completions", b"x" * 100, counter, POLICY)
+    assert estimate == Estimate("unknown", 120, 7000)
+
+
+# --- OpenAI usage --------------------------------------------------------------------------
+
+CHAT_COMPLETION = {
+    "id": "chatcmpl-abc",
+    "object": "chat.completion",
+    "created": 1741569952,
+    "model": "gpt-4o-2024-08-06",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello!", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 19,
+        "completion_tokens": 10,
+        "total_tokens": 29,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    },
+    "service_tier": "default",
+}
+
+RESPONSE = {
+    "id": "resp_67ccd2bed1ec8190",
+    "object": "response",
+    "created_at": 1741476542,
+    "status": "completed",
+    "model": "gpt-4.1-2025-04-14",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_67ccd2bf17f0",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Paris.", "annotations": []}],
+        }
+    ],
+    "usage": {
+        "input_tokens": 36,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 87,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 123,
+    },
+}
+
+
+def test_openai_usage_from_json() -> None:
+    assert OPENAI.usage_from_json(dumps(CHAT_COMPLETION)) == Usage(19, 10, 29)
+    assert OPENAI.usage_from_json(dumps(RESPONSE)) == Usage(36, 87, 123)
+    embedding = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+    assert OPENAI.usage_from_json(dumps(embedding)) == Usage(8, 0, 8)
+    assert OPENAI.charge(Usage(19, 10, 29)) == 29
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"<html>502</html>", b"[]", b'{"usage": null}', b'{"usage": {"foo": 1}}', b"\x80"],
+)
+def test_openai_usage_from_malformed_json_is_none(body: bytes) -> None:
+    assert OPENAI.usage_from_json(body) is None
+
+
+def chat_stream(*, crlf: bool = False) -> bytes:
+    """A chat.completions stream with stream_options.include_usage, as the API sends it."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    chunks = [
+        {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+            "usage": None,
+        },
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {"content": "Grüße, 世界"}, "finish_reason": None}],
+            "usage": None,
+        },
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None},
+        {
+            **base,
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+        },
+    ]
+    newline = "\r\n" if crlf else "\n"
+    events = [f"data: {json.dumps(c, ensure_ascii=False)}" for c in chunks] + ["data: [DONE]"]
+    return "".join(e + newline * 2 for e in events).encode()
+
+
+def responses_stream() -> bytes:
+    """A Responses API stream: typed events, the last one carrying the response's usage."""
+    events = [
+        (
+            "response.created",
+            {
+                "type": "response.created",
+                "sequence_number": 0,
+                "response": {**RESPONSE, "status": "in_progress", "usage": None},
+            },
+        ),
+        (
+            "response.output_text.delta",
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 1,
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": "Paris",
+            },
+        ),
+        (
+            "response.completed",
+            {"type": "response.completed", "sequence_number": 2, "response": RESPONSE},
+        ),
+    ]
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_chat_sse_usage_with_every_split(crlf: bool) -> None:
+    stream = chat_stream(crlf=crlf)
+    for chunks in split_everywhere(stream):
+        parser = OPENAI.sse_usage_parser()
+        for chunk in chunks:
+            parser.feed(chunk)
+        assert parser.usage == Usage(12, 5, 17)
+        assert parser.malformed == 0
+
+
+def test_responses_sse_usage_with_every_split() -> None:
+    stream = responses_stream()
+    for chunks in split_everywhere(stream):
+        parser = OPENAI.sse_usage_parser()
+        for chunk in chunks:
+            parser.feed(chunk)
+        assert parser.usage == Usage(36, 87, 123)
+        assert parser.malformed == 0
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4000), max_size=12))
+def test_chat_sse_usage_with_arbitrary_splits(cuts: list[int]) -> None:
+    stream = chat_stream()
+    points = sorted({min(c, len(stream)) for c in cuts})
+    parser = OPENAI.sse_usage_parser()
+    start = 0
+    for point in [*points, len(stream)]:
+        parser.feed(stream[start:point])
+        start = point
+    assert parser.usage == Usage(12, 5, 17)
+    assert parser.malformed == 0
+
+
+def test_sse_counts_malformed_events_and_keeps_going() -> None:
+    parser = OPENAI.sse_usage_parser()
+    parser.feed(
+        b'data: {"usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}\n\n'
+    )
+    parser.feed(b"data: {truncated\n\ndata: 42\n\n: keep-alive comment\n\n")
+    assert parser.malformed == 2
+    assert parser.usage == Usage(1, 1, 2)
+    parser.feed(
+        b'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}\n\n'
+    )
+    assert parser.usage == Usage(3, 4, 7)
+
+
+def test_sse_final_event_without_blank_line() -> None:
+    parser = OPENAI.sse_usage_parser()
+    parser.feed(
+        b'data: {"usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}}\n'
+    )
+    assert parser.usage == Usage(2, 3, 5)
+    parser.close()
+    assert parser.usage == Usage(2, 3, 5)
+    assert parser.malformed == 0
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_sse_multiline_data_is_joined(newline: bytes) -> None:
+    lines = [b'data: {"usage":', b'data: {"prompt_tokens": 4, "completion_tokens": 0}}', b"", b""]
+    stream = newline.join(lines)
+    for chunks in split_everywhere(stream):
+        parser = OPENAI.sse_usage_parser()
+        for chunk in chunks:
+            parser.feed(chunk)
+        parser.close()
+        assert parser.usage == Usage(4, 0, 4)
+        assert parser.malformed == 0
+
+
+# --- OpenAI classification -----------------------------------------------------------------
+
+RATE_LIMIT_BODY = {
+    "error": {
+        "message": (
+            "Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): "
+            "Limit 30000, Used 27310, Requested 6104. Please try again in 6.828s. Visit "
+            "https://platform.openai.com/account/rate-limits to learn more."
+        ),
+        "type": "tokens",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+QUOTA_BODY = {
+    "error": {
+        "message": (
+            "You exceeded your current quota, please check your plan and billing details. For "
+            "more information on this error, read the docs: "
+            "https://platform.openai.com/docs/guides/error-codes/api-errors."
+        ),
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+TOO_LARGE_BODY = {
+    "error": {
+        "message": (
+            "Request too large for gpt-4o in organization org-abc on tokens per min (TPM): "
+            "Limit 30000, Requested 36000. The input or output tokens must be reduced in order "
+            "to run successfully. Visit https://platform.openai.com/account/rate-limits to "
+            "learn more."
+        ),
+        "type": "tokens",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+OPENAI_429_HEADERS = {
+    "x-ratelimit-limit-requests": "500",
+    "x-ratelimit-limit-tokens": "30000",
+    "x-ratelimit-remaining-requests": "499",
+    "x-ratelimit-remaining-tokens": "2690",
+    "x-ratelimit-reset-requests": "120ms",
+    "x-ratelimit-reset-tokens": "6.828s",
+}
+
+
+def test_openai_rate_limit_uses_retry_after_ms_first() -> None:
+    headers = {**OPENAI_429_HEADERS, "retry-after": "7", "retry-after-ms": "6828"}
+    rejection = OPENAI.classify(429, headers, dumps(RATE_LIMIT_BODY), NOW)
+    assert rejection.kind is RejectionKind.RATE_LIMIT
+    assert rejection.retryable
+    assert rejection.retry_after_s == pytest.approx(6.828)
+    assert (rejection.limit, rejection.requested) == (30000, 6104)
+    assert rejection.message.startswith("Rate limit reached")
+
+
+def test_openai_rate_limit_hint_from_message_then_reset_headers() -> None:
+    rejection = OPENAI.classify(
+        429, {"X-RateLimit-Reset-Tokens": "1m0s"}, dumps(RATE_LIMIT_BODY), NOW
+    )
+    assert rejection.retry_after_s == pytest.approx(6.828)
+    no_hint = {"error": {**RATE_LIMIT_BODY["error"], "message": "Rate limit reached."}}
+    rejection = OPENAI.classify(429, OPENAI_429_HEADERS, dumps(no_hint), NOW)
+    assert rejection.retry_after_s == pytest.approx(6.828)
+    assert rejection.limit == 30000
+
+
+def test_openai_quota_is_not_retryable() -> None:
+    rejection = OPENAI.classify(429, {"retry-after": "20"}, dumps(QUOTA_BODY), NOW)
+    assert rejection.kind is RejectionKind.QUOTA
+    assert not rejection.retryable
+    assert rejection.retry_after_s is None
+
+
+def test_openai_request_too_large() -> None:
+    rejection = OPENAI.classify(429, OPENAI_429_HEADERS, dumps(TOO_LARGE_BODY), NOW)
+    assert rejection.kind is RejectionKind.TOO_LARGE
+    assert (rejection.limit, rejection.requested) == (30000, 36000)
+
+
+@pytest.mark.parametrize("body", [b"", b"<html>Too Many Requests</html>", b'{"error": "x"}', b"[]"])
+def test_openai_malformed_429_is_a_rate_limit(body: bytes) -> None:
+    rejection = OPENAI.classify(429, {"retry-after": "3"}, body, NOW)
+    assert rejection.kind is RejectionKind.RATE_LIMIT
+    assert rejection.retry_after_s == 3.0
+    assert rejection.message
+
+
+def test_openai_remaining_tokens() -> None:
+    assert OPENAI.remaining_tokens(OPENAI_429_HEADERS) == 2690
+    assert OPENAI.remaining_tokens({"X-RateLimit-Remaining-Tokens": "15"}) == 15
+    assert OPENAI.remaining_tokens({"x-ratelimit-remaining-tokens": "lots"}) is None
+    assert OPENAI.remaining_tokens({}) is None
+
+
+# --- retry hints ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1m30.5s", 90.5),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1.5s", 1.5),
+        ("2h", 7200.0),
+        ("1h2m3s", 3723.0),
+        ("0", 0.0),
+        ("0s", 0.0),
+        ("500us", 0.0005),
+        ("-3s", 0.0),
+        (" 7s ", 7.0),
+        ("", None),
+        ("s", None),
+        ("10", None),
+        ("1.5", None),
+        ("3x", None),
+        ("1s2", None),
+        ("abc", None),
+    ],
+)
+def test_parse_go_duration(text: str, seconds: float | None) -> None:
+    result = parse_go_duration(text)
+    if seconds is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(seconds)
+
+
+def test_parse_retry_after_seconds_and_dates() -> None:
+    assert parse_retry_after("20", NOW) == 20.0
+    assert parse_retry_after("0.5", NOW) == 0.5
+    assert parse_retry_after("-4", NOW) == 0.0
+    later = format_datetime(datetime.fromtimestamp(NOW + 30, tz=timezone.utc), usegmt=True)
+    assert parse_retry_after(later, NOW) == pytest.approx(30.0)
+    earlier = format_datetime(datetime.fromtimestamp(NOW - 30, tz=timezone.utc), usegmt=True)
+    assert parse_retry_after(earlier, NOW) == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412480.0) == 0.0
+    for bad in ("soon", "", "nan", "inf", "Wed, 99 Foo 2015"):
+        assert parse_retry_after(bad, NOW) is None
+
+
+def test_retry_delay_precedence() -> None:
+    every = {
+        "retry-after-ms": "250",
+        "retry-after": "4",
+        "x-ratelimit-reset-tokens": "9s",
+        "x-ratelimit-reset-requests": "2s",
+    }
+    assert retry_delay_from_headers(every, NOW) == 0.25
+    del every["retry-after-ms"]
+    assert retry_delay_from_headers(every, NOW) == 4.0
+    del every["retry-after"]
+    assert retry_delay_from_headers(every, NOW) == 9.0
+    assert retry_delay_from_headers(every, NOW, limit_type="requests") == 2.0
+    assert retry_delay_from_headers(every, NOW, limit_type="tokens") == 9.0
+    assert retry_delay_from_headers({"x-ratelimit-reset-requests": "2s"}, NOW) == 2.0
+    assert retry_delay_from_headers({"Retry-After-Ms": "junk", "Retry-After": "1"}, NOW) == 1.0
+    assert retry_delay_from_headers({}, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("delay", "seconds"),
+    [("26s", 26.0), ("0.5s", 0.5), ("1.250s", 1.25), ({"seconds": 3, "nanos": 500000000}, 3.5)],
+)
+def test_parse_gemini_retry_info(delay: object, seconds: float) -> None:
+    body = {
+        "error": {
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+            ]
+        }
+    }
+    assert parse_gemini_retry_info(body) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"error": None},
+        {"error": {"details": "x"}},
+        {
+            "error": {
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "soon"}
+                ]
+            }
+        },
+    ],
+)
+def test_parse_gemini_retry_info_missing(body: dict[str, Any]) -> None:
+    assert parse_gemini_retry_info(body) is None
+
+
+# --- Gemini --------------------------------------------------------------------------------
+
+GEMINI_PATH = "/v1beta/models/gemini-2.0-flash:generateContent"
+VERTEX_PATH = (
+    "/v1/projects/my-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash"
+    ":streamGenerateContent?alt=sse"
+)
+GEMINI_BODY = {
+    "contents": [
+        {"role": "user", "parts": [{"text": "Explain tokens briefly."}]},
+        {"role": "model", "parts": [{"text": "Tokens are pieces of text."}]},
+        {"role": "user", "parts": [{"text": JAPANESE}]},
+    ],
+    "systemInstruction": {"parts": [{"text": "Be concise."}]},
+    "generationConfig": {"maxOutputTokens": 256, "temperature": 0.2},
+}
+
+
+def test_gemini_estimate(counter: TokenCounter) -> None:
+    estimate = GEMINI.estimate(GEMINI_PATH, dumps(GEMINI_BODY), counter, POLICY)
+    messages = [
+        {"role": "system", "content": "Be concise."},
+        {"role": "user", "content": "Explain tokens briefly."},
+        {"role": "model", "content": "Tokens are pieces of text."},
+        {"role": "user", "content": JAPANESE},
+    ]
+    expected = counter.count_messages(messages, "gemini-2.0-flash")
+    assert estimate == Estimate("gemini-2.0-flash", math.ceil(expected * 1.2), 256)
+    assert GEMINI.charge_estimate(estimate) == estimate.input_tokens
+
+
+def test_gemini_vertex_estimate_snake_case_and_default_output(counter: TokenCounter) -> None:
+    body = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "Hi"},
+                    {"inline_data": {"mime_type": "image/png", "data": "iVBORw0KGgo="}},
+                ],
+            }
+        ],
+        "system_instruction": {"parts": [{"text": "Be concise."}]},
+    }
+    estimate = GEMINI.estimate(VERTEX_PATH, dumps(body), counter, POLICY)
+    assert estimate.model == "gemini-2.5-flash"
+    assert estimate.output_tokens == 7000
+    assert estimate.input_tokens > 1500 * 1.2
+    grounded = GEMINI.estimate(VERTEX_PATH, dumps(body), counter, POLICY, grounded=True)
+    assert grounded.input_tokens > estimate.input_tokens
+    assert grounded.input_tokens == pytest.approx(estimate.input_tokens * 1.15, abs=2)
+
+
+def test_gemini_count_tokens_and_embeddings(counter: TokenCounter) -> None:
+    count = GEMINI.estimate(
+        "/v1beta/models/gemini-2.0-flash:countTokens", dumps(GEMINI_BODY), counter, POLICY
+    )
+    assert count == Estimate("gemini-2.0-flash", 0, 0)
+    embed = {"content": {"parts": [{"text": "hello world"}]}}
+    estimate = GEMINI.estimate(
+        "/v1beta/models/text-embedding-004:embedContent", dumps(embed), counter, POLICY
+    )
+    assert estimate.output_tokens == 0
+    assert estimate.input_tokens == math.ceil((3 + 1 + 2 + 3) * 1.2)
+    batch = {"requests": [{"model": "models/text-embedding-004", **embed}] * 2}
+    doubled = GEMINI.estimate(
+        "/v1beta/models/text-embedding-004:batchEmbedContents", dumps(batch), counter, POLICY
+    )
+    assert doubled.input_tokens > estimate.input_tokens
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"nope", b"[]", b'{"contents": 7}', b'{"generationConfig": []}']
+)
+def test_gemini_malformed_request_never_raises(counter: TokenCounter, body: bytes) -> None:
+    estimate = GEMINI.estimate(GEMINI_PATH, body, counter, POLICY, declared_tokens=9000)
+    assert estimate.model == "gemini-2.0-flash"
+    assert estimate.total == 9000
+
+
+GEMINI_RESPONSE = {
+    "candidates": [
+        {
+            "content": {"role": "model", "parts": [{"text": "Tokens are units."}]},
+            "finishReason": "STOP",
+            "index": 0,
+        }
+    ],
+    "usageMetadata": {
+        "promptTokenCount": 27,
+        "candidatesTokenCount": 5,
+        "totalTokenCount": 132,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 27}],
+        "thoughtsTokenCount": 100,
+    },
+    "modelVersion": "gemini-2.5-flash",
+    "responseId": "abc123",
+}
+
+
+def test_gemini_usage_from_json() -> None:
+    assert GEMINI.usage_from_json(dumps(GEMINI_RESPONSE)) == Usage(27, 105, 132)
+    assert GEMINI.charge(Usage(27, 105, 132)) == 27
+    array_stream = [
+        {
+            "candidates": GEMINI_RESPONSE["candidates"],
+            "usageMetadata": {"promptTokenCount": 27, "totalTokenCount": 27},
+        },
+        GEMINI_RESPONSE,
+    ]
+    assert GEMINI.usage_from_json(dumps(array_stream)) == Usage(27, 105, 132)
+    no_output = {"usageMetadata": {"promptTokenCount": 4, "totalTokenCount": 4}}
+    assert GEMINI.usage_from_json(dumps(no_output)) == Usage(4, 0, 4)
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"{}", b'{"usageMetadata": {}}', b'{"usageMetadata": 3}', b"[1]", b"\xff"]
+)
+def test_gemini_usage_from_malformed_json_is_none(body: bytes) -> None:
+    assert GEMINI.usage_from_json(body) is None
+
+
+def gemini_stream() -> bytes:
+    """An alt=sse stream as the Gemini API sends it (CRLF framing, usage on every chunk)."""
+    chunks = [
+        {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "Tok"}]}, "index": 0}],
+            "usageMetadata": {"promptTokenCount": 27, "totalTokenCount": 27},
+            "modelVersion": "gemini-2.5-flash",
+        },
+        {
+            "candidates": [
+                {"content": {"role": "model", "parts": [{"text": "ens — 世界"}]}, "index": 0}
+            ],
+            "usageMetadata": {
+                "promptTokenCount": 27,
+                "candidatesTokenCount": 3,
+                "totalTokenCount": 30,
+            },
+            "modelVersion": "gemini-2.5-flash",
+        },
+        {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": [{"text": "."}]},
+                    "finishReason": "STOP",
+                    "index": 0,
+                }
+            ],
+            "usageMetadata": {
+                "promptTokenCount": 27,
+                "candidatesTokenCount": 5,
+                "thoughtsTokenCount": 100,
+                "totalTokenCount": 132,
+            },
+            "modelVersion": "gemini-2.5-flash",
+        },
+    ]
+    return "".join(f"data: {json.dumps(c, ensure_ascii=False)}\r\n\r\n" for c in chunks).encode()
+
+
+def test_gemini_sse_usage_with_every_split() -> None:
+    stream = gemini_stream()
+    for chunks in split_everywhere(stream):
+        parser = GEMINI.sse_usage_parser()
+        for chunk in chunks:
+            parser.feed(chunk)
+        assert parser.usage == Usage(27, 105, 132)
+        assert parser.malformed == 0
+
+
+@given(st.lists(st.integers(min_value=0, max_value=1200), max_size=20))
+def test_gemini_sse_usage_with_arbitrary_splits(cuts: list[int]) -> None:
+    stream = gemini_stream()
+    parser = GEMINI.sse_usage_parser()
+    start = 0
+    for point in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
+        parser.feed(stream[start:point])
+        start = point
+    assert parser.usage == Usage(27, 105, 132)
+
+
+def test_gemini_sse_malformed_event_is_counted() -> None:
+    parser = GEMINI.sse_usage_parser()
+    parser.feed(gemini_stream()[:40] + b"\r\n\r\n")
+    parser.feed(b"data: [DONE]\r\n\r\n")
+    assert parser.malformed == 2
+    assert parser.usage is None
+
+
+GEMINI_429 = {
+    "error": {
+        "code": 429,
+        "message": (
+            "You exceeded your current quota, please check your plan and billing details. For "
+            "more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n"
+            "* Quota exceeded for metric: generativelanguage.googleapis.com/"
+            "generate_content_free_tier_input_token_count, limit: 250000, model: gemini-2.0-flash\n"
+            "Please retry in 26.577437859s."
+        ),
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": (
+                            "generativelanguage.googleapis.com/"
+                            "generate_content_free_tier_input_token_count"
+                        ),
+                        "quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+                        "quotaDimensions": {"location": "global", "model": "gemini-2.0-flash"},
+                        "quotaValue": "250000",
+                    }
+                ],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [
+                    {
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "26s"},
+        ],
+    }
+}
+
+
+def test_gemini_rate_limit_with_retry_info() -> None:
+    rejection = GEMINI.classify(429, {}, dumps(GEMINI_429), NOW)
+    assert rejection.kind is RejectionKind.RATE_LIMIT
+    assert rejection.retry_after_s == 26.0
+    assert rejection.limit == 250000
+
+
+def test_gemini_message_hint_when_retry_info_is_missing() -> None:
+    error = {**GEMINI_429["error"], "details": []}
+    rejection = GEMINI.classify(429, {}, dumps({"error": error}), NOW)
+    assert rejection.retry_after_s == pytest.approx(26.577437859)
+
+
+def test_vertex_rate_limit_without_retry_info() -> None:
+    body = {
+        "error": {
+            "code": 429,
+            "message": (
+                "Resource exhausted. Please try again later. Please refer to "
+                "https://cloud.google.com/vertex-ai/generative-ai/docs/error-code-429 for more "
+                "details."
+            ),
+            "status": "RESOURCE_EXHAUSTED",
+        }
+    }
+    rejection = GEMINI.classify(429, {}, dumps(body), NOW)
+    assert rejection.kind is RejectionKind.RATE_LIMIT
+    assert rejection.retry_after_s is None
+    assert rejection.message.startswith("Resource exhausted")
+
+
+def test_gemini_per_day_quota_is_not_retryable() -> None:
+    error = json.loads(json.dumps(GEMINI_429["error"]))
+    violation = error["details"][0]["violations"][0]
+    violation["quotaId"] = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+    violation["quotaValue"] = "50"
+    rejection = GEMINI.classify(429, {}, dumps({"error": error}), NOW)
+    assert rejection.kind is RejectionKind.QUOTA
+    assert not rejection.retryable
+    assert rejection.limit == 50
+
+
+def test_gemini_zero_limit_is_quota() -> None:
+    error = {
+        "code": 429,
+        "status": "RESOURCE_EXHAUSTED",
+        "message": (
+            "You exceeded your current quota.\n* Quota exceeded for metric: "
+            "generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0, "
+            "model: gemini-2.5-pro\nPlease retry in 40s."
+        ),
+    }
+    rejection = GEMINI.classify(429, {}, dumps({"error": error}), NOW)
+    assert rejection.kind is RejectionKind.QUOTA
+    assert rejection.limit == 0
+    assert rejection.retry_after_s == 40.0
+
+
+@pytest.mark.parametrize("body", [b"", b"upstream connect error", b"[]", b'{"error": []}'])
+def test_gemini_malformed_429_is_a_rate_limit(body: bytes) -> None:
+    rejection = GEMINI.classify(429, {"Retry-After": "5"}, body, NOW)
+    assert rejection.kind is RejectionKind.RATE_LIMIT
+    assert rejection.retry_after_s == 5.0
+
+
+def test_gemini_has_no_remaining_header() -> None:
+    assert GEMINI.remaining_tokens({"x-ratelimit-remaining-tokens": "5"}) is None
