@@ -128,11 +128,13 @@ class FileBackend(StateBackend):
     def _read(self) -> tuple[str, dict[str, WindowState]]:
         """The file's text and its buckets; an unreadable file warns and counts as empty."""
         try:
-            with open(self.path, encoding="utf-8") as f:
-                text = f.read()
+            with open(self.path, "rb") as f:
+                blob = f.read()
         except FileNotFoundError:
             return "", {}
+        text = ""
         try:
+            text = blob.decode("utf-8")
             data = json.loads(text)
             if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unexpected format version {data.get('version')!r}"
@@ -142,7 +144,7 @@ class FileBackend(StateBackend):
                 raise ValueError("'buckets' is not an object")
             buckets = {str(k): WindowState.from_json(v) for k, v in raw.items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            what = "empty" if not text.strip() else f"unreadable ({exc})"
+            what = "empty" if not blob.strip() else f"unreadable ({exc})"
             warnings.warn(
                 f"llm-budget state file {self.path} is {what}; starting from an empty window "
                 "(charges recorded so far are forgotten)",
@@ -178,6 +180,13 @@ class FileBackend(StateBackend):
         with self._state(bucket, now) as state:
             reap_dead_owners(state, now, self.lease_ttl)
             return state.admit(limits, ticket, estimate, now, owner)
+
+    def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
+               now: float) -> int:
+        """Prune first, so a reservation that already left the window charges its overrun now."""
+        with self._state(bucket, now) as state:
+            state.prune(limits, now)
+            return state.settle(ticket, estimate, charge, now)
 
     def read_all(self) -> dict[str, Any]:
         """The whole state file as JSON (for debugging and reports)."""

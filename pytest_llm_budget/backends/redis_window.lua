@@ -155,7 +155,9 @@ if op == 'admit' then
 elseif op == 'settle' then
   -- ARGV[6] ticket, [7] estimate, [8] charge. Charging max(entry, estimate + debt) instead of
   -- adding the debt gives WindowState.settle's result and makes a retried settle harmless.
+  -- Pruning first: a reservation that already left the window is charged its overrun from now.
   local ticket, estimate, charge = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  prune()
   L[ticket] = nil
   local debt = math.max(0, charge - estimate)
   for _, e in ipairs(E) do

@@ -1,0 +1,130 @@
+"""Start a real, throwaway redis-server on a free loopback port, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["RedisServer", "free_port", "redis_server", "running_redis"]
+
+MISSING = (
+    "redis-server is not on PATH; the Redis backend tests need a real server "
+    "(apt-get install redis-server, or brew install redis)"
+)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (bind to port 0 and give it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process: no persistence, its own directory, stopped by `stop()`."""
+
+    def __init__(self, directory: str | os.PathLike[str], password: str | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError(MISSING)
+        self.exe = exe
+        self.dir = Path(directory)
+        self.password = password
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """`redis://[:password@]127.0.0.1:port/0`."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Launch on a free port and wait (bounded) until it answers PING."""
+        for _ in range(3):  # another process may grab the port between free_port() and bind
+            self.port = free_port()
+            args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]
+            if self.password:
+                args += ["--requirepass", self.password]
+            log = open(self.dir / f"redis-{self.port}.log", "wb")  # noqa: SIM115 - kept open
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            if self._wait_ready(timeout):
+                return self
+            self.stop()
+        raise RuntimeError(f"redis-server did not start; see logs in {self.dir}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            if self.ping():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def ping(self) -> bool:
+        """Whether the server answers a raw RESP PING (any reply, even NOAUTH, counts)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return bool(s.recv(64))
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Terminate, then kill if it lingers; safe to call twice."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, as far as clients can tell)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            self.proc = None
+
+
+@contextmanager
+def running_redis(
+    directory: str | os.PathLike[str] | None = None, password: str | None = None
+) -> Iterator[RedisServer]:
+    """A started RedisServer for the block's duration."""
+    with tempfile.TemporaryDirectory(prefix="llm-budget-redis-") as tmp:
+        server = RedisServer(directory or tmp, password=password).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+try:
+    import pytest
+except ImportError:  # the benchmark imports this module without pytest
+    pass
+else:
+
+    @pytest.fixture(scope="session")
+    def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+        """A redis-server for the whole session; fails (never skips) when it is not installed."""
+        if shutil.which("redis-server") is None:
+            pytest.fail(MISSING, pytrace=False)
+        with running_redis(tmp_path_factory.mktemp("redis")) as server:
+            yield server
