@@ -110,9 +110,7 @@ def test_decision_headers_figures() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     mode=st.sampled_from(["sliding", "bucket"]),
-    arrivals=st.lists(
-        st.tuples(st.floats(0, 0.7), st.integers(1, 400)), min_size=1, max_size=80
-    ),
+    arrivals=st.lists(st.tuples(st.floats(0, 0.7), st.integers(1, 400)), min_size=1, max_size=80),
 )
 def test_admitted_charges_respect_the_documented_bound(
     mode: str, arrivals: list[tuple[float, int]]
@@ -143,10 +141,18 @@ def test_window_max_tracks_the_largest_window() -> None:
 
 
 def _chat(model: str, text: str, max_tokens: int) -> Request:
-    body = {"model": model, "messages": [{"role": "user", "content": text}],
-            "max_tokens": max_tokens}
-    return Request("POST", "/v1/chat/completions", {}, {"authorization": "Bearer sk"},
-                   json.dumps(body).encode())
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+    }
+    return Request(
+        "POST",
+        "/v1/chat/completions",
+        {},
+        {"authorization": "Bearer sk"},
+        json.dumps(body).encode(),
+    )
 
 
 def test_core_sliding_window_on_fake_clock_and_retry_hint_is_exact() -> None:

@@ -46,10 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--window", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--mode", choices=("sliding", "bucket"), default="sliding")
-    p.add_argument("--shared-bucket", action="store_true",
-                   help="one bucket per vendor (or rule) instead of one per model")
-    p.add_argument("--default-max-output", type=int, default=4096,
-                   help="output tokens charged when a request declares none (OpenAI)")
+    p.add_argument(
+        "--shared-bucket",
+        action="store_true",
+        help="one bucket per vendor (or rule) instead of one per model",
+    )
+    p.add_argument(
+        "--default-max-output",
+        type=int,
+        default=4096,
+        help="output tokens charged when a request declares none (OpenAI)",
+    )
     p.add_argument("--no-auth", action="store_true", help="accept requests without a key")
     p.add_argument("--insufficient-quota", action="store_true", help="answer every call 429 quota")
     p.add_argument("--vertex-429", action="store_true", help="Gemini 429s without RetryInfo")

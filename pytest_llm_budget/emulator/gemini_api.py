@@ -66,14 +66,24 @@ def auth_error(key: str | None) -> Answer:
             "Request is missing required authentication credential. Expected OAuth 2 access"
             " token, login cookie or other valid authentication credential. See"
             " https://developers.google.com/identity/sign-in/web/devconsole-project.",
-            [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-              "reason": "CREDENTIALS_MISSING", "domain": "googleapis.com"}],
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "CREDENTIALS_MISSING",
+                    "domain": "googleapis.com",
+                }
+            ],
         )
     return _error(
         400,
         "API key not valid. Please pass a valid API key.",
-        [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-          "domain": "googleapis.com"}],
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+            }
+        ],
     )
 
 
@@ -99,8 +109,10 @@ def _quota_failure(quota_id: str, metric: str, model: str, value: int | None) ->
 
 
 def _help() -> dict[str, Any]:
-    return {"@type": "type.googleapis.com/google.rpc.Help",
-            "links": [{"description": "Learn more about Gemini API quotas", "url": _RATE_DOCS}]}
+    return {
+        "@type": "type.googleapis.com/google.rpc.Help",
+        "links": [{"description": "Learn more about Gemini API quotas", "url": _RATE_DOCS}],
+    }
 
 
 def quota_error(model: str) -> Answer:
@@ -111,8 +123,12 @@ def quota_error(model: str) -> Answer:
         f" information on this error, head to: {_RATE_DOCS}.\n* Quota exceeded for metric:"
         f" generativelanguage.googleapis.com/generate_content_requests_per_day, limit: 0,"
         f" model: {model}",
-        [_quota_failure("GenerateRequestsPerDayPerProjectPerModel", "generate_content_requests",
-                        model, 0), _help()],
+        [
+            _quota_failure(
+                "GenerateRequestsPerDayPerProjectPerModel", "generate_content_requests", model, 0
+            ),
+            _help(),
+        ],
     )
 
 
@@ -138,8 +154,12 @@ def rate_limit_error(call: Call, d: Decision, retry_info: bool = True) -> Answer
     details = [_quota_failure(qid, metric, call.model, d.limit), _help()]
     if d.verdict != "too_large" and math.isfinite(d.retry_after):
         msg += f"\nPlease retry in {max(d.retry_after, 0.001):.3f}s."
-        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                        "retryDelay": proto_duration(d.retry_after)})
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": proto_duration(d.retry_after),
+            }
+        )
     return _error(429, msg, details)
 
 
@@ -183,8 +203,10 @@ def _usage(call: Call, final: bool) -> dict[str, Any]:
 
 
 def _chunk(call: Call, text: str, finish: str | None, usage: bool) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"},
-                                 "index": 0}
+    candidate: dict[str, Any] = {
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "index": 0,
+    }
     if finish:
         candidate["finishReason"] = finish
     out: dict[str, Any] = {"candidates": [candidate]}
@@ -212,9 +234,19 @@ def generate_answer(call: Call, sse: bool, delay: float = 0.0) -> Answer:
 
 def models_answer(models: Sequence[str]) -> Answer:
     """GET /v1/models in Gemini's shape (chosen when the caller sends a Google key)."""
-    return json_answer(200, {"models": [
-        {"name": f"models/{m}", "displayName": m, "version": "001",
-         "supportedGenerationMethods": ["generateContent", "countTokens"],
-         "inputTokenLimit": 1_048_576, "outputTokenLimit": 65_536}
-        for m in models
-    ]})
+    return json_answer(
+        200,
+        {
+            "models": [
+                {
+                    "name": f"models/{m}",
+                    "displayName": m,
+                    "version": "001",
+                    "supportedGenerationMethods": ["generateContent", "countTokens"],
+                    "inputTokenLimit": 1_048_576,
+                    "outputTokenLimit": 65_536,
+                }
+                for m in models
+            ]
+        },
+    )

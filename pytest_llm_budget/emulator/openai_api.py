@@ -32,8 +32,14 @@ class BadRequest(ValueError):
     """The request body is not something the endpoint accepts (400)."""
 
 
-def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None,
-           headers: Sequence[tuple[str, str]] = ()) -> Answer:
+def _error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Answer:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return json_answer(status, body, headers)
 
@@ -215,8 +221,9 @@ def _usage(call: Call) -> dict[str, Any]:
     }
 
 
-def chat_answer(call: Call, created: int, headers: Sequence[tuple[str, str]],
-                delay: float = 0.0) -> Answer:
+def chat_answer(
+    call: Call, created: int, headers: Sequence[tuple[str, str]], delay: float = 0.0
+) -> Answer:
     """The chat completion, as JSON or as chunks ending with usage (if asked) and [DONE]."""
     cid = f"chatcmpl-emu{call.reply.digest}"
     finish = "length" if call.reply.truncated else "stop"
@@ -225,13 +232,19 @@ def chat_answer(call: Call, created: int, headers: Sequence[tuple[str, str]],
         body = {
             **base,
             "object": "chat.completion",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": call.reply.text, "refusal": None,
-                            "annotations": []},
-                "logprobs": None,
-                "finish_reason": finish,
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": call.reply.text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
             "usage": _usage(call),
             "service_tier": "default",
         }
@@ -242,10 +255,13 @@ def chat_answer(call: Call, created: int, headers: Sequence[tuple[str, str]],
     def choice(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
 
-    events = [sse_event({**chunk, "choices": [choice({"role": "assistant", "content": ""})],
-                         **extra})]
-    events += [sse_event({**chunk, "choices": [choice({"content": p})], **extra})
-               for p in call.reply.pieces()]
+    events = [
+        sse_event({**chunk, "choices": [choice({"role": "assistant", "content": ""})], **extra})
+    ]
+    events += [
+        sse_event({**chunk, "choices": [choice({"content": p})], **extra})
+        for p in call.reply.pieces()
+    ]
     events.append(sse_event({**chunk, "choices": [choice({}, finish)], **extra}))
     if call.include_usage:
         events.append(sse_event({**chunk, "choices": [], "usage": _usage(call)}))
@@ -260,8 +276,9 @@ def _response_object(call: Call, created: int, status: str, done: bool) -> dict[
         "type": "message",
         "role": "assistant",
         "status": "completed",
-        "content": [{"type": "output_text", "text": call.reply.text, "annotations": [],
-                     "logprobs": []}],
+        "content": [
+            {"type": "output_text", "text": call.reply.text, "annotations": [], "logprobs": []}
+        ],
     }
     payload = call.payload if isinstance(call.payload, dict) else {}
     return {
@@ -292,12 +309,15 @@ def _response_object(call: Call, created: int, status: str, done: bool) -> dict[
             "output_tokens": call.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": call.prompt_tokens + call.completion_tokens,
-        } if done else None,
+        }
+        if done
+        else None,
     }
 
 
-def responses_answer(call: Call, created: int, headers: Sequence[tuple[str, str]],
-                     delay: float = 0.0) -> Answer:
+def responses_answer(
+    call: Call, created: int, headers: Sequence[tuple[str, str]], delay: float = 0.0
+) -> Answer:
     """The Responses API result, as JSON or as the typed SSE event sequence."""
     final = _response_object(call, created, "completed", True)
     if not call.stream:
@@ -314,8 +334,13 @@ def responses_answer(call: Call, created: int, headers: Sequence[tuple[str, str]
     start = _response_object(call, created, "in_progress", False)
     emit("response.created", response=start)
     emit("response.in_progress", response=start)
-    item = {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress",
-            "content": []}
+    item = {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": "in_progress",
+        "content": [],
+    }
     emit("response.output_item.added", output_index=0, item=item)
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     loc = {"item_id": item_id, "output_index": 0, "content_index": 0}

@@ -86,9 +86,7 @@ class RequestLog:
         self._buckets: dict[str, BucketStats] = {}
         self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
 
-    def add(
-        self, record: RequestRecord, window: float, tpm: int | None, rpm: int | None
-    ) -> None:
+    def add(self, record: RequestRecord, window: float, tpm: int | None, rpm: int | None) -> None:
         """Append a record and fold it into its bucket's stats."""
         with self._lock:
             self._records.append(record)
