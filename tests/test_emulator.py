@@ -21,7 +21,7 @@ from google.genai import types
 from pytest_llm_budget.emulator import Emulator, EmulatorConfig, LimitSpec
 
 BASE = EmulatorConfig(
-    window=2.0,
+    window=10.0,  # long enough that no test depends on machine speed
     openai=LimitSpec(tpm=500_000, rpm=10_000),
     gemini=LimitSpec(tpm=500_000, rpm=10_000),
 )
@@ -87,7 +87,7 @@ def test_chat_completion_shape_usage_headers_and_determinism(oai: openai.OpenAI)
     assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
     assert raw.headers["x-ratelimit-limit-tokens"] == "500000"
     assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 500_000 - (math.ceil(chars / 4) + 64)
-    assert raw.headers["x-ratelimit-reset-tokens"] == "2s"
+    assert raw.headers["x-ratelimit-reset-tokens"] == "10s"
     assert raw.headers["x-ratelimit-remaining-requests"] == "9999"
     again = oai.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=64)
     assert again.choices[0].message.content == text
@@ -207,7 +207,7 @@ def test_openai_tpm_429_fields_and_headers(emu: Emulator, oai: openai.OpenAI) ->
         f"Limit 1000, Used {charge}, Requested {charge}. Please try again in "
     ) in err.message
     h = err.response.headers
-    assert 1 <= int(h["retry-after"]) <= 2 and 0 < int(h["retry-after-ms"]) <= 2000
+    assert 9 <= int(h["retry-after"]) <= 10 and 9000 < int(h["retry-after-ms"]) <= 10_000
     assert h["x-ratelimit-limit-tokens"] == "1000"
     assert h["x-ratelimit-remaining-tokens"] == str(1000 - charge)
     assert h["x-ratelimit-reset-tokens"].endswith("s")
@@ -268,7 +268,7 @@ def test_gemini_429_with_retry_info(emu: Emulator, gem: genai.Client) -> None:
     types_ = [d["@type"] for d in details]
     assert "type.googleapis.com/google.rpc.QuotaFailure" in types_
     retry = next(d for d in details if d["@type"].endswith("RetryInfo"))
-    assert retry["retryDelay"].endswith("s") and 0 < float(retry["retryDelay"][:-1]) <= 2
+    assert retry["retryDelay"].endswith("s") and 9 < float(retry["retryDelay"][:-1]) <= 10
     quota = details[0]["violations"][0]
     assert quota["quotaValue"] == "300" and quota["quotaDimensions"]["model"] == "gemini-2.5-flash"
 
@@ -377,7 +377,7 @@ def test_sixty_concurrent_connections_are_served(emu: Emulator) -> None:
 
 
 def test_bucket_mode_refills_faster_than_sliding_window(emu: Emulator, oai: openai.OpenAI) -> None:
-    emu.configure(mode="bucket", openai={"tpm": 2000, "rpm": None})  # 1000 tokens/s
+    emu.configure(window=2, mode="bucket", openai={"tpm": 2000, "rpm": None})  # 1000 tokens/s
     oai.chat.completions.create(
         model="gpt-5", messages=[{"role": "user", "content": "x"}], max_tokens=1999
     )
@@ -393,6 +393,18 @@ def test_bucket_mode_refills_faster_than_sliding_window(emu: Emulator, oai: open
     time.sleep(0.35)
     with pytest.raises(openai.RateLimitError):
         oai.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=300)
+
+
+def test_sliding_window_frees_after_the_advertised_delay(emu: Emulator, oai: openai.OpenAI) -> None:
+    emu.configure(window=1, openai={"tpm": 1000, "rpm": None})
+    oai.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=600)
+    with pytest.raises(openai.RateLimitError) as info:
+        oai.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=600)
+    delay_ms = int(info.value.response.headers["retry-after-ms"])
+    assert 500 < delay_ms <= 1000
+    time.sleep(delay_ms / 1000)
+    assert oai.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=600).choices
+    assert emu.stats()["buckets"]["openai:gpt-5"]["max_window_tokens"] <= 1000
 
 
 # --- faults -------------------------------------------------------------------------------------
