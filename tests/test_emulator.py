@@ -595,3 +595,27 @@ def test_cli_rejects_bad_arguments() -> None:
     with pytest.raises(SystemExit) as info:
         main(["--limit", "anthropic:* tpm=1"])
     assert info.value.code == 2
+
+
+def test_gemini_raw_paths_models_list_and_json_array_stream(emu: Emulator) -> None:
+    headers = {"x-goog-api-key": "k", "Content-Type": "application/json"}
+    req = urllib.request.Request(f"{emu.url}/v1/models", headers=headers)
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        names = [m["name"] for m in json.loads(resp.read())["models"]]
+    assert names == [f"models/{m}" for m in emu.config.gemini_models]
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}).encode()
+    url = f"{emu.url}/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=5) as resp:
+        chunks = json.loads(resp.read())
+    assert isinstance(chunks, list) and "usageMetadata" in chunks[-1]
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+def test_gemini_insufficient_quota_fault(emu: Emulator) -> None:
+    client = gemini_client(emu, **{"x-emulator-fault": "insufficient_quota"})
+    with pytest.raises(genai_errors.ClientError) as info:
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert info.value.code == 429 and info.value.status == "RESOURCE_EXHAUSTED"
+    details = info.value.details["error"]["details"]
+    assert not [d for d in details if d["@type"].endswith("RetryInfo")]
+    assert emu.stats()["vendors"]["gemini"]["rejected"] == {"insufficient_quota": 1}

@@ -274,3 +274,20 @@ def test_openai_prompt_tokens_never_above_the_estimate_bound(
     assert call.prompt_tokens <= math.ceil(chars / 4) + 4 * len(contents)
     assert call.charge == math.ceil(chars / 4) + (max_tokens or 4096)
     assert call.completion_tokens <= (max_tokens or 40)
+
+
+def test_emulator_import_is_light_and_pytest_free() -> None:
+    import pathlib
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pytest_llm_budget.emulator as e; "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'openai', 'google', 'tiktoken', 'httpx', 'httpx2'}); print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    package = pathlib.Path(__file__).parent.parent / "pytest_llm_budget" / "emulator"
+    sources = {p.name: p.read_text() for p in package.glob("*.py")}
+    assert sources and not [n for n, s in sources.items() if "import pytest" in s]
