@@ -158,8 +158,9 @@ class WindowState:
             return limits.poll, "concurrency"
         return 0.0, ""
 
-    def settle(self, ticket: str, estimate: int, charge: int, now: float) -> int:
+    def settle(self, limits: Limits, ticket: str, estimate: int, charge: int, now: float) -> int:
         """Charge max(estimate, `charge`) at the reservation's time; returns the debt added."""
+        self.prune(limits, now)
         self.leases.pop(ticket, None)
         debt = max(0, int(charge) - int(estimate))
         for entry in self.entries:

@@ -69,7 +69,7 @@ class StateBackend(Backend):
         self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
     ) -> int:
         with self._state(bucket, now) as state:
-            return state.settle(ticket, estimate, charge, now)
+            return state.settle(limits, ticket, estimate, charge, now)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._state(bucket, now) as state:
