@@ -1,0 +1,254 @@
+"""Route LLM requests of clients the code under test builds itself, by patching httpx2 (and httpx).
+
+`install(session)` replaces `HTTPTransport.handle_request` and
+`AsyncHTTPTransport.handle_async_request` of `httpx2` and of legacy `httpx` with
+`routed_handle_request` / `routed_handle_async_request` functions that send requests to an LLM
+host through the session's `Router` (error mode: answer the app's SDK with the final 429).
+Neither library is imported here: a module already imported is patched at once, one imported
+later is patched right after its own import by a small `sys.meta_path` finder. `uninstall()`
+restores the original methods and removes the finder. Installs nest (a stack of sessions;
+the newest one routes), so a library user or a test can route into its own session for a while.
+
+A request is never routed twice: the plugin's own transports mark their inner send
+(`transport.in_routed_send()`), and the patched methods then pass it straight on.
+
+Cassettes (vcrpy) note: vcr saves `HTTPTransport.handle_request` when `vcr.patch` is imported
+and installs its stub over the class attribute while a cassette is active. For replayed calls
+to skip the budget, vcr must be OUTSIDE this patch: import `vcr.patch` after `install()` (its
+saved "original" is then `routed_handle_request`). If `vcr.patch` was imported first, its saved
+originals are the unrouted methods: re-point them (vcr.patch._Httpx2HttpTransport_handle_request
+= httpx2.HTTPTransport.handle_request, same for the async one) after `install()`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .transport import Router, in_routed_send, router_for
+
+if TYPE_CHECKING:
+    from .session import BudgetSession
+
+__all__ = [
+    "DEFAULT_HOSTS",
+    "ORIGINALS",
+    "active_session",
+    "add_host",
+    "install",
+    "installed",
+    "is_llm_host",
+    "patched_methods",
+    "remove_host",
+    "uninstall",
+]
+
+#: Hosts whose requests are LLM calls (globs; `host` or `host:port`).
+DEFAULT_HOSTS = (
+    "api.openai.com",
+    "generativelanguage.googleapis.com",
+    "*-aiplatform.googleapis.com",
+    "aiplatform.googleapis.com",
+    "*.openai.azure.com",
+)
+_ENV_URLS = ("OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
+_MODULES = ("httpx2", "httpx")
+
+#: (module name, class name, method name) -> the method before `install()` patched it.
+ORIGINALS: dict[tuple[str, str, str], Callable[..., Any]] = {}
+
+_lock = threading.RLock()
+_stack: list[tuple[Router, tuple[str, ...]]] = []
+_extra_hosts: list[str] = []
+_finder: _PatchOnImport | None = None
+
+
+# -- which requests ------------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def _host_of(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            return None
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    except ValueError:
+        return None
+
+
+def _matches(pattern: str, host: str, port: int | None) -> bool:
+    pattern = pattern.strip().lower()
+    if "://" in pattern:
+        pattern = _host_of(pattern) or pattern
+    if ":" in pattern.rsplit("]", 1)[-1]:
+        return port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
+    return fnmatch.fnmatchcase(host, pattern)
+
+
+def is_llm_host(host: str, port: int | None, extra: Sequence[str] = ()) -> bool:
+    """True for the default LLM hosts, the SDKs' base-URL env vars' hosts, `llm_hosts`, extras."""
+    host = host.lower().rstrip(".")
+    env = [h for h in (_host_of(os.environ.get(name, "")) for name in _ENV_URLS) if h]
+    with _lock:
+        registered = list(_extra_hosts)
+    patterns = (*DEFAULT_HOSTS, *env, *extra, *registered)
+    return any(_matches(p, host, port) for p in patterns)
+
+
+def add_host(host: str) -> None:
+    """Treat requests to `host` (`name`, `name:port`, glob or URL) as LLM calls."""
+    with _lock:
+        _extra_hosts.append(host)
+
+
+def remove_host(host: str) -> None:
+    """Undo one `add_host`."""
+    with _lock:
+        if host in _extra_hosts:
+            _extra_hosts.remove(host)
+
+
+def _router_for_request(request: Any) -> Router | None:
+    """The active router when this request should be routed, else None."""
+    if in_routed_send():
+        return None
+    with _lock:
+        if not _stack:
+            return None
+        router, hosts = _stack[-1]
+    url = request.url
+    return router if is_llm_host(url.host, url.port, hosts) else None
+
+
+# -- the patched methods -------------------------------------------------------------------------
+def patched_methods(
+    original_sync: Callable[..., Any], original_async: Callable[..., Any]
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """`(routed_handle_request, routed_handle_async_request)` around the given originals."""
+
+    def routed_handle_request(self: Any, request: Any) -> Any:
+        router = _router_for_request(request)
+        if router is None:
+            return original_sync(self, request)
+        return router.handle(request, lambda r: original_sync(self, r))
+
+    async def routed_handle_async_request(self: Any, request: Any) -> Any:
+        router = _router_for_request(request)
+        if router is None:
+            return await original_async(self, request)
+
+        async def send(r: Any) -> Any:
+            return await original_async(self, r)
+
+        return await router.ahandle(request, send)
+
+    routed_handle_request.__wrapped__ = original_sync  # type: ignore[attr-defined]
+    routed_handle_async_request.__wrapped__ = original_async  # type: ignore[attr-defined]
+    return routed_handle_request, routed_handle_async_request
+
+
+def _patch(module: ModuleType) -> None:
+    name = module.__name__
+    if (name, "HTTPTransport", "handle_request") in ORIGINALS:
+        return
+    sync_cls, async_cls = module.HTTPTransport, module.AsyncHTTPTransport
+    original_sync = sync_cls.handle_request
+    original_async = async_cls.handle_async_request
+    ORIGINALS[(name, "HTTPTransport", "handle_request")] = original_sync
+    ORIGINALS[(name, "AsyncHTTPTransport", "handle_async_request")] = original_async
+    routed_sync, routed_async = patched_methods(original_sync, original_async)
+    sync_cls.handle_request = routed_sync
+    async_cls.handle_async_request = routed_async
+
+
+def _unpatch_all() -> None:
+    for (name, cls_name, attr), original in list(ORIGINALS.items()):
+        module = sys.modules.get(name)
+        if module is not None:
+            setattr(getattr(module, cls_name), attr, original)
+        del ORIGINALS[(name, cls_name, attr)]
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then patches the freshly imported module."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        with _lock:
+            if _stack:
+                _patch(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """A meta-path finder that only wraps the loader of `httpx2` / `httpx` (no import here)."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _MODULES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _PatchingLoader(spec.loader)
+        return spec
+
+
+# -- install / uninstall -------------------------------------------------------------------------
+def install(session: BudgetSession, *, hosts: Sequence[str] | None = None) -> None:
+    """Route app-built clients' LLM requests into `session` until the matching `uninstall()`."""
+    global _finder
+    router = router_for(session, raise_errors=False)
+    with _lock:
+        _stack.append((router, tuple(session.settings.hosts if hosts is None else hosts)))
+        for name in _MODULES:
+            module = sys.modules.get(name)
+            if module is not None:
+                _patch(module)
+        if _finder is None:
+            _finder = _PatchOnImport()
+            sys.meta_path.insert(0, _finder)
+
+
+def uninstall() -> None:
+    """Undo the latest `install()`; the last one restores the original methods."""
+    global _finder
+    with _lock:
+        if _stack:
+            _stack.pop()
+        if _stack:
+            return
+        _unpatch_all()
+        if _finder is not None:
+            if _finder in sys.meta_path:
+                sys.meta_path.remove(_finder)
+            _finder = None
+
+
+def active_session() -> BudgetSession | None:
+    """The session the newest `install()` routes into, or None."""
+    with _lock:
+        return _stack[-1][0].session if _stack else None
+
+
+def installed() -> bool:
+    """True while some session routes app-built clients."""
+    with _lock:
+        return bool(_stack)
