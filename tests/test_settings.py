@@ -1,0 +1,170 @@
+"""Options: CLI > env > ini > default, the seed's env names, and a clear error for every bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llm_budget.settings import Settings, SettingsError, parse_duration, parse_limit_rule
+
+SHOW = """
+def test_show(llm_budget):
+    s = llm_budget.settings
+    print("SETTINGS", s.tpm, s.headroom, s.retries, s.backend, s.rules, s.sources["tpm"])
+"""
+
+
+def run_show(pytester: pytest.Pytester, *args: str) -> str:
+    pytester.makepyfile(SHOW)
+    result = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=1)
+    line = next(line for line in result.outlines if "SETTINGS " in line)
+    return line[line.index("SETTINGS ") :].removesuffix(".")
+
+
+def test_defaults(pytester: pytest.Pytester) -> None:
+    line = run_show(pytester)
+    assert line.startswith("SETTINGS 30000 0.15 5 auto")
+    assert line.endswith("default")
+
+
+def test_cli_beats_env_beats_ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini("[pytest]\nllm_tpm = 1000\nllm_headroom = 0.3\nllm_retries = 1\n")
+    monkeypatch.setenv("LLM_BUDGET_TPM", "2000")
+    monkeypatch.setenv("LLM_BUDGET_HEADROOM", "0.2")
+    line = run_show(pytester, "--llm-tpm=3000")
+    assert line.startswith("SETTINGS 3000 0.2 1 ")
+    assert line.endswith("the command line")
+
+
+def test_env_beats_ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makeini("[pytest]\nllm_tpm = 1000\n")
+    monkeypatch.setenv("LLM_BUDGET_TPM", "2000")
+    assert run_show(pytester).endswith("environment variable LLM_BUDGET_TPM")
+
+
+def test_ini_from_pyproject(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(
+        '[tool.pytest.ini_options]\nllm_tpm = "4000"\n'
+        'llm_limits = ["openai:gpt-5* tpm=500 rpm=5", "gemini:* tpm=100000"]\n'
+    )
+    line = run_show(pytester)
+    assert line.startswith("SETTINGS 4000 ")
+    assert "LimitRule(vendor='openai', model='gpt-5*', tpm=500, rpm=5)" in line
+    assert "LimitRule(vendor='gemini', model='*', tpm=100000, rpm=None)" in line
+    assert "LimitRule(vendor='*', model='*', tpm=4000, rpm=None)" in line  # the fallback, last
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "field", "expected"),
+    [
+        ("OPENAI_TPM_LIMIT", "12345", "tpm", 12345),
+        ("OPENAI_TPM_HEADROOM", "0.25", "headroom", 0.25),
+        ("OPENAI_MAX_CONCURRENCY", "1", "max_concurrency", 1),
+        ("OPENAI_RETRY_MAX_ATTEMPTS", "3", "retries", 3),
+        ("OPENAI_BACKOFF_BASE_SECONDS", "1.5", "backoff_base", 1.5),
+        ("OPENAI_EST_TOKENS_PER_RUN", "6500", "est_tokens", 6500),
+    ],
+)
+def test_the_seeds_env_names(env: str, value: str, field: str, expected: object) -> None:
+    settings = Settings.resolve({}, {env: value}, {})
+    assert getattr(settings, field) == expected
+
+
+def test_our_env_name_beats_the_seeds() -> None:
+    settings = Settings.resolve({}, {"OPENAI_TPM_LIMIT": "1", "LLM_BUDGET_TPM": "2"}, {})
+    assert settings.tpm == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "named", "why"),
+    [
+        (["--llm-tpm=abc"], "--llm-tpm='abc'", "whole number"),
+        (["--llm-tpm=0"], "--llm-tpm='0'", "above 0"),
+        (["--llm-tpm=-5"], "--llm-tpm='-5'", "above 0"),
+        (["--llm-headroom=1.5"], "--llm-headroom='1.5'", "below 1"),
+        (["--llm-headroom=1"], "--llm-headroom='1'", "below 1"),
+        (["--llm-window=0"], "--llm-window='0'", "above 0"),
+        (["--llm-retries=-1"], "--llm-retries='-1'", "0 or more"),
+        (["--llm-rpm=x"], "--llm-rpm='x'", "whole number"),
+        (["--llm-record-mode=sometimes"], "--llm-record-mode='sometimes'", "one of off, once"),
+        (["--llm-backend=ftp://x"], "--llm-backend='ftp://x'", "redis://"),
+        (["--llm-report=out.txt"], "--llm-report='out.txt'", ".json or .html"),
+        (["--llm-max-duration=soon"], "--llm-max-duration='soon'", "duration"),
+        (["--llm-backoff-base=5", "--llm-backoff-max=1"], "--llm-backoff-max=1", "below"),
+    ],
+)
+def test_bad_cli_values_stop_the_run(
+    pytester: pytest.Pytester, args: list[str], named: str, why: str
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_inprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert named in err and why in err, err
+    assert "pytest-llm-budget" in err
+
+
+def test_bad_env_value_names_the_variable(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_TPM_HEADROOM", "2")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_inprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "environment variable OPENAI_TPM_HEADROOM" in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("rule", "why"),
+    [
+        ("openai gpt-5 tpm=1", "is not 'vendor:model"),
+        ("openai:gpt-5 rpm=5", "needs tpm"),
+        ("openai:gpt-5 tpm=lots", "tpm='lots'"),
+        ("openai:gpt-5 tpm=0", "above 0"),
+        ("openai:gpt-5 tpm=5 burst=2", "unknown key 'burst'"),
+    ],
+)
+def test_malformed_limit_rules(pytester: pytest.Pytester, rule: str, why: str) -> None:
+    pytester.makeini(f"[pytest]\nllm_limits =\n    gemini:* tpm=100\n    {rule}\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_inprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "llm_limits" in err and why in err, err
+
+
+def test_help_shows_the_option_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_inprocess("--help")
+    out = result.stdout.str()
+    assert "LLM token budget (pytest-llm-budget)" in out
+    for flag in ("--llm-tpm", "--llm-rpm", "--llm-headroom", "--llm-window", "--llm-backend",
+                 "--llm-max-concurrency", "--llm-retries", "--llm-backoff-base",
+                 "--llm-backoff-max", "--llm-max-wait", "--llm-est-tokens",
+                 "--llm-record-mode", "--llm-report"):
+        assert flag in out, flag
+    assert "llm_limits" in out
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("90") == 90
+    assert parse_duration("90s") == 90
+    assert parse_duration("10m") == 600
+    assert parse_duration("1h30m") == 5400
+    for bad in ("", "m", "10x", "-5", "0"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_limit_rule_matching() -> None:
+    rule = parse_limit_rule("openai:gpt-5* tpm=30000 rpm=500")
+    assert rule.matches("openai", "gpt-5-mini") and not rule.matches("gemini", "gpt-5")
+    assert str(rule) == "openai:gpt-5* tpm=30000 rpm=500"
+
+
+def test_settings_are_frozen_and_public_masks_passwords() -> None:
+    settings = Settings.resolve({"backend": "redis://:s3cret@localhost:6379/0"}, {}, {})
+    with pytest.raises(AttributeError):
+        settings.tpm = 1  # type: ignore[misc]
+    assert "s3cret" not in str(settings.public())
+    with pytest.raises(SettingsError):
+        Settings.resolve({"tpm": "1e9x"}, {}, {})
