@@ -7,12 +7,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Generator
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, replace
+from typing import Any, cast
 
 import pytest
 
+from .cassettes import CassettePolicy, Cassettes, CassetteUse, cassette_path
 from .limiter import BucketStats
+from .matrix import (
+    LLMModel,
+    MatrixError,
+    Scenario,
+    argnames,
+    load_scenarios,
+    matrix_params,
+    parse_models,
+    scenario_of,
+)
+from .preflight import estimate_item, is_llm_test, over_budget_message, project
 from .records import CallRecord, TestUsage
 from .report import build_report, summary_lines, write_report
 from .session import BudgetSession, TestContext
@@ -134,13 +146,14 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 def _test_context(item: pytest.Item) -> TestContext:
     mark = item.get_closest_marker(MARKER)
     kwargs = mark.kwargs if mark else {}
-    return TestContext(
+    context = TestContext(
         nodeid=item.nodeid,
         tokens=kwargs.get("tokens"),
         vendor=kwargs.get("vendor"),
         model=kwargs.get("model"),
         grounded=bool(kwargs.get("grounded", False)),
     )
+    return _with_scenario(item, context)  # grounded llm_scenario: see the matrix section
 
 
 @pytest.hookimpl(wrapper=True)
@@ -227,3 +240,112 @@ class XdistHooks:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# == record/replay, scenario x model matrix, preflight (cassettes.py, matrix.py, preflight.py) ==
+_MATRIX_KEY = pytest.StashKey[tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]]()
+_CASSETTES_KEY = pytest.StashKey[Cassettes]()
+_CASSETTE_USE_KEY = pytest.StashKey[CassetteUse]()
+_MATRIX_ARGS = ("llm_model", "llm_scenario")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Load the matrix (models, scenario file) now: a bad file stops the run as a usage error."""
+    _matrix(session.config)
+
+
+def _matrix(config: pytest.Config) -> tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]:
+    """The session's models and scenarios (ini `llm_models`, `llm_scenarios`), loaded once."""
+    if _MATRIX_KEY not in config.stash:
+        settings = _session(config).settings
+        path = settings.scenarios
+        if path and settings.sources.get("scenarios", "").startswith("ini") and config.inipath:
+            path = str(config.inipath.parent / path)
+        try:
+            config.stash[_MATRIX_KEY] = (parse_models(settings.models), load_scenarios(path))
+        except MatrixError as exc:
+            raise pytest.UsageError(f"pytest-llm-budget: {exc}") from None
+    return config.stash[_MATRIX_KEY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize tests taking `llm_model` / `llm_scenario` over the matrix (models outer)."""
+    marks = metafunc.definition.iter_markers("parametrize")
+    taken = {name for mark in marks for name in argnames(mark.args[0])}
+    model, scenario = (n not in taken and n in metafunc.fixturenames for n in _MATRIX_ARGS)
+    if model or scenario:
+        names, values, ids = matrix_params(model, scenario, *_matrix(metafunc.config))
+        metafunc.parametrize(names, values, ids=ids, indirect=True)
+
+
+@pytest.fixture
+def llm_scenario(request: pytest.FixtureRequest) -> Scenario:
+    """This case's scenario (vantage policy, grounding; `.grounded`); tests are parametrized."""
+    return cast(Scenario, request.param)
+
+
+@pytest.fixture
+def llm_model(request: pytest.FixtureRequest) -> LLMModel:
+    """This case's model (`.vendor`, `.name`, `.id` = vendor:name); tests are parametrized."""
+    return cast(LLMModel, request.param)
+
+
+def _with_scenario(item: pytest.Item, context: TestContext) -> TestContext:
+    """The test context, grounded when the test's `llm_scenario` is (the estimate adds overhead)."""
+    scenario = scenario_of(item)
+    return replace(context, grounded=True) if scenario and scenario.grounded else context
+
+
+def _cassettes(config: pytest.Config) -> Cassettes | None:
+    """The session's cassette opener, or None when the record mode is `off`."""
+    session = _session(config)
+    policy = CassettePolicy.from_settings(session.settings)
+    if not policy.active:
+        return None
+    if _CASSETTES_KEY not in config.stash:
+        config.stash[_CASSETTES_KEY] = Cassettes(policy, session.record, session.worker)
+    return config.stash[_CASSETTES_KEY]
+
+
+@pytest.fixture(autouse=True)
+def _llm_budget_cassette(request: pytest.FixtureRequest) -> Generator[None, None, None]:
+    """One cassette per LLM test when a record mode is set (`vcr`-marked tests left alone)."""
+    item, cassettes = request.node, _cassettes(request.config)
+    if cassettes is None or not is_llm_test(item) or item.get_closest_marker("vcr"):
+        yield
+        return
+    path = cassette_path(item.path, _session(request.config).settings.cassette_dir, item.nodeid)
+    with cassettes.use(path, item.nodeid) as use:
+        item.stash[_CASSETTE_USE_KEY] = use
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Fail a test that asked a cassette for a request it lacks (even if the app caught it)."""
+    report = yield
+    use = item.stash.get(_CASSETTE_USE_KEY, None)
+    if report.when == "call" and use is not None and use.misses:
+        report.outcome = "failed"
+        report.longrepr = use.miss_message() + (f"\n\n{report.longrepr}" if report.longrepr else "")
+    return report
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Print the preflight projection; stop a run longer than --llm-max-duration before any call."""
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    settings = _session(config).settings
+    policy = CassettePolicy.from_settings(settings)
+    llm_items = [i for i in session.items if is_llm_test(i)]
+    aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
+    projection = project((estimate_item(i, settings, policy) for i in llm_items), settings, aside)
+    if not projection.tests:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(projection.line(settings.budget))
+    problem = settings.max_duration and over_budget_message(projection, settings.max_duration)
+    if problem:
+        raise pytest.UsageError(problem)

@@ -1,0 +1,364 @@
+"""vcrpy glue: one cassette per LLM test, record modes, secret filters, replay accounting.
+
+vcrpy is imported only when a cassette is opened (record mode other than `off`). Ordering with the
+routing layer: vcr's patch of `httpx2.HTTPTransport.handle_request` (and the async twin) is
+installed per test *over* whatever is installed when the cassette opens (the routing wrapper), and
+vcr's saved "real" method is pointed at that same routed method while the cassette is open. So a
+replayed call is answered by vcr before the limiter sees it (no wait, no budget), and a recorded
+call goes vcr -> routing (limiter, retries) -> network.
+
+Cassettes hold LLM traffic only (requests a provider recognises, or hosts in `llm_hosts`); other
+HTTP passes through untouched and unrecorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .records import CallRecord
+from .settings import Settings
+
+__all__ = [
+    "REPLAYING_MODES",
+    "SECRET_HEADERS",
+    "SECRET_QUERY",
+    "CassettePolicy",
+    "CassetteUse",
+    "Cassettes",
+    "cassette_name",
+    "cassette_path",
+    "replayed_record",
+]
+
+#: Request headers never written to a cassette (plus ini `llm_filter_headers`).
+SECRET_HEADERS = (
+    "authorization",
+    "x-goog-api-key",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+)
+#: Response headers never written to a cassette (plus ini `llm_filter_headers`).
+SECRET_RESPONSE_HEADERS = ("set-cookie", "openai-organization", "openai-project")
+#: Query parameters never written to a cassette (plus ini `llm_filter_query_parameters`).
+SECRET_QUERY = ("key",)
+#: Record modes in which an existing cassette is replayed.
+REPLAYING_MODES = ("once", "none", "new_episodes")
+MAX_NAME = 120
+_SAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
+
+
+def cassette_name(test_id: str) -> str:
+    """A file-safe cassette name from a test id (`Class::test[params]`), unique per id.
+
+    `::` becomes `.`; any other unsafe character becomes `_`, and then (or when the name is
+    longer than MAX_NAME) a hash of the full id is appended, so ids that differ only in
+    sanitised characters, or only past the cut, still get different files.
+    """
+    base, bracket, params = test_id.partition("[")
+    name = base.replace("::", ".") + bracket + params
+    safe = _SAFE.sub("_", name)
+    if safe == name and len(safe) <= MAX_NAME:
+        return safe
+    digest = hashlib.sha256(test_id.encode("utf-8")).hexdigest()[:10]
+    return f"{safe[: MAX_NAME - 11]}-{digest}"
+
+
+def cassette_path(module: Path, cassette_dir: str, nodeid: str) -> Path:
+    """`<module folder>/<cassette_dir>/<module name>/<cassette_name(test id)>.yaml`."""
+    test_id = nodeid.split("::", 1)[1] if "::" in nodeid else nodeid
+    folder = Path(cassette_dir)
+    if not folder.is_absolute():
+        folder = module.parent / folder
+    return folder / module.stem / f"{cassette_name(test_id)}.yaml"
+
+
+@dataclass(frozen=True)
+class CassettePolicy:
+    """What the settings say about cassettes: mode, filters, which hosts are LLM hosts."""
+
+    mode: str = "off"
+    filter_headers: tuple[str, ...] = SECRET_HEADERS
+    filter_response_headers: tuple[str, ...] = SECRET_RESPONSE_HEADERS
+    filter_query: tuple[str, ...] = SECRET_QUERY
+    hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CassettePolicy:
+        """The policy of a session's settings (user filters added to the built-in ones)."""
+        extra = tuple(h.lower() for h in settings.filter_headers)
+        return cls(
+            mode=settings.record_mode,
+            filter_headers=_unique(SECRET_HEADERS + extra),
+            filter_response_headers=_unique(SECRET_RESPONSE_HEADERS + extra),
+            filter_query=_unique(SECRET_QUERY + tuple(settings.filter_query)),
+            hosts=tuple(h.lower() for h in settings.hosts),
+        )
+
+    @property
+    def active(self) -> bool:
+        """True unless the record mode is `off`."""
+        return self.mode != "off"
+
+    def replays(self, path: Path) -> bool:
+        """True when a test with this cassette path makes no live call (for the preflight)."""
+        return self.mode == "none" or (self.mode in REPLAYING_MODES and path.exists())
+
+    def is_llm(self, host: str, path: str) -> bool:
+        """True for a request the cassette should hold (a provider's path, or an `llm_hosts`)."""
+        from .providers import provider_for
+
+        return provider_for(host, path) is not None or host.lower() in self.hosts
+
+
+def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass
+class CassetteUse:
+    """One open cassette: where it lives, what it replayed and which requests it lacked."""
+
+    path: Path
+    mode: str
+    test: str
+    replayed: int = 0
+    misses: list[str] = field(default_factory=list)
+    aside: bool = False
+
+    def miss_message(self) -> str:
+        """Why the test fails: the requests with no recording, and the cassette file."""
+        lines = [
+            f"pytest-llm-budget: no recording for {len(self.misses)} request(s) in cassette "
+            f"{self.path} (record mode '{self.mode}'; no network was used):",
+            *(f"  {m}" for m in self.misses),
+            "Record it: run this test with --llm-record-mode once (or all to re-record) "
+            "against the provider or the bundled emulator.",
+        ]
+        return "\n".join(lines)
+
+
+def _json_or_bytes(body: Any) -> Any:
+    """A request body parsed as JSON when it is JSON, else its bytes (for matching)."""
+    if body is None:
+        return b""
+    raw = body if isinstance(body, bytes) else str(body).encode("utf-8")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _body_matcher(r1: Any, r2: Any) -> None:
+    """vcr matcher: JSON bodies compared parsed (key order, spacing ignored), others as bytes."""
+    if _json_or_bytes(r1.body) != _json_or_bytes(r2.body):
+        raise AssertionError("request bodies differ")
+
+
+def _model_of(path: str, body: Any) -> str:
+    """Model named by a request: the JSON body's `model`, else a Gemini path's `models/M:`."""
+    parsed = _json_or_bytes(body)
+    if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
+        return str(parsed["model"])
+    match = re.search(r"/models/([^/:?]+)", path)
+    return match.group(1) if match else "*"
+
+
+def _headers_get(headers: Any, name: str) -> str:
+    """A response header from a cassette's `{name: [values]}` mapping, case-insensitively."""
+    for key, values in (headers or {}).items():
+        if str(key).lower() == name:
+            return str(values[0] if isinstance(values, list) and values else values)
+    return ""
+
+
+def replayed_record(
+    method: str, uri: str, body: Any, response: dict[str, Any], *, test: str, worker: str
+) -> CallRecord | None:
+    """The CallRecord of one replayed call: usage parsed from the recorded response, replayed."""
+    from .providers import provider_for
+
+    split = urlsplit(uri)
+    provider = provider_for(split.netloc, split.path)
+    if provider is None:
+        return None
+    raw = response.get("body", {}).get("string", b"")
+    payload = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+    if "text/event-stream" in _headers_get(response.get("headers"), "content-type"):
+        parser = provider.sse_usage_parser()
+        parser.feed(payload)
+        parser.close()
+        usage = parser.usage
+    else:
+        usage = provider.usage_from_json(payload)
+    status = int(response.get("status", {}).get("code", 200))
+    return CallRecord(
+        t=time.time(),
+        test=test,
+        vendor=provider.vendor,
+        model=_model_of(split.path, body),
+        estimated=0,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        status="ok" if status < 400 else f"http_{status}",
+        attempts=1,
+        waited_s=0.0,
+        replayed=True,
+        worker=worker,
+        rate_limit_events=int(status == 429),
+        malformed=usage is None and status < 400,
+    )
+
+
+def _is_vcr_wrapper(method: object) -> bool:
+    """True when an httpx2 transport method is vcr's stub (a cassette is already open)."""
+    return "vcr_handle" in getattr(method, "__qualname__", "")
+
+
+class Cassettes:
+    """Opens per-test cassettes for a session; builds the vcr.VCR object on first use."""
+
+    def __init__(self, policy: CassettePolicy, record: Callable[[CallRecord], None], worker: str):
+        self.policy = policy
+        self._record = record
+        self._worker = worker
+        self._vcr: Any = None
+
+    def _build(self) -> Any:
+        """The vcr.VCR configured with the policy (imports vcrpy: only ever called lazily)."""
+        import vcr
+
+        policy = self.policy
+
+        def before_record_request(request: Any) -> Any:
+            split = urlsplit(request.uri)
+            return request if policy.is_llm(split.netloc, split.path) else None
+
+        def before_record_response(response: dict[str, Any]) -> dict[str, Any]:
+            headers = response.get("headers") or {}
+            drop = {h.lower() for h in policy.filter_response_headers}
+            response["headers"] = {k: v for k, v in headers.items() if k.lower() not in drop}
+            return response
+
+        recorder = vcr.VCR(
+            record_mode=policy.mode,
+            match_on=("method", "host", "path", "query", "llm_body"),
+            filter_headers=list(policy.filter_headers),
+            filter_query_parameters=list(policy.filter_query),
+            decode_compressed_response=True,
+            before_record_request=before_record_request,
+            before_record_response=before_record_response,
+        )
+        recorder.register_matcher("llm_body", _body_matcher)
+        return recorder
+
+    @staticmethod
+    def nested() -> bool:
+        """True when some other vcr cassette is open right now (then this one steps aside)."""
+        import httpx2
+
+        return _is_vcr_wrapper(httpx2.HTTPTransport.handle_request)
+
+    @contextlib.contextmanager
+    def use(self, path: Path, test: str) -> Iterator[CassetteUse]:
+        """Open the cassette at `path` for one test; count replays, note requests it lacked.
+
+        Steps aside (yields a use with `aside=True`, opens nothing) when another vcr cassette is
+        already open, e.g. a user's own `vcr.use_cassette` around the test.
+        """
+        if self.nested():
+            yield CassetteUse(path, self.policy.mode, test, aside=True)
+            return
+        if self._vcr is None:
+            self._vcr = self._build()
+        from .transport import REPLAY_CHECKS
+
+        use = CassetteUse(path, self.policy.mode, test)
+        with _vcr_real_calls_routed(), self._vcr.use_cassette(str(path)) as cassette:
+            check = self._instrument(cassette, use)
+            REPLAY_CHECKS.append(check)  # fixtures' BudgetTransport: replays skip the budget
+            try:
+                yield use
+            finally:
+                REPLAY_CHECKS.remove(check)
+
+    def _instrument(self, cassette: Any, use: CassetteUse) -> Callable[[Any], bool]:
+        """Wrap the cassette's play/lookup methods to report replays and note misses.
+
+        Returns the routing layer's replay check: True for an httpx request this cassette will
+        answer, so a wrapping `BudgetTransport` (fixtures' clients) passes it on unbudgeted.
+        """
+        play, can_play = cassette.play_response, cassette.can_play_response_for
+
+        def play_response(request: Any) -> Any:
+            response = play(request)
+            use.replayed += 1
+            record = replayed_record(
+                request.method,
+                request.uri,
+                request.body,
+                response,
+                test=use.test,
+                worker=self._worker,
+            )
+            if record is not None:
+                self._record(record)
+            return response
+
+        def can_play_response_for(request: Any) -> Any:
+            found = can_play(request)
+            if not found and cassette.write_protected and cassette.filter_request(request):
+                miss = f"{request.method} {request.uri}"
+                if miss not in use.misses:
+                    use.misses.append(miss)
+            return found
+
+        def will_replay(request: Any) -> bool:
+            from vcr.request import Request
+
+            body = getattr(request, "_content", None)
+            vcr_request = Request(request.method, str(request.url), body, dict(request.headers))
+            return bool(can_play(vcr_request))
+
+        cassette.play_response = play_response
+        cassette.can_play_response_for = can_play_response_for
+        return will_replay
+
+
+@contextlib.contextmanager
+def _vcr_real_calls_routed() -> Iterator[None]:
+    """Point vcr's saved "real" httpx2 methods at the installed (routed) ones while open.
+
+    vcr.patch saves `httpx2.HTTPTransport.handle_request` when it is first imported; if that was
+    before the routing layer patched the class, a recorded call would skip the limiter. While our
+    cassette is open, vcr's real call is whatever is installed now: the routing wrapper.
+    """
+    import httpx2
+    import vcr.patch as vcr_patch
+
+    names = {
+        "_Httpx2HttpTransport_handle_request": httpx2.HTTPTransport.handle_request,
+        "_Httpx2AsyncHttpTransport_handle_async_request": (
+            httpx2.AsyncHTTPTransport.handle_async_request
+        ),
+    }
+    saved = {name: getattr(vcr_patch, name) for name in names}
+    for name, method in names.items():
+        setattr(vcr_patch, name, method)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(vcr_patch, name, method)

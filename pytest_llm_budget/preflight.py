@@ -1,0 +1,190 @@
+"""Preflight: project a run's tokens and the least time the budget allows, before any call.
+
+Per LLM test: the marker's `tokens=`, else `--llm-est-tokens`, times (1 + grounded overhead) when
+the test is grounded; zero when its cassette replays. Tests go to the bucket of their vendor and
+model (ini `llm_limits`, then `--llm-tpm`); each bucket admits `tpm * (1 - headroom)` tokens per
+window, so the run needs at least `tokens / budget` windows of its busiest bucket. No pytest here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .cassettes import CassettePolicy, cassette_path
+from .limiter import LimitRule
+from .matrix import LLMModel, scenario_of
+from .settings import Settings
+
+__all__ = [
+    "LLM_FIXTURES",
+    "Projection",
+    "TestEstimate",
+    "estimate_item",
+    "format_duration",
+    "is_llm_test",
+    "over_budget_message",
+    "project",
+]
+
+#: Fixtures that make a test an LLM test (as does the `llm_budget` marker).
+LLM_FIXTURES = frozenset(
+    {"llm_scenario", "llm_model", "openai_client", "async_openai_client", "gemini_client"}
+)
+MARKER = "llm_budget"
+
+
+@dataclass(frozen=True)
+class TestEstimate:
+    """What one collected LLM test is expected to spend live."""
+
+    __test__ = False
+
+    nodeid: str
+    tokens: int
+    vendor: str | None = None
+    model: str | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One budget bucket's share of the projection."""
+
+    name: str
+    rule: LimitRule
+    tokens: int
+    budget: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The run's projected tokens and least duration (its busiest bucket's)."""
+
+    tests: int
+    replayed: int
+    tokens: int
+    window: float
+    headroom: float
+    buckets: tuple[Bucket, ...]
+    aside: int = 0
+
+    @property
+    def busiest(self) -> Bucket | None:
+        """The bucket that takes longest (it sets the run's least duration)."""
+        return max(self.buckets, key=lambda b: b.seconds, default=None)
+
+    @property
+    def seconds(self) -> float:
+        """The least wall time the budget allows for the live part of the run."""
+        busiest = self.busiest
+        return busiest.seconds if busiest else 0.0
+
+    def line(self, fallback_budget: int) -> str:
+        """`LLM budget preflight: N LLM tests, ~T tokens, at least 6m35s at B tokens/60s`."""
+        busiest = self.busiest
+        budget = busiest.budget if busiest else fallback_budget
+        plural = "" if self.tests == 1 else "s"
+        text = (
+            f"LLM budget preflight: {self.tests} LLM test{plural}, ~{self.tokens} tokens, "
+            f"at least {format_duration(self.seconds)} at {budget} tokens/{self.window:g}s"
+        )
+        notes = []
+        if len(self.buckets) > 1 and busiest is not None:
+            notes.append(f"busiest bucket {busiest.name} of {len(self.buckets)}")
+        if self.replayed:
+            notes.append(f"{self.replayed} replayed from cassettes")
+        if self.aside:
+            notes.append(f"{self.aside} left to pytest-recording's vcr marker")
+        return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def format_duration(seconds: float) -> str:
+    """`6m35s`, `1h2m0s`, `42s` (rounded up to the second)."""
+    total = math.ceil(round(seconds, 6))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -> Projection:
+    """Sum tokens per bucket and the windows each bucket needs."""
+    spent: dict[str, tuple[LimitRule, int]] = {}
+    count = replayed = 0
+    for test in tests:
+        count += 1
+        if test.replayed:
+            replayed += 1
+            continue
+        vendor, model = test.vendor or "*", test.model or "*"
+        rule = next((r for r in settings.rules if r.matches(vendor, model)), settings.rules[-1])
+        name = rule.bucket_name(test.vendor or "unknown-vendor")
+        spent[name] = (rule, spent.get(name, (rule, 0))[1] + test.tokens)
+    buckets = []
+    for name, (rule, tokens) in sorted(spent.items()):
+        budget = max(1, int(rule.tpm * (1 - settings.headroom)))
+        buckets.append(Bucket(name, rule, tokens, budget, tokens / budget * settings.window))
+    return Projection(
+        tests=count,
+        replayed=replayed,
+        tokens=sum(b.tokens for b in buckets),
+        window=settings.window,
+        headroom=settings.headroom,
+        buckets=tuple(buckets),
+        aside=aside,
+    )
+
+
+def over_budget_message(projection: Projection, max_duration: float) -> str | None:
+    """Why the run must not start (projection longer than --llm-max-duration), or None."""
+    busiest = projection.busiest
+    if busiest is None or projection.seconds <= max_duration:
+        return None
+    over = projection.seconds - max_duration
+    windows = max_duration / projection.window
+    needed_tpm = math.ceil(busiest.tokens / windows / (1 - projection.headroom))
+    fit_tests = int(projection.tests * max_duration / projection.seconds)
+    return (
+        f"pytest-llm-budget: LLM_BATCH_RATE_LIMITED: the run needs at least "
+        f"{format_duration(projection.seconds)} (~{projection.tokens} tokens; bucket "
+        f"{busiest.name}: {busiest.tokens} tokens at {busiest.budget} tokens/"
+        f"{projection.window:g}s), {format_duration(over)} over --llm-max-duration="
+        f"{format_duration(max_duration)}. No LLM call was made. To fit: raise the limit if the "
+        f"key allows it (--llm-tpm {needed_tpm} or an llm_limits rule for {busiest.name}), "
+        f"narrow the run with -k (about {fit_tests} of {projection.tests} LLM tests fit), "
+        f"record cassettes (--llm-record-mode once) so replayed tests spend nothing, or raise "
+        f"--llm-max-duration."
+    )
+
+
+def is_llm_test(item: Any) -> bool:
+    """True for a test marked `llm_budget` or using an LLM fixture (a pytest item, duck-typed)."""
+    if item.get_closest_marker(MARKER) is not None:
+        return True
+    return not LLM_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
+def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> TestEstimate:
+    """What one LLM test item is expected to spend live (zero-cost when its cassette replays)."""
+    mark = item.get_closest_marker(MARKER)
+    kwargs: dict[str, Any] = dict(mark.kwargs) if mark is not None else {}
+    tokens = int(kwargs.get("tokens") or settings.est_tokens)
+    scenario = scenario_of(item)
+    if kwargs.get("grounded") or (scenario is not None and scenario.grounded):
+        tokens = math.ceil(tokens * (1 + settings.grounded_overhead))
+    callspec = getattr(item, "callspec", None)
+    model = callspec.params.get("llm_model") if callspec is not None else None
+    vendor, name = kwargs.get("vendor"), kwargs.get("model")
+    if isinstance(model, LLMModel):
+        vendor, name = vendor or model.vendor, name or model.name
+    replayed = (
+        policy.active
+        and not item.get_closest_marker("vcr")
+        and policy.replays(cassette_path(item.path, settings.cassette_dir, item.nodeid))
+    )
+    return TestEstimate(item.nodeid, tokens, vendor, name, replayed)
