@@ -143,13 +143,7 @@ def test_settle_charges_the_debt_at_reservation_time(backend: Backend) -> None:
     assert backend.snapshot(B, LIMITS, T0 + SPAN + 0.5).used_tokens == 100  # "a" left at T0+span
 
 
-def test_settle_after_the_window_charges_the_overrun_from_now(
-    backend: Backend, request: pytest.FixtureRequest
-) -> None:
-    if isinstance(backend, MemoryBackend):
-        # WindowState.settle does not prune (it has no limits), so a stale entry swallows the
-        # debt until StateBackend.settle prunes first, as the file and Redis backends do.
-        request.applymarker(pytest.mark.xfail(reason="core: settle does not prune", strict=True))
+def test_settle_after_the_window_charges_the_overrun_from_now(backend: Backend) -> None:
     admitted(backend.admit(B, LIMITS, "a", 100, T0, "1"))
     assert backend.settle(B, LIMITS, "a", 100, 400, T0 + 100) == 300
     snap = backend.snapshot(B, LIMITS, T0 + 100)
@@ -418,5 +412,6 @@ def test_a_killed_lease_holder_does_not_block_the_others(tmp_path: Path) -> None
     hold_and_kill(spec, B)
     b = FileBackend(tmp_path / "state.json")
     limits = Limits(tokens=10**6, window=60.0, concurrency=1)
+    assert b.snapshot(B, limits, time.time()).in_flight == 1  # the dead child's lease
     admitted(b.admit(B, limits, "next", 1, time.time(), f"{os.getpid()}:gw0"))
     assert b.snapshot(B, limits, time.time()).in_flight == 1

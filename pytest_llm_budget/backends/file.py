@@ -1,6 +1,7 @@
 """File backend: all buckets' windows in one JSON file under a file lock, for local processes.
 
-The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}}`. Each operation
+The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}, "clocks": {name: t}}`
+(a clock is the latest `now` a bucket has seen: see `_clocked`). Each operation
 takes the lock (`<path>.lock`), reads the file, applies one `WindowState` rule and, when anything
 changed, writes a temporary file beside it and renames it over the old one, so a crash mid-write
 never leaves a torn file. Leases remember their owner's pid: a lease whose process died (even by
@@ -20,7 +21,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ..window import Decision, Limits, WindowState
+from ..window import Decision, Limits, WindowSnapshot, WindowState
 from .base import StateBackend
 from .redis import BackendUnavailable
 
@@ -125,13 +126,13 @@ class FileBackend(StateBackend):
             "no pytest process is running)"
         )
 
-    def _read(self) -> tuple[str, dict[str, WindowState]]:
-        """The file's text and its buckets; an unreadable file warns and counts as empty."""
+    def _read(self) -> tuple[str, dict[str, WindowState], dict[str, float]]:
+        """The file's text, buckets and clocks; an unreadable file warns and counts as empty."""
         try:
             with open(self.path, "rb") as f:
                 blob = f.read()
         except FileNotFoundError:
-            return "", {}
+            return "", {}, {}
         text = ""
         try:
             text = blob.decode("utf-8")
@@ -143,21 +144,29 @@ class FileBackend(StateBackend):
             if not isinstance(raw, dict):
                 raise ValueError("'buckets' is not an object")
             buckets = {str(k): WindowState.from_json(v) for k, v in raw.items()}
+            clocks = {str(k): float(v) for k, v in dict(data.get("clocks", {})).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             what = "empty" if not blob.strip() else f"unreadable ({exc})"
             warnings.warn(
                 f"llm-budget state file {self.path} is {what}; starting from an empty window "
                 "(charges recorded so far are forgotten)",
                 StateFileWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
-            return "\0corrupt", {}
-        return text, buckets
+            return "\0corrupt", {}, {}
+        return text, buckets, clocks
 
-    def _write(self, buckets: dict[str, WindowState], now: float, old_text: str) -> None:
+    def _write(
+        self, buckets: dict[str, WindowState], clocks: dict[str, float], old_text: str
+    ) -> None:
         """Write atomically (temp file + rename), skipping the write when nothing changed."""
-        kept = {name: s.to_json() for name, s in sorted(buckets.items()) if not _idle(s, now)}
-        text = json.dumps({"version": FORMAT_VERSION, "buckets": kept}, separators=(",", ":"))
+        kept = {
+            name: s.to_json()
+            for name, s in sorted(buckets.items())
+            if not _idle(s, clocks.get(name, 0.0))
+        }
+        data = {"version": FORMAT_VERSION, "buckets": kept, "clocks": dict(sorted(clocks.items()))}
+        text = json.dumps(data, separators=(",", ":"))
         if text == old_text:
             return
         with open(self._tmp, "w", encoding="utf-8") as f:
@@ -165,34 +174,71 @@ class FileBackend(StateBackend):
         os.replace(self._tmp, self.path)
 
     @contextmanager
-    def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
-        with self._locked():
-            old_text, buckets = self._read()
-            state = buckets.setdefault(bucket, WindowState())
-            yield state
-            self._write(buckets, now, old_text)
+    def _clocked(self, bucket: str, now: float) -> Iterator[tuple[WindowState, float]]:
+        """The bucket's state, exclusively, and `now` made monotonic for the bucket.
 
-    # -- rules -----------------------------------------------------------------------------
+        Callers read their clock before they wait for the lock, so two processes can arrive
+        out of order; a late one must not apply an earlier `now` to a window that a later `now`
+        has already pruned, or it could admit into a window that was full. The bucket's clock
+        (the latest `now` it has seen) keeps every decision in time order; the cost is that a
+        late caller's charge is dated a few milliseconds later, which only errs on the safe side.
+        """
+        with self._locked():
+            old_text, buckets, clocks = self._read()
+            now = max(float(now), clocks.get(bucket, float("-inf")))
+            clocks[bucket] = now
+            yield buckets.setdefault(bucket, WindowState()), now
+            self._write(buckets, clocks, old_text)
+
+    @contextmanager
+    def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
+        with self._clocked(bucket, now) as (state, _):
+            yield state
+
+    # -- rules (as StateBackend's, on the bucket's monotonic clock) ------------------------
     def admit(
         self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
     ) -> Decision:
         """Reap leases of dead processes, then admit as `WindowState.admit` does."""
-        with self._state(bucket, now) as state:
+        with self._clocked(bucket, now) as (state, now):
             reap_dead_owners(state, now, self.lease_ttl)
             return state.admit(limits, ticket, estimate, now, owner)
 
-    def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
-               now: float) -> int:
-        """Prune first, so a reservation that already left the window charges its overrun now."""
-        with self._state(bucket, now) as state:
-            state.prune(limits, now)
-            return state.settle(ticket, estimate, charge, now)
+    def settle(
+        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+    ) -> int:
+        with self._clocked(bucket, now) as (state, now):
+            return state.settle(limits, ticket, estimate, charge, now)
+
+    def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        with self._clocked(bucket, now) as (state, now):
+            state.release(ticket)
+
+    def penalize(
+        self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float
+    ) -> None:
+        with self._clocked(bucket, now) as (state, now):
+            state.penalize(tokens, pause_until, now, ticket)
+
+    def calibrate(
+        self, bucket: str, limits: Limits, ticket: str, server_used: int, now: float
+    ) -> int:
+        with self._clocked(bucket, now) as (state, now):
+            return state.calibrate(limits, server_used, now, ticket)
+
+    def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
+        with self._clocked(bucket, now) as (state, now):
+            return state.snapshot(limits, now)
 
     def read_all(self) -> dict[str, Any]:
         """The whole state file as JSON (for debugging and reports)."""
         with self._locked():
-            _, buckets = self._read()
-        return {"version": FORMAT_VERSION, "buckets": {k: v.to_json() for k, v in buckets.items()}}
+            _, buckets, clocks = self._read()
+        return {
+            "version": FORMAT_VERSION,
+            "buckets": {k: v.to_json() for k, v in buckets.items()},
+            "clocks": clocks,
+        }
 
 
 def _idle(state: WindowState, now: float) -> bool:

@@ -47,6 +47,8 @@ def mask_url(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing secret (and urlunsplit would rewrite unix:///path as unix:/path)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

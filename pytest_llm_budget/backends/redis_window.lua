@@ -12,7 +12,7 @@
 --
 -- Times are returned as strings ('%.17g'): Redis would truncate a Lua number to an integer.
 -- The key expires (PX) when nothing in it can matter any more: after 2 spans, the pause, the
--- oldest lease's lease_ttl and every waiter's expiry, plus 60 s; an empty state is deleted.
+-- newest lease's lease_ttl and every waiter's expiry, plus 60 s.
 
 local key = KEYS[1]
 local op = ARGV[1]
@@ -34,6 +34,11 @@ local E = st.e or {}  -- entries: {id, time, charge, counts_as_request}
 local L = st.l or {}  -- leases: ticket -> {owner, since}
 local W = st.w or {}  -- waiters: ticket -> {enqueued, expires, estimate}
 local P = st.p or 0   -- paused_until
+-- The bucket's clock: the latest `now` it has seen. Callers read their clock before their
+-- script runs, so scripts can run out of time order; a late `now` must not be applied to a
+-- window that a later one already pruned (it could admit into a full window). Clamping keeps
+-- decisions in time order and only ever dates a charge a little later (the safe side).
+if st.t and st.t > now then now = st.t end
 
 local function fmt(x)
   return string.format('%.17g', x)
@@ -74,10 +79,7 @@ local function used()
 end
 
 local function save()
-  if #E == 0 and next(L) == nil and next(W) == nil and P <= now then
-    redis.call('DEL', key)
-    return
-  end
+  prune()  -- nothing older than the span matters to any rule; keep the blob small
   local life = 2 * span
   if P - now > life then life = P - now end
   for _, l in pairs(L) do
@@ -87,7 +89,8 @@ local function save()
     if w[2] - now > life then life = w[2] - now end
   end
   local ms = math.ceil((life + 60) * 1000)
-  redis.call('SET', key, cmsgpack.pack({e = E, l = L, w = W, p = P}), 'PX', string.format('%d', ms))
+  redis.call('SET', key, cmsgpack.pack({e = E, l = L, w = W, p = P, t = now}), 'PX',
+    string.format('%d', ms))
 end
 
 local function time_to_free(list, excess, unit)
