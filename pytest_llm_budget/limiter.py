@@ -8,13 +8,11 @@ Clock and sleep are injected so tests run on a fake clock.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import itertools
 import os
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -98,15 +96,31 @@ class SystemClock:
         time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio
+
         await asyncio.sleep(seconds)
 
 
 @dataclass
 class _Bucket:
+    """A bucket's limits and this process's running counts (frozen into BucketStats on read)."""
+
     name: str
     rule: LimitRule
     limits: Limits
-    stats: BucketStats
+    calls: int = 0
+    estimated: int = 0
+    actual: int = 0
+    debt: int = 0
+    deferrals: int = 0
+    waited_s: float = 0.0
+    rate_limit_events: int = 0
+
+    def stats(self) -> BucketStats:
+        return BucketStats(
+            self.name, str(self.rule), self.limits.tokens, self.calls, self.estimated,
+            self.actual, self.debt, self.deferrals, self.waited_s, self.rate_limit_events,
+        )
 
 
 @dataclass
@@ -187,15 +201,24 @@ class Limiter:
         self.owner = owner or f"{os.getpid()}"
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
+        self._names: dict[tuple[str, str], str] = {}
         self._ids = itertools.count()
-        self._prefix = uuid.uuid4().hex[:8]
+        self._prefix = os.urandom(4).hex()
+        #: Called as `listener(bucket, ready_at)` on every deferral, `ready_at` being the clock
+        #: time the backend named for the next try (metrics' `next_slot_epoch`); must not block.
+        self.deferral_listeners: list[Callable[[str, float], None]] = []
 
     # -- buckets ---------------------------------------------------------------------------
     def bucket_for(self, vendor: str, model: str) -> str:
         """The name of the bucket a (vendor, model) call spends from."""
+        key = (vendor, model)
+        name = self._names.get(key)
+        if name is not None:
+            return name
         rule = next((r for r in self.rules if r.matches(vendor, model)), self.rules[-1])
         name = rule.bucket_name(vendor)
         with self._lock:
+            self._names[key] = name
             if name not in self._buckets:
                 budget = int(rule.tpm * (1 - self.headroom))
                 limits = Limits(
@@ -205,9 +228,7 @@ class Limiter:
                     concurrency=self.max_concurrency,
                     margin=self.margin,
                 )
-                self._buckets[name] = _Bucket(
-                    name, rule, limits, BucketStats(name, str(rule), budget)
-                )
+                self._buckets[name] = _Bucket(name, rule, limits)
         return name
 
     def limits(self, bucket: str) -> Limits:
@@ -276,7 +297,9 @@ class Limiter:
             )
         if first:
             with self._lock:
-                b.stats = replace(b.stats, deferrals=b.stats.deferrals + 1)
+                b.deferrals += 1
+        for listener in list(self.deferral_listeners):
+            listener(bucket, now + decision.wait)
         return decision.wait
 
     def _admitted(self, bucket: str, ticket: str, estimate: int, start: float) -> Reservation:
@@ -284,12 +307,9 @@ class Limiter:
         now = self.clock()
         waited = max(0.0, now - start)
         with self._lock:
-            b.stats = replace(
-                b.stats,
-                calls=b.stats.calls + 1,
-                estimated=b.stats.estimated + estimate,
-                waited_s=b.stats.waited_s + waited,
-            )
+            b.calls += 1
+            b.estimated += estimate
+            b.waited_s += waited
         return Reservation(self, bucket, ticket, estimate, now, waited)
 
     # -- after the call --------------------------------------------------------------------
@@ -297,7 +317,8 @@ class Limiter:
         b = self._buckets[r.bucket]
         debt = self.backend.settle(r.bucket, b.limits, r.ticket, r.estimate, actual, self.clock())
         with self._lock:
-            b.stats = replace(b.stats, actual=b.stats.actual + actual, debt=b.stats.debt + debt)
+            b.actual += actual
+            b.debt += debt
         return debt
 
     def _release(self, r: Reservation) -> None:
@@ -310,7 +331,7 @@ class Limiter:
         pause_until = now + retry_after_s if retry_after_s else 0.0
         self.backend.penalize(bucket, b.limits, ticket, self.penalty_tokens, pause_until, now)
         with self._lock:
-            b.stats = replace(b.stats, rate_limit_events=b.stats.rate_limit_events + 1)
+            b.rate_limit_events += 1
 
     def rate_limited(self, vendor: str, model: str, retry_after_s: float | None) -> None:
         """Record a 429 seen outside any reservation (penalty and pause for the bucket)."""
@@ -327,7 +348,7 @@ class Limiter:
     def stats(self) -> list[BucketStats]:
         """Per-bucket figures of this process, in bucket-name order."""
         with self._lock:
-            return [self._buckets[k].stats for k in sorted(self._buckets)]
+            return [self._buckets[k].stats() for k in sorted(self._buckets)]
 
     def window_snapshot(self, bucket: str) -> WindowSnapshot:
         """The bucket's window as the backend holds it now."""

@@ -6,6 +6,7 @@ functions to it under its own lock, so all backends admit exactly the same way.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,12 +74,25 @@ class WindowSnapshot:
 
 @dataclass
 class WindowState:
-    """Charges in the window, leases of calls in flight, the queue of waiters and any pause."""
+    """Charges in the window, leases of calls in flight, the queue of waiters and any pause.
+
+    `entries` stays sorted by time; the running sums and the ticket index are caches rebuilt by
+    `from_json`, so admission costs O(1) when nothing has to wait.
+    """
 
     entries: list[Entry] = field(default_factory=list)
     leases: dict[str, list[Any]] = field(default_factory=dict)
     waiters: dict[str, list[float]] = field(default_factory=dict)
     paused_until: float = 0.0
+    _used: int = field(default=0, repr=False, compare=False)
+    _requests: int = field(default=0, repr=False, compare=False)
+    _index: dict[str, Entry] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.entries.sort(key=lambda e: e[1])
+        self._used = sum(int(e[2]) for e in self.entries)
+        self._requests = sum(1 for e in self.entries if e[3])
+        self._index = {e[0]: e for e in self.entries if e[3]}
 
     # -- serialisation ---------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -106,15 +120,37 @@ class WindowState:
         return cls(entries=entries, leases=leases, waiters=waiters, paused_until=paused)
 
     # -- rules -----------------------------------------------------------------------------
+    def _add(self, entry: Entry) -> None:
+        entries = self.entries
+        if entries and entry[1] < entries[-1][1]:
+            bisect.insort(entries, entry, key=lambda e: e[1])
+        else:
+            entries.append(entry)
+        self._used += int(entry[2])
+        if entry[3]:
+            self._requests += 1
+            self._index[entry[0]] = entry
+
     def prune(self, limits: Limits, now: float) -> None:
         """Forget charges older than the window and waiters that stopped coming back."""
         horizon = now - limits.span
-        self.entries = [e for e in self.entries if e[1] > horizon]
-        self.waiters = {k: w for k, w in self.waiters.items() if w[1] >= now}
+        entries = self.entries
+        gone = 0
+        while gone < len(entries) and entries[gone][1] <= horizon:
+            entry = entries[gone]
+            self._used -= int(entry[2])
+            if entry[3]:
+                self._requests -= 1
+                self._index.pop(entry[0], None)
+            gone += 1
+        if gone:
+            del entries[:gone]
+        if self.waiters:
+            self.waiters = {k: w for k, w in self.waiters.items() if w[1] >= now}
 
     def used(self) -> int:
         """Tokens charged inside the window (call `prune` first)."""
-        return sum(int(e[2]) for e in self.entries)
+        return self._used
 
     def admit(
         self, limits: Limits, ticket: str, estimate: int, now: float, owner: str = ""
@@ -136,7 +172,7 @@ class WindowState:
             self.waiters[ticket] = [enqueued, now + wait + limits.waiter_grace, float(estimate)]
             return Deferred(wait, reason)
         self.waiters.pop(ticket, None)
-        self.entries.append([ticket, now, int(estimate), True])
+        self._add([ticket, now, int(estimate), True])
         self.leases[ticket] = [owner, now]
         return Admitted(ticket, now)
 
@@ -145,14 +181,14 @@ class WindowState:
     ) -> tuple[float, str]:
         if self.paused_until > now:
             return self.paused_until - now, "paused"
-        entries = sorted(self.entries, key=lambda e: e[1])
-        excess = self.used() + ahead_tokens + estimate - limits.tokens
+        excess = self._used + ahead_tokens + estimate - limits.tokens
         if excess > 0:
-            return _time_to_free(entries, excess, limits.span, now, lambda e: int(e[2])), "tokens"
+            wait = _time_to_free(self.entries, excess, limits.span, now, lambda e: int(e[2]))
+            return wait, "tokens"
         if limits.requests is not None:
-            requests = [e for e in entries if e[3]]
-            excess = len(requests) + ahead_count + 1 - limits.requests
+            excess = self._requests + ahead_count + 1 - limits.requests
             if excess > 0:
+                requests = [e for e in self.entries if e[3]]
                 return _time_to_free(requests, excess, limits.span, now, lambda e: 1), "requests"
         if limits.concurrency is not None and len(self.leases) + 1 > limits.concurrency:
             return limits.poll, "concurrency"
@@ -163,14 +199,16 @@ class WindowState:
         self.prune(limits, now)
         self.leases.pop(ticket, None)
         debt = max(0, int(charge) - int(estimate))
-        for entry in self.entries:
-            if entry[0] == ticket:
-                entry[2] = int(entry[2]) + debt
-                return debt
-        if debt:
+        if not debt:
+            return 0
+        entry = self._index.get(ticket)
+        if entry is not None:
+            entry[2] = int(entry[2]) + debt
+            self._used += debt
+        else:
             # The reservation already left the window (a call longer than the window): the
             # overrun still counts, from now.
-            self.entries.append([f"{ticket}:debt", now, debt, False])
+            self._add([f"{ticket}:debt", now, debt, False])
         return debt
 
     def release(self, ticket: str) -> None:
@@ -181,7 +219,7 @@ class WindowState:
     def penalize(self, tokens: int, pause_until: float, now: float, ticket: str) -> None:
         """Record a 429: a token penalty charged now, and a pause until the server's hint."""
         if tokens > 0:
-            self.entries.append([f"{ticket}:429", now, int(tokens), False])
+            self._add([f"{ticket}:429", now, int(tokens), False])
         self.paused_until = max(self.paused_until, pause_until)
 
     def calibrate(self, limits: Limits, server_used: int, now: float, ticket: str) -> int:
@@ -190,7 +228,7 @@ class WindowState:
         gap = int(server_used) - self.used()
         if gap <= 0:
             return 0
-        self.entries.append([f"{ticket}:calibration", now, gap, False])
+        self._add([f"{ticket}:calibration", now, gap, False])
         return gap
 
     def reap(self, alive: set[str] | None, now: float, max_age: float | None = None) -> int:
@@ -210,7 +248,7 @@ class WindowState:
         self.prune(limits, now)
         return WindowSnapshot(
             used_tokens=self.used(),
-            requests=sum(1 for e in self.entries if e[3]),
+            requests=self._requests,
             in_flight=len(self.leases),
             waiting=len(self.waiters),
             paused_for=max(0.0, self.paused_until - now),
