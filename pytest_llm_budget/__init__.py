@@ -9,6 +9,7 @@ from .errors import (
     RateLimitExhausted,
     RequestTooLarge,
 )
+from .clients import wrap
 from .limiter import Limiter, LimitRule, Reservation
 from .session import BudgetSession
 from .settings import Settings
@@ -24,5 +25,6 @@ __all__ = [
     "RequestTooLarge",
     "Reservation",
     "Settings",
+    "wrap",
 ]
 __version__ = "0.1.0"

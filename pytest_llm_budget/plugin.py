@@ -252,6 +252,7 @@ _MATRIX_ARGS = ("llm_model", "llm_scenario")
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load the matrix (models, scenario file) now: a bad file stops the run as a usage error."""
     _matrix(session.config)
+    _start_routing(session.config)  # app-built clients: see the routing section
 
 
 def _matrix(config: pytest.Config) -> tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]:
@@ -349,3 +350,99 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     problem = settings.max_duration and over_budget_message(projection, settings.max_duration)
     if problem:
         raise pytest.UsageError(problem)
+
+
+# -- routing (transport.py, intercept.py, clients.py): interception, client fixtures, emulator --
+def _start_routing(config: pytest.Config) -> None:
+    """Route clients the code under test builds (`--llm-route all`); undone at unconfigure."""
+    budget = _session(config)
+    if budget.settings.route == "all":
+        from . import intercept
+
+        intercept.install(budget)
+        config.add_cleanup(intercept.uninstall)
+    config.pluginmanager.register(_RoutingHooks(), "llm_budget_routing")
+
+
+class _RoutingHooks:
+    """Adds the structured errors that ended a failed test's LLM calls to its report."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if report.failed:
+            from .transport import errors_for
+
+            errors = errors_for(_session(item.config), item.nodeid)
+            if errors:
+                report.sections.append(("LLM budget", "\n".join(str(e) for e in errors)))
+        return report
+
+
+@pytest.fixture
+def openai_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
+    """`openai.OpenAI` routed through the budget, SDK retries off (OPENAI_API_KEY/BASE_URL)."""
+    from .clients import openai_client as build
+
+    client = build(_session(pytestconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def async_openai_client(pytestconfig: pytest.Config) -> Any:
+    """`openai.AsyncOpenAI` routed through the budget, SDK retries off; bound to one loop."""
+    from .clients import async_openai_client as build
+
+    return build(_session(pytestconfig))
+
+
+@pytest.fixture
+def gemini_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
+    """`genai.Client` whose sync and `.aio` calls are routed (GEMINI_API_KEY, base URL env)."""
+    from .clients import gemini_client as build
+
+    client = build(_session(pytestconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def llm_http_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
+    """An `httpx2.Client` whose LLM requests are routed, for any other SDK."""
+    from .clients import http_client
+
+    with http_client(_session(pytestconfig)) as client:
+        yield client
+
+
+@pytest.fixture
+def llm_async_http_client(pytestconfig: pytest.Config) -> Any:
+    """An `httpx2.AsyncClient` whose LLM requests are routed, for any other SDK."""
+    from .clients import async_http_client
+
+    return async_http_client(_session(pytestconfig))
+
+
+@pytest.fixture(scope="session")
+def llm_emulator() -> Generator[Any, None, None]:
+    """A provider emulator on a free port; the SDKs' base-URL and key env vars point at it."""
+    from . import intercept
+    from .emulator import Emulator
+
+    emulator = Emulator().start()
+    host = f"127.0.0.1:{emulator.port}"
+    intercept.add_host(host)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_BASE_URL", emulator.openai_base_url)
+        env.setenv("OPENAI_API_KEY", "sk-emulator")
+        env.setenv("GOOGLE_GEMINI_BASE_URL", emulator.gemini_base_url)
+        env.setenv("GEMINI_API_KEY", "emulator-key")
+        env.delenv("GOOGLE_API_KEY", raising=False)
+        try:
+            yield emulator
+        finally:
+            intercept.remove_host(host)
+            emulator.stop()

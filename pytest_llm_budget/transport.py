@@ -8,7 +8,8 @@ builds; `intercept.py` calls the same `Router` from the patched `HTTPTransport` 
 429 policy (documented once, here):
 - delay = the provider's hint (`retry-after-ms`, `retry-after` seconds or HTTP date,
   `x-ratelimit-reset-*`, Gemini `RetryInfo`, the message's "try again in"), plus the limiter's
-  margin; without a hint, `min(backoff_max, backoff_base ** n) + jitter` (n = 0, 1, ...).
+  margin; without a hint, `min(backoff_max, backoff_base ** n) + jitter` (n = 1, 2, ...; up
+  to 10% jitter; a base <= 1 is used as a constant delay).
 - a hint is honoured even above `backoff_max` (retrying earlier is a certain 429), but a hint
   that would push the call's total wait past `max_wait` fails fast with `RateLimitExhausted`.
 - each 429 calls `reservation.rate_limited(delay)`: penalty tokens and a pause of the whole
@@ -99,7 +100,8 @@ class RetryPolicy:
         """Seconds before retry number `retry` (0-based): the hint plus margin, else backoff."""
         if hint is not None:
             return hint + self.margin
-        backoff = min(self.backoff_max, self.backoff_base**retry)
+        base = self.backoff_base
+        backoff = min(self.backoff_max, base ** (retry + 1) if base > 1 else base)
         return backoff + rng.uniform(0, 0.1 * backoff)
 
 
