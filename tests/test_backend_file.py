@@ -37,7 +37,7 @@ LIMITS = Limits(tokens=1000, window=60.0, margin=0.5)
 SPAN = LIMITS.span
 
 
-@pytest.fixture(params=["memory", "file", "redis"])
+@pytest.fixture(params=["memory", "file", "file-rename", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend, empty, on its own file / key prefix."""
     b: Backend
@@ -45,6 +45,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         b = MemoryBackend()
     elif request.param == "file":
         b = FileBackend(tmp_path / "state.json")
+    elif request.param == "file-rename":
+        b = FileBackend(tmp_path / "state.json", atomic_rename=True)
     else:
         from pytest_llm_budget.backends.redis import RedisBackend
 
