@@ -211,7 +211,7 @@ class Router:
             finally:
                 _IN_SEND.reset(token)
             if response.status_code != 429:
-                return self._deliver(call, reservation, response)
+                return self._deliver(call, reservation, response, is_async=True)
             try:
                 body = await response.aread()
             finally:
@@ -333,7 +333,9 @@ class Router:
             raise err
         return _final_429(request, err, rejected)
 
-    def _deliver(self, call: _Call, reservation: Reservation, response: Any) -> Any:
+    def _deliver(
+        self, call: _Call, reservation: Reservation, response: Any, *, is_async: bool = False
+    ) -> Any:
         """Pass a non-429 answer on; a 2xx one is metered and settled when its body ends."""
         status = int(response.status_code)
         if not 200 <= status < 300:
@@ -343,7 +345,9 @@ class Router:
         self._calibrate(call, response.headers)
         sink = _UsageSink(self, call, reservation, response.headers)
         sync_cls, async_cls = _meter_types(type(response).__module__.split(".")[0])
-        if hasattr(response.stream, "__aiter__"):
+        # A vcr-recorded response carries an httpx ByteStream, which is both sync and async:
+        # the caller (handle / ahandle) decides, not the stream's shape.
+        if is_async:
             response.stream = async_cls(response.stream, sink)
         else:
             response.stream = sync_cls(response.stream, sink)
