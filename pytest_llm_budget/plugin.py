@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Generator
 from dataclasses import asdict, replace
 from typing import Any, cast
@@ -24,6 +25,7 @@ from .matrix import (
     parse_models,
     scenario_of,
 )
+from .metrics import BudgetMetrics, metrics_enabled
 from .preflight import estimate_item, is_llm_test, over_budget_message, project
 from .records import CallRecord, TestUsage
 from .report import build_report, summary_lines, write_report
@@ -88,6 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ValueError, OSError, RuntimeError) as exc:
         raise pytest.UsageError(f"pytest-llm-budget: --llm-backend: {exc}") from None
     config.stash[SESSION_KEY] = session
+    _start_metrics(config, session)  # Prometheus metrics: see the section at the end
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -350,6 +353,51 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     problem = settings.max_duration and over_budget_message(projection, settings.max_duration)
     if problem:
         raise pytest.UsageError(problem)
+
+
+# -- Prometheus metrics (metrics.py): --llm-metrics-port, --llm-metrics-textfile, --llm-pushgateway
+class LLMBudgetMetricsWarning(UserWarning):
+    """A metrics output failed (port, textfile, Pushgateway); metrics never fail a run."""
+
+
+def _metrics_warning(config: pytest.Config, message: str) -> None:
+    """Warn about a metrics problem; when warnings are errors, print it instead of failing."""
+    try:
+        warnings.warn(LLMBudgetMetricsWarning(f"pytest-llm-budget: {message}"), stacklevel=2)
+    except Warning:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"pytest-llm-budget: warning: {message}")
+
+
+def _start_metrics(config: pytest.Config, session: BudgetSession) -> None:
+    """Start metrics if an option asks for them; not in xdist workers (the controller merges)."""
+    if hasattr(config, "workerinput") or not metrics_enabled(session):
+        return
+    metrics = BudgetMetrics(session)
+    port = session.settings.metrics_port
+    if port:
+        try:
+            metrics.serve(port)
+        except OSError as exc:
+            _metrics_warning(config, f"could not serve metrics on 127.0.0.1:{port}: {exc}")
+    config.pluginmanager.register(_MetricsHooks(metrics), "llm_budget_metrics")
+
+
+class _MetricsHooks:
+    """Writes the textfile / pushes at the end of the session, and stops the endpoint."""
+
+    def __init__(self, metrics: BudgetMetrics) -> None:
+        self.metrics = metrics
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        for problem in self.metrics.finish():
+            _metrics_warning(session.config, problem)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.metrics.close()
 
 
 # -- routing (transport.py, intercept.py, clients.py): interception, client fixtures, emulator --

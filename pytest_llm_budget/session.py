@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,6 +74,9 @@ class BudgetSession:
         #: Set by the plugin around each test; one process runs one test at a time, so a plain
         #: attribute (unlike a context variable) also reaches threads the test starts.
         self.test = TestContext()
+        #: Called with every record `record` logs (metrics use this); an observer must not block,
+        #: and one that raises is reported as a warning, never as a failure of the LLM call.
+        self.observers: list[Callable[[CallRecord], None]] = []
 
     def reserve(
         self, tokens: int | None = None, *, vendor: str = "openai", model: str = "*"
@@ -108,8 +112,17 @@ class BudgetSession:
         )
 
     def record(self, record: CallRecord) -> None:
-        """Log one finished call."""
+        """Log one finished call and tell the observers."""
         self.calls.add(record)
+        for observer in list(self.observers):
+            try:
+                observer(record)
+            except Exception as exc:  # an observer's bug must not fail the test's LLM call
+                warnings.warn(
+                    f"pytest-llm-budget: call observer {observer!r} failed: {exc!r}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def usage(self, test: str | None = None) -> TestUsage:
         """Live usage of a test (default: the one running)."""

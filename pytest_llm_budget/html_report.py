@@ -1,0 +1,189 @@
+"""The `--llm-report PATH.html` page: the JSON report rendered as one self-contained HTML file.
+
+No external assets and no JavaScript: inline CSS only, so the file can be attached to a CI run
+and opened anywhere. Every piece of text comes from the report document and is HTML-escaped
+(test ids carry `<`, `&` and quotes from parametrisation).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["render_html"]
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
+p.meta{color:#666;margin:0 0 1em}
+table{border-collapse:collapse;margin:0 0 .5em}
+th,td{border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3;font-weight:600}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.test{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
+tr.bad td{background:#fff0f0}tr.replayed td{color:#777}
+dl.totals{display:flex;flex-wrap:wrap;gap:.4em 1.6em;margin:0}
+dl.totals div{display:flex;gap:.4em}dl.totals dt{color:#666}dl.totals dd{margin:0;font-weight:600}
+p.empty{color:#666;font-style:italic}
+""".strip()
+
+#: (JSON key, label) of the totals block, in display order.
+_TOTALS = (
+    ("calls", "calls"),
+    ("replayed", "replayed"),
+    ("total_tokens", "tokens"),
+    ("prompt_tokens", "prompt"),
+    ("completion_tokens", "completion"),
+    ("retries", "retries"),
+    ("waited_s", "waited"),
+    ("errors", "errors"),
+    ("rate_limit_events", "429s"),
+)
+
+#: (JSON key, header, numeric) of the per-bucket table.
+_BUCKET_COLUMNS = (
+    ("name", "bucket", False),
+    ("rule", "rule", False),
+    ("budget", "budget", True),
+    ("calls", "calls", True),
+    ("estimated", "estimated", True),
+    ("actual", "actual", True),
+    ("debt", "debt", True),
+    ("deferrals", "deferrals", True),
+    ("waited_s", "waited", True),
+    ("rate_limit_events", "429s", True),
+)
+
+#: (JSON key, header, numeric) of the per-call table.
+_CALL_COLUMNS = (
+    ("t", "time (UTC)", False),
+    ("test", "test", False),
+    ("vendor", "vendor", False),
+    ("model", "model", False),
+    ("estimated", "estimated", True),
+    ("prompt_tokens", "prompt", True),
+    ("completion_tokens", "completion", True),
+    ("status", "status", False),
+    ("attempts", "attempts", True),
+    ("rate_limit_events", "429s", True),
+    ("waited_s", "waited", True),
+    ("replayed", "replayed", False),
+    ("worker", "worker", False),
+)
+
+
+def _esc(value: object) -> str:
+    """HTML-escaped text of any value (quotes too, so it is safe in attributes as well)."""
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(key: str, value: Any) -> str:
+    """Display text of one report value: seconds with an `s`, booleans as yes/no, lists joined."""
+    if value is None:
+        return "\u2014"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "t" and isinstance(value, (int, float)):
+        stamp = _dt.datetime.fromtimestamp(float(value), tz=_dt.timezone.utc)
+        return stamp.strftime("%H:%M:%S")
+    if key.endswith("waited_s") and isinstance(value, (int, float)):
+        return f"{float(value):.1f}s"
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(v) for v in value) if value else "\u2014"
+    return str(value)
+
+
+def _table(
+    columns: Sequence[tuple[str, str, bool]],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    css: str,
+    row_class: Callable[[Mapping[str, Any]], str] | None = None,
+) -> str:
+    """A table with one header row and one row per mapping (missing keys shown as a dash)."""
+    head = "".join(f"<th>{_esc(label)}</th>" for _, label, _ in columns)
+    body: list[str] = []
+    for row in rows:
+        cells = []
+        for key, _, numeric in columns:
+            cls = ' class="n"' if numeric else (' class="test"' if key == "test" else "")
+            cells.append(f"<td{cls}>{_esc(_fmt(key, row.get(key)))}</td>")
+        extra = row_class(row) if row_class else ""
+        attr = f' class="{extra}"' if extra else ""
+        body.append(f"<tr{attr}>{''.join(cells)}</tr>")
+    return (
+        f'<table class="{css}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>\n{chr(10).join(body)}\n</tbody></table>"
+    )
+
+
+def _call_class(row: Mapping[str, Any]) -> str:
+    """Row class of a call: `replayed`, `bad` (not ok), or nothing."""
+    if row.get("status", "ok") != "ok":
+        return "bad"
+    return "replayed" if row.get("replayed") else ""
+
+
+def _call_row(call: Mapping[str, Any]) -> dict[str, Any]:
+    """A call as displayed: an error code, when there is one, joins the status."""
+    row = dict(call)
+    if row.get("error_code"):
+        row["status"] = f"{row.get('status', '')} ({row['error_code']})"
+    return row
+
+
+def _rate_limits(document: Mapping[str, Any]) -> int:
+    """429s as the terminal summary counts them: the larger of the calls' and the buckets' sums."""
+    totals = document.get("totals") or {}
+    buckets = document.get("buckets") or []
+    by_buckets = sum(int(b.get("rate_limit_events", 0) or 0) for b in buckets)
+    return max(int(totals.get("rate_limit_events", 0) or 0), by_buckets)
+
+
+def render_html(document: dict[str, Any]) -> str:
+    """The whole HTML page of one report document (`report.build_report`'s shape)."""
+    settings: Mapping[str, Any] = document.get("settings") or {}
+    totals: dict[str, Any] = dict(document.get("totals") or {})
+    totals["rate_limit_events"] = _rate_limits(document)
+    buckets: Sequence[Mapping[str, Any]] = document.get("buckets") or []
+    calls = [_call_row(c) for c in document.get("calls") or []]
+
+    totals_html = "".join(
+        f'<div><dt>{_esc(label)}</dt><dd data-key="{_esc(key)}">'
+        f"{_esc(_fmt(key, totals.get(key, 0)))}</dd></div>"
+        for key, label in _TOTALS
+    )
+    settings_rows = [{"setting": k, "value": _fmt(k, v)} for k, v in settings.items()]
+    settings_html = _table(
+        (("setting", "setting", False), ("value", "value", False)), settings_rows, css="settings"
+    )
+    buckets_html = (
+        _table(_BUCKET_COLUMNS, buckets, css="buckets")
+        if buckets
+        else '<p class="empty">No live LLM call reserved budget.</p>'
+    )
+    calls_html = (
+        _table(_CALL_COLUMNS, calls, css="calls", row_class=_call_class)
+        if calls
+        else '<p class="empty">No LLM call was recorded.</p>'
+    )
+    backend = settings.get("backend")
+    meta = f"{len(calls)} call(s), {len(buckets)} bucket(s)"
+    if backend:
+        meta += f", backend {backend}"
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>LLM budget report</title>"
+        f"<style>{_CSS}</style></head>\n<body>\n"
+        "<h1>LLM budget</h1>\n"
+        f'<p class="meta">{_esc(meta)}</p>\n'
+        f'<h2>Totals</h2>\n<dl class="totals">{totals_html}</dl>\n'
+        f"<h2>Buckets</h2>\n{buckets_html}\n"
+        f"<h2>Calls</h2>\n{calls_html}\n"
+        f"<h2>Settings</h2>\n{settings_html}\n"
+        "</body></html>\n"
+    )
