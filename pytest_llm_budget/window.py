@@ -87,6 +87,7 @@ class WindowState:
     _used: int = field(default=0, repr=False, compare=False)
     _requests: int = field(default=0, repr=False, compare=False)
     _index: dict[str, Entry] = field(default_factory=dict, repr=False, compare=False)
+    _latest: float = field(default=0.0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.entries.sort(key=lambda e: e[1])
@@ -148,6 +149,12 @@ class WindowState:
         if self.waiters:
             self.waiters = {k: w for k, w in self.waiters.items() if w[1] >= now}
 
+    def _tick(self, now: float) -> float:
+        """Never let time run backwards: a caller that read the clock before waiting for the
+        lock must not judge a window that a later caller already pruned."""
+        self._latest = max(self._latest, now)
+        return self._latest
+
     def used(self) -> int:
         """Tokens charged inside the window (call `prune` first)."""
         return self._used
@@ -160,6 +167,7 @@ class WindowState:
         Waiters are served first come, first served: a later ticket may pass an earlier one
         only when there is room for both.
         """
+        now = self._tick(now)
         self.prune(limits, now)
         waiter = self.waiters.get(ticket)
         enqueued = waiter[0] if waiter else now
@@ -196,6 +204,7 @@ class WindowState:
 
     def settle(self, limits: Limits, ticket: str, estimate: int, charge: int, now: float) -> int:
         """Charge max(estimate, `charge`) at the reservation's time; returns the debt added."""
+        now = self._tick(now)
         self.prune(limits, now)
         self.leases.pop(ticket, None)
         debt = max(0, int(charge) - int(estimate))
@@ -218,12 +227,14 @@ class WindowState:
 
     def penalize(self, tokens: int, pause_until: float, now: float, ticket: str) -> None:
         """Record a 429: a token penalty charged now, and a pause until the server's hint."""
+        now = self._tick(now)
         if tokens > 0:
             self._add([f"{ticket}:429", now, int(tokens), False])
         self.paused_until = max(self.paused_until, pause_until)
 
     def calibrate(self, limits: Limits, server_used: int, now: float, ticket: str) -> int:
         """Believe the server when it says more is used than we counted; returns tokens added."""
+        now = self._tick(now)
         self.prune(limits, now)
         gap = int(server_used) - self.used()
         if gap <= 0:
@@ -245,6 +256,7 @@ class WindowState:
 
     def snapshot(self, limits: Limits, now: float) -> WindowSnapshot:
         """Figures at `now`, after pruning."""
+        now = self._tick(now)
         self.prune(limits, now)
         return WindowSnapshot(
             used_tokens=self.used(),
