@@ -161,17 +161,18 @@ def wrap(client: Any, session: BudgetSession | None = None) -> Any:
 
 
 def _wrap_genai(api_client: Any, session: BudgetSession) -> None:
-    """Route google-genai's httpx clients; its async path is switched from aiohttp to httpx2."""
+    """Wrap genai's sync client in place; replace its async one (aiohttp / per-loop pools)."""
     router = router_for(session, raise_errors=True)
     sync = getattr(api_client, "_httpx_client", None)
     if sync is not None:
         _wrap_httpx(sync, router, router)
-    routed_async = getattr(api_client, "_async_httpx_client", None)
-    if routed_async is None:
-        routed_async = async_http_client(session)
-        api_client._async_httpx_client = routed_async
-    else:
-        _wrap_httpx(routed_async, router, router)
+    current = getattr(api_client, "_async_httpx_client", None)
+    if current is not None and isinstance(
+        getattr(current, "_transport", None), AsyncBudgetTransport
+    ):
+        return
+    routed_async = async_http_client(session)
+    api_client._async_httpx_client = routed_async
     options = getattr(api_client, "_http_options", None)
-    if options is not None and options.httpx_async_client is None:
+    if options is not None:
         options.httpx_async_client = routed_async

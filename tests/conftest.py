@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,44 @@ class FakeClock:
 def clock() -> FakeClock:
     return FakeClock()
 
+
+
+# -- routing tests (test_routing_*.py): emulator reset per test, small budgets, scripted server --
+@pytest.fixture
+def emu(llm_emulator: Any) -> Any:
+    """The session emulator, reset to roomy limits (1 s window) before each test."""
+    from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
+
+    llm_emulator.configure(
+        EmulatorConfig(
+            window=1.0, openai=LimitSpec(tpm=1_000_000, rpm=None),
+            gemini=LimitSpec(tpm=1_000_000, rpm=None),
+        )
+    )
+    llm_emulator.reset()
+    return llm_emulator
+
+
+@pytest.fixture
+def make_budget() -> Any:
+    """Build a BudgetSession (no pytest) with small, fast settings; closed at teardown."""
+    from pytest_llm_budget import BudgetSession, Settings
+
+    made: list[Any] = []
+
+    def build(**overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "tpm": 1_000_000, "window": 1.0, "headroom": 0.0, "backoff_base": 0.05,
+            "backoff_max": 0.5, "retries": 5, "est_tokens": 200,
+        }
+        values.update(overrides)
+        session = BudgetSession(Settings(**values), backend=None)
+        # 1 s windows make the limiter's default margin (window/100) 10 ms: less than a burst's
+        # connection set-up, so a slot freed by our clock could reach the server a hair early.
+        session.limiter.margin = 0.1
+        made.append(session)
+        return session
+
+    yield build
+    for session in made:
+        session.close()

@@ -1,4 +1,4 @@
-"""OpenAI calls through the routed clients, against the emulator over real HTTP with the real SDK."""
+"""OpenAI calls through routed clients, against the emulator over real HTTP with the real SDK."""
 
 from __future__ import annotations
 
