@@ -64,8 +64,8 @@ def _run(cwd: Path, args: list[str]) -> float:
             "no:cacheprovider",
             "-p",
             "no:hypothesispytest",
-        ]
-        + args,
+            *args,
+        ],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Cassettes: naming, record then replay of every call kind, secrets, `none` mode offline failure."""
+"""Cassettes: naming, record/replay of every call kind, secrets, `none` mode offline failure."""
 
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def test_chat_async():
     async def go():
         client = openai.AsyncOpenAI(api_key="{OPENAI_KEY}", max_retries=0)
         r = await client.chat.completions.create(
-            model="gpt-5", messages=[{{"role": "user", "content": "async"}}], max_completion_tokens=50)
+            model="gpt-5", messages=[{{"role": "user", "content": "async"}}],
+            max_completion_tokens=50)
         return r.choices[0].message.content
     assert asyncio.run(go())
 
@@ -138,7 +139,8 @@ def test_raw_key_query_and_custom_header():
 
 def test_fixture_client(openai_client):
     r = openai_client.chat.completions.create(
-        model="gpt-5", messages=[{{"role": "user", "content": "fixture"}}], max_completion_tokens=50)
+        model="gpt-5", messages=[{{"role": "user", "content": "fixture"}}],
+        max_completion_tokens=50)
     assert r.choices[0].message.content
 '''
 KINDS = 8
@@ -230,7 +232,7 @@ def test_record_then_replay_every_call_kind_offline(
     result.assert_outcomes(passed=KINDS)
     result.stdout.fnmatch_lines(
         [
-            f"LLM budget preflight: {KINDS} LLM tests, ~0 tokens, *({KINDS} replayed from cassettes)",
+            f"LLM budget preflight: {KINDS} LLM tests, ~0 tokens, *({KINDS} replayed*",
             "no live LLM call reserved budget",
             f"totals: calls: {KINDS} (replayed: {KINDS}), tokens: *, waited: 0.0s, *",
         ]
