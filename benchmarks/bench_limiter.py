@@ -11,7 +11,7 @@ import statistics
 import threading
 import time
 
-from pytest_llm_budget import LimitRule, Limiter
+from pytest_llm_budget import Limiter, LimitRule
 from pytest_llm_budget.backends import MemoryBackend
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .clients import wrap
 from .errors import (
     BudgetWaitTimeout,
     LLMBudgetError,
@@ -9,7 +10,6 @@ from .errors import (
     RateLimitExhausted,
     RequestTooLarge,
 )
-from .clients import wrap
 from .limiter import Limiter, LimitRule, Reservation
 from .session import BudgetSession
 from .settings import Settings

@@ -273,6 +273,6 @@ def _time_to_free(entries: list[Entry], excess: int, span: float, now: float, we
     for entry in entries:
         freed += weight(entry)
         if freed >= excess:
-            return max(entry[1] + span - now, 1e-6)
+            return max(float(entry[1]) + span - now, 1e-6)
     # Cannot happen when the caller checked estimate <= limit; wait one window to be safe.
     return max(span, 1e-6) if math.isfinite(span) else 1.0

@@ -7,14 +7,13 @@ import threading
 import time
 
 import pytest
+from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_llm_budget import BudgetWaitTimeout, LimitRule, RequestTooLarge
 from pytest_llm_budget.backends import MemoryBackend
 from pytest_llm_budget.limiter import Limiter
-
-from conftest import FakeClock
 
 W = 60.0
 
@@ -78,7 +77,8 @@ def test_no_window_ever_holds_more_than_the_budget(
     budget = 8000
     limiter = make(clock, tpm=budget, rpm=rpm)
     open_ = []
-    charges: list[list[object]] = []  # [admitted_at, estimate, settled_after_n_charges, actual(, '429')]
+    # [admitted_at, estimate, settled_after_n_charges, actual(, "429")]
+    charges: list[list[object]] = []
     for kind, a, b in program:
         if kind == "reserve":
             if concurrency is not None and len(open_) >= concurrency:

@@ -1,4 +1,4 @@
-"""The pytest layer: the marker's validation, the `llm_budget` fixture, the summary, cheap import."""
+"""The pytest layer: marker validation, the `llm_budget` fixture, the summary, cheap import."""
 
 from __future__ import annotations
 

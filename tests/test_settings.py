@@ -1,4 +1,4 @@
-"""Options: CLI > env > ini > default, the seed's env names, and a clear error for every bad value."""
+"""Options: CLI > env > ini > default, the seed's env names, a clear error for each bad value."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def test_defaults(pytester: pytest.Pytester) -> None:
     assert line.endswith("default")
 
 
-def test_cli_beats_env_beats_ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_beats_env_beats_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makeini("[pytest]\nllm_tpm = 1000\nllm_headroom = 0.3\nllm_retries = 1\n")
     monkeypatch.setenv("LLM_BUDGET_TPM", "2000")
     monkeypatch.setenv("LLM_BUDGET_HEADROOM", "0.2")
