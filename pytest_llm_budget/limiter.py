@@ -193,7 +193,9 @@ class Limiter:
         self.window = window
         self.max_concurrency = max_concurrency
         self.max_wait = max_wait
-        self.margin = min(0.25, window / 100) if margin is None else margin
+        # The provider's window starts when the request arrives, a little after we admit it:
+        # a burst's thread scheduling and connection set-up can take ~50 ms on a busy host.
+        self.margin = min(0.25, max(0.1, window / 100)) if margin is None else margin
         self.penalty_tokens = penalty_tokens
         self.clock = clock or system.now
         self.sleep = sleep or system.sleep

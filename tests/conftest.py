@@ -91,9 +91,6 @@ def make_budget() -> Any:
         }
         values.update(overrides)
         session = BudgetSession(Settings(**values), backend=None)
-        # 1 s windows make the limiter's default margin (window/100) 10 ms: less than a burst's
-        # connection set-up, so a slot freed by our clock could reach the server a hair early.
-        session.limiter.margin = 0.1
         made.append(session)
         return session
 
