@@ -74,16 +74,11 @@ class BucketStats:
 
     def merged(self, other: BucketStats) -> BucketStats:
         """Add another process's figures for the same bucket."""
-        return replace(
-            self,
-            calls=self.calls + other.calls,
-            estimated=self.estimated + other.estimated,
-            actual=self.actual + other.actual,
-            debt=self.debt + other.debt,
-            deferrals=self.deferrals + other.deferrals,
-            waited_s=self.waited_s + other.waited_s,
-            rate_limit_events=self.rate_limit_events + other.rate_limit_events,
-        )
+        return replace(self, **{f: getattr(self, f) + getattr(other, f) for f in COUNTERS})
+
+
+#: The additive figures of BucketStats (summed across processes, counted by the limiter).
+COUNTERS = ("calls", "estimated", "actual", "debt", "deferrals", "waited_s", "rate_limit_events")
 
 
 class SystemClock:
@@ -117,10 +112,8 @@ class _Bucket:
     rate_limit_events: int = 0
 
     def stats(self) -> BucketStats:
-        return BucketStats(
-            self.name, str(self.rule), self.limits.tokens, self.calls, self.estimated,
-            self.actual, self.debt, self.deferrals, self.waited_s, self.rate_limit_events,
-        )
+        counts = {f: getattr(self, f) for f in COUNTERS}
+        return BucketStats(self.name, str(self.rule), self.limits.tokens, **counts)
 
 
 @dataclass

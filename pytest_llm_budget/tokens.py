@@ -316,12 +316,9 @@ class TokenCounter:
                 continue
             if "name" in message:
                 tokens += TOKENS_PER_NAME
-            for text in iter_message_texts(message):
-                if text is None:
-                    tokens += self.non_text_part_tokens
-                else:
-                    tokens += self.count_text(text, model)
-                    chars += len(text)
+            texts = self.measure_texts(list(iter_message_texts(message)), model)
+            tokens += texts.tokens
+            chars += texts.chars
         return TextMeasure(tokens, chars)
 
     def measure_texts(self, texts: Sequence[str | None], model: str) -> TextMeasure:
