@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .clients import wrap
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BudgetWaitTimeout,
     LLMBudgetError,
@@ -28,3 +29,15 @@ __all__ = [
     "wrap",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .clients import wrap
+
+
+def __getattr__(name: str) -> Any:
+    """`wrap` loads the routing layer, so it is imported on first use, not with the plugin."""
+    if name == "wrap":
+        from .clients import wrap
+
+        return wrap
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,10 +34,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .transport import Router, in_routed_send, router_for
-
 if TYPE_CHECKING:
     from .session import BudgetSession
+    from .transport import Router
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -67,7 +66,7 @@ _MODULES = ("httpx2", "httpx")
 ORIGINALS: dict[tuple[str, str, str], Callable[..., Any]] = {}
 
 _lock = threading.RLock()
-_stack: list[tuple[Router, tuple[str, ...]]] = []
+_stack: list[tuple[BudgetSession, tuple[str, ...]]] = []
 _extra_hosts: list[str] = []
 _finder: _PatchOnImport | None = None
 
@@ -118,14 +117,20 @@ def remove_host(host: str) -> None:
 
 def _router_for_request(request: Any) -> Router | None:
     """The active router when this request should be routed, else None."""
+    # Imported here, not at module level: installing at session start stays cheap, and this
+    # only runs once httpx2/httpx (far heavier) are in use.
+    from .transport import in_routed_send, router_for
+
     if in_routed_send():
         return None
     with _lock:
         if not _stack:
             return None
-        router, hosts = _stack[-1]
+        session, hosts = _stack[-1]
     url = request.url
-    return router if is_llm_host(url.host, url.port, hosts) else None
+    if not is_llm_host(url.host, url.port, hosts):
+        return None
+    return router_for(session, raise_errors=False)
 
 
 # -- the patched methods -------------------------------------------------------------------------
@@ -215,9 +220,8 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 def install(session: BudgetSession, *, hosts: Sequence[str] | None = None) -> None:
     """Route app-built clients' LLM requests into `session` until the matching `uninstall()`."""
     global _finder
-    router = router_for(session, raise_errors=False)
     with _lock:
-        _stack.append((router, tuple(session.settings.hosts if hosts is None else hosts)))
+        _stack.append((session, tuple(session.settings.hosts if hosts is None else hosts)))
         for name in _MODULES:
             module = sys.modules.get(name)
             if module is not None:
@@ -245,7 +249,7 @@ def uninstall() -> None:
 def active_session() -> BudgetSession | None:
     """The session the newest `install()` routes into, or None."""
     with _lock:
-        return _stack[-1][0].session if _stack else None
+        return _stack[-1][0] if _stack else None
 
 
 def installed() -> bool:

@@ -25,11 +25,6 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 __all__ = [
     "DEFAULT_SCENARIOS",
     "GROUNDING_MODES",
@@ -117,6 +112,10 @@ def load_scenarios(path: str | Path | None) -> tuple[Scenario, ...]:
     """The scenarios of a TOML file (see the module doc), or the 12 defaults for None."""
     if path is None:
         return DEFAULT_SCENARIOS
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     where = f"llm_scenarios file {str(path)!r}"
     try:
         with open(path, "rb") as handle:

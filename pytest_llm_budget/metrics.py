@@ -54,8 +54,7 @@ _P = "llm_budget_"
 
 def metrics_enabled(session: BudgetSession) -> bool:
     """Whether any metrics output (port, textfile, Pushgateway) is configured."""
-    s = session.settings
-    return bool(s.metrics_port or s.metrics_textfile or s.pushgateway)
+    return session.settings.metrics_wanted
 
 
 class BudgetMetrics:

@@ -9,31 +9,25 @@ import tempfile
 import warnings
 from collections.abc import Generator
 from dataclasses import asdict, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from .cassettes import CassettePolicy, Cassettes, CassetteUse, cassette_path
 from .limiter import BucketStats
-from .matrix import (
-    LLMModel,
-    MatrixError,
-    Scenario,
-    argnames,
-    load_scenarios,
-    matrix_params,
-    parse_models,
-    scenario_of,
-)
-from .metrics import BudgetMetrics, metrics_enabled
-from .preflight import estimate_item, is_llm_test, over_budget_message, project
+from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
 from .report import build_report, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
 
+# Cassettes, the matrix, the preflight and metrics are imported where they are first needed:
+# a run with no LLM test (or no record mode, no metrics option) never loads them.
+if TYPE_CHECKING:
+    from .cassettes import Cassettes, CassetteUse  # noqa: F401 - named in a StashKey string
+    from .matrix import LLMModel, Scenario
+    from .metrics import BudgetMetrics
+
 SESSION_KEY = pytest.StashKey[BudgetSession]()
-MARKER = "llm_budget"
 _MARKER_ARGS = ("tokens", "vendor", "model", "grounded")
 
 
@@ -246,20 +240,23 @@ class XdistHooks:
 
 
 # == record/replay, scenario x model matrix, preflight (cassettes.py, matrix.py, preflight.py) ==
-_MATRIX_KEY = pytest.StashKey[tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]]()
-_CASSETTES_KEY = pytest.StashKey[Cassettes]()
-_CASSETTE_USE_KEY = pytest.StashKey[CassetteUse]()
-_MATRIX_ARGS = ("llm_model", "llm_scenario")
+_MATRIX_KEY = pytest.StashKey["tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]"]()
+_CASSETTES_KEY = pytest.StashKey["Cassettes"]()
+_CASSETTE_USE_KEY = pytest.StashKey["CassetteUse"]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Load the matrix (models, scenario file) now: a bad file stops the run as a usage error."""
-    _matrix(session.config)
+    """Load a configured matrix (models, scenario file) now: a bad one is a usage error."""
+    settings = _session(session.config).settings
+    if settings.scenarios or settings.sources.get("models") != "default":
+        _matrix(session.config)
     _start_routing(session.config)  # app-built clients: see the routing section
 
 
 def _matrix(config: pytest.Config) -> tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]:
     """The session's models and scenarios (ini `llm_models`, `llm_scenarios`), loaded once."""
+    from .matrix import MatrixError, load_scenarios, parse_models
+
     if _MATRIX_KEY not in config.stash:
         settings = _session(config).settings
         path = settings.scenarios
@@ -274,9 +271,13 @@ def _matrix(config: pytest.Config) -> tuple[tuple[LLMModel, ...], tuple[Scenario
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize tests taking `llm_model` / `llm_scenario` over the matrix (models outer)."""
+    if not any(name in metafunc.fixturenames for name in MATRIX_ARGS):
+        return
+    from .matrix import argnames, matrix_params
+
     marks = metafunc.definition.iter_markers("parametrize")
     taken = {name for mark in marks for name in argnames(mark.args[0])}
-    model, scenario = (n not in taken and n in metafunc.fixturenames for n in _MATRIX_ARGS)
+    model, scenario = (n not in taken and n in metafunc.fixturenames for n in MATRIX_ARGS)
     if model or scenario:
         names, values, ids = matrix_params(model, scenario, *_matrix(metafunc.config))
         metafunc.parametrize(names, values, ids=ids, indirect=True)
@@ -285,17 +286,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def llm_scenario(request: pytest.FixtureRequest) -> Scenario:
     """This case's scenario (vantage policy, grounding; `.grounded`); tests are parametrized."""
-    return cast(Scenario, request.param)
+    return cast("Scenario", request.param)
 
 
 @pytest.fixture
 def llm_model(request: pytest.FixtureRequest) -> LLMModel:
     """This case's model (`.vendor`, `.name`, `.id` = vendor:name); tests are parametrized."""
-    return cast(LLMModel, request.param)
+    return cast("LLMModel", request.param)
 
 
 def _with_scenario(item: pytest.Item, context: TestContext) -> TestContext:
     """The test context, grounded when the test's `llm_scenario` is (the estimate adds overhead)."""
+    if "llm_scenario" not in getattr(item, "fixturenames", ()):
+        return context
+    from .matrix import scenario_of
+
     scenario = scenario_of(item)
     return replace(context, grounded=True) if scenario and scenario.grounded else context
 
@@ -303,6 +308,10 @@ def _with_scenario(item: pytest.Item, context: TestContext) -> TestContext:
 def _cassettes(config: pytest.Config) -> Cassettes | None:
     """The session's cassette opener, or None when the record mode is `off`."""
     session = _session(config)
+    if session.settings.record_mode == "off":
+        return None
+    from .cassettes import CassettePolicy, Cassettes
+
     policy = CassettePolicy.from_settings(session.settings)
     if not policy.active:
         return None
@@ -318,6 +327,8 @@ def _llm_budget_cassette(request: pytest.FixtureRequest) -> Generator[None, None
     if cassettes is None or not is_llm_test(item) or item.get_closest_marker("vcr"):
         yield
         return
+    from .cassettes import cassette_path
+
     path = cassette_path(item.path, _session(request.config).settings.cassette_dir, item.nodeid)
     with cassettes.use(path, item.nodeid) as use:
         item.stash[_CASSETTE_USE_KEY] = use
@@ -340,9 +351,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput"):
         return
+    llm_items = [i for i in session.items if is_llm_test(i)]
+    if not llm_items:
+        return
+    from .cassettes import CassettePolicy
+    from .preflight import estimate_item, over_budget_message, project
+
     settings = _session(config).settings
     policy = CassettePolicy.from_settings(settings)
-    llm_items = [i for i in session.items if is_llm_test(i)]
     aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
     projection = project((estimate_item(i, settings, policy) for i in llm_items), settings, aside)
     if not projection.tests:
@@ -372,8 +388,10 @@ def _metrics_warning(config: pytest.Config, message: str) -> None:
 
 def _start_metrics(config: pytest.Config, session: BudgetSession) -> None:
     """Start metrics if an option asks for them; not in xdist workers (the controller merges)."""
-    if hasattr(config, "workerinput") or not metrics_enabled(session):
+    if hasattr(config, "workerinput") or not session.settings.metrics_wanted:
         return
+    from .metrics import BudgetMetrics
+
     metrics = BudgetMetrics(session)
     port = session.settings.metrics_port
     if port:

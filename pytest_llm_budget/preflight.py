@@ -15,6 +15,7 @@ from typing import Any
 
 from .cassettes import CassettePolicy, cassette_path
 from .limiter import LimitRule
+from .llm_tests import LLM_FIXTURES, MARKER, is_llm_test
 from .matrix import LLMModel, scenario_of
 from .settings import Settings
 
@@ -29,11 +30,6 @@ __all__ = [
     "project",
 ]
 
-#: Fixtures that make a test an LLM test (as does the `llm_budget` marker).
-LLM_FIXTURES = frozenset(
-    {"llm_scenario", "llm_model", "openai_client", "async_openai_client", "gemini_client"}
-)
-MARKER = "llm_budget"
 
 
 @dataclass(frozen=True)
@@ -160,13 +156,6 @@ def over_budget_message(projection: Projection, max_duration: float) -> str | No
         f"record cassettes (--llm-record-mode once) so replayed tests spend nothing, or raise "
         f"--llm-max-duration."
     )
-
-
-def is_llm_test(item: Any) -> bool:
-    """True for a test marked `llm_budget` or using an LLM fixture (a pytest item, duck-typed)."""
-    if item.get_closest_marker(MARKER) is not None:
-        return True
-    return not LLM_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> TestEstimate:

@@ -495,6 +495,11 @@ class Settings:
         return (*self.limits, LimitRule("*", "*", self.tpm, self.rpm))
 
     @property
+    def metrics_wanted(self) -> bool:
+        """Whether any metrics output (port, textfile, Pushgateway) is configured."""
+        return bool(self.metrics_port or self.metrics_textfile or self.pushgateway)
+
+    @property
     def budget(self) -> int:
         """Tokens the fallback bucket admits per window."""
         return int(self.tpm * (1 - self.headroom))
