@@ -619,3 +619,19 @@ def test_gemini_insufficient_quota_fault(emu: Emulator) -> None:
     details = info.value.details["error"]["details"]
     assert not [d for d in details if d["@type"].endswith("RetryInfo")]
     assert emu.stats()["vendors"]["gemini"]["rejected"] == {"insufficient_quota": 1}
+
+
+def test_a_client_resetting_an_idle_connection_prints_nothing(
+    emu: Emulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+    import struct
+
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", emu.port), timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # SO_LINGER 0: the server's read sees ECONNRESET
+    time.sleep(0.3)
+    with urllib.request.urlopen(f"{emu.url}/__emulator/stats", timeout=5) as answer:
+        assert answer.status == 200
+    assert "Traceback" not in capfd.readouterr().err
