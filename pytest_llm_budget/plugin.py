@@ -226,6 +226,16 @@ class XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["llm_budget_dir"] = self.dir
 
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """Report gw0's preflight before any test is sent to a worker."""
+        path = os.path.join(self.dir, _PREFLIGHT_FILE)
+        if node.workerinput["workerid"] != "gw0" or not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as handle:
+            preflight = json.load(handle)
+        if preflight is not None:
+            _report_preflight(node.config, *preflight)
+
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         raw = getattr(node, "workeroutput", {}).get("llm_budget")
         if not raw:
@@ -346,14 +356,44 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+_PREFLIGHT_FILE = "preflight.json"
+
+
+@pytest.hookimpl(tryfirst=True)  # under xdist: before the worker tells the controller it is done
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Print the preflight projection; stop a run longer than --llm-max-duration before any call."""
+    """Print the preflight projection; stop a run longer than --llm-max-duration before any call.
+
+    Under xdist the controller collects nothing: worker gw0 (every worker collects every test)
+    leaves the projection in the shared folder and the controller reports it (`XdistHooks`).
+    """
     config = session.config
-    if hasattr(config, "workerinput"):
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput["workerid"] != "gw0":
         return
+    preflight = _preflight(session)
+    if workerinput is not None:
+        path = os.path.join(workerinput["llm_budget_dir"], _PREFLIGHT_FILE)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(preflight, handle)
+    elif preflight is not None:
+        _report_preflight(config, *preflight)
+
+
+def _report_preflight(config: pytest.Config, line: str, problem: str | None) -> None:
+    """Show the projection line; a projection over --llm-max-duration stops the run."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+    if problem:
+        raise pytest.UsageError(problem)
+
+
+def _preflight(session: pytest.Session) -> tuple[str, str | None] | None:
+    """The projection line of the collected LLM tests and, if too long, why; None if none."""
+    config = session.config
     llm_items = [i for i in session.items if is_llm_test(i)]
     if not llm_items:
-        return
+        return None
     from .cassettes import CassettePolicy
     from .preflight import estimate_item, over_budget_message, project
 
@@ -362,13 +402,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
     projection = project((estimate_item(i, settings, policy) for i in llm_items), settings, aside)
     if not projection.tests:
-        return
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(projection.line(settings.budget))
-    problem = settings.max_duration and over_budget_message(projection, settings.max_duration)
-    if problem:
-        raise pytest.UsageError(problem)
+        return None
+    limit = settings.max_duration
+    problem = over_budget_message(projection, limit) if limit else None
+    return projection.line(settings.budget), problem
 
 
 # -- Prometheus metrics (metrics.py): --llm-metrics-port, --llm-metrics-textfile, --llm-pushgateway

@@ -109,3 +109,15 @@ def test_replaying_record_mode_counts_zero(pytester: pytest.Pytester) -> None:
         ["*26 LLM tests, ~0 tokens, at least 0s*(26 replayed from cassettes)"]
     )
     result.assert_outcomes(passed=27)
+
+
+def test_preflight_and_guard_under_xdist(pytester: pytest.Pytester) -> None:
+    """The controller collects nothing: worker gw0's projection is shown and enforced by it."""
+    pytester.makepyfile(test_s=SUITE)
+    stopped = pytester.runpytest_subprocess("-n", "2", "--llm-max-duration", "2m")
+    assert stopped.ret == pytest.ExitCode.USAGE_ERROR
+    stopped.stderr.fnmatch_lines(["*LLM_BATCH_RATE_LIMITED*1m38s over --llm-max-duration=2m0s*"])
+    assert "passed" not in stopped.stdout.str()
+    ran = pytester.runpytest_subprocess("-n", "2", "--llm-max-duration", "10m")
+    ran.stdout.fnmatch_lines(["*LLM budget preflight: 26 LLM tests, ~186950 tokens*"])
+    ran.assert_outcomes(passed=27)
