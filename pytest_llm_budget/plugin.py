@@ -70,6 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
     shared_dir = None
     if workerinput is not None:
         shared_dir = workerinput.get("llm_budget_dir")
+        if workerinput["workerid"] == "gw0" and shared_dir:
+            config.pluginmanager.register(_WorkerPreflight(shared_dir), "llm_budget_preflight")
     elif config.pluginmanager.hasplugin("xdist"):
         xdist_hooks = XdistHooks()
         config.pluginmanager.register(xdist_hooks, "llm_budget_xdist")
@@ -359,24 +361,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 _PREFLIGHT_FILE = "preflight.json"
 
 
-@pytest.hookimpl(tryfirst=True)  # under xdist: before the worker tells the controller it is done
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Print the preflight projection; stop a run longer than --llm-max-duration before any call.
 
     Under xdist the controller collects nothing: worker gw0 (every worker collects every test)
-    leaves the projection in the shared folder and the controller reports it (`XdistHooks`).
+    leaves the projection in the shared folder (`_WorkerPreflight`) and the controller reports
+    it (`XdistHooks`).
     """
-    config = session.config
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None and workerinput["workerid"] != "gw0":
+    if hasattr(session.config, "workerinput"):
         return
     preflight = _preflight(session)
-    if workerinput is not None:
-        path = os.path.join(workerinput["llm_budget_dir"], _PREFLIGHT_FILE)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(preflight, handle)
-    elif preflight is not None:
-        _report_preflight(config, *preflight)
+    if preflight is not None:
+        _report_preflight(session.config, *preflight)
+
+
+class _WorkerPreflight:
+    """Registered in xdist worker gw0 only: hands the projection to the controller."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, _PREFLIGHT_FILE)
+
+    @pytest.hookimpl(tryfirst=True)  # before the worker tells the controller it collected
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        with open(self.path, "w", encoding="utf-8") as handle:
+            json.dump(_preflight(session), handle)
 
 
 def _report_preflight(config: pytest.Config, line: str, problem: str | None) -> None:
