@@ -1,4 +1,4 @@
-"""The example suite: one question, 12 scenarios x 2 models = 24 cases, each answer's shape checked."""
+"""The example suite: 12 scenarios x 2 models = 24 cases, each answer's shape checked."""
 
 from __future__ import annotations
 
