@@ -12,6 +12,8 @@ import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .chart import visible_sections
+
 __all__ = ["render_html"]
 
 _CSS = """
@@ -48,6 +50,7 @@ _BUCKET_COLUMNS = (
     ("rule", "rule", False),
     ("budget", "budget", True),
     ("calls", "calls", True),
+    ("attempts", "attempts", True),
     ("estimated", "estimated", True),
     ("actual", "actual", True),
     ("debt", "debt", True),
@@ -169,7 +172,7 @@ def render_html(document: dict[str, Any]) -> str:
         if calls
         else '<p class="empty">No LLM call was recorded.</p>'
     )
-    backend = settings.get("backend")
+    backend = (document.get("run") or {}).get("backend") or settings.get("backend")
     meta = f"{len(calls)} call(s), {len(buckets)} bucket(s)"
     if backend:
         meta += f", backend {backend}"
@@ -182,6 +185,7 @@ def render_html(document: dict[str, Any]) -> str:
         "<h1>LLM budget</h1>\n"
         f'<p class="meta">{_esc(meta)}</p>\n'
         f'<h2>Totals</h2>\n<dl class="totals">{totals_html}</dl>\n'
+        f"{visible_sections(document)}"
         f"<h2>Buckets</h2>\n{buckets_html}\n"
         f"<h2>Calls</h2>\n{calls_html}\n"
         f"<h2>Settings</h2>\n{settings_html}\n"

@@ -19,6 +19,7 @@ from types import TracebackType
 
 from .backends.base import Backend
 from .errors import BudgetWaitTimeout, RequestTooLarge
+from .events import WaitTick
 from .window import Admitted, Limits, WindowSnapshot
 
 __all__ = [
@@ -209,6 +210,9 @@ class Limiter:
         #: Called as `listener(bucket, ready_at)` on every deferral, `ready_at` being the clock
         #: time the backend named for the next try (metrics' `next_slot_epoch`); must not block.
         self.deferral_listeners: list[Callable[[str, float], None]] = []
+        #: Called with a `WaitTick` on every deferral and when a deferred reservation gets in
+        #: (live notices, the `waited` hook); must not block.
+        self.wait_listeners: list[Callable[[WaitTick], None]] = []
 
     # -- buckets ---------------------------------------------------------------------------
     def bucket_for(self, vendor: str, model: str) -> str:
@@ -241,24 +245,26 @@ class Limiter:
     def reserve(self, estimate: int, *, vendor: str = "openai", model: str = "*") -> Reservation:
         """Block until `estimate` tokens fit in the window of the call's bucket."""
         bucket, ticket, start = self._begin(estimate, vendor, model)
+        who = (vendor, model)
         for attempt in itertools.count():
-            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0)
+            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0, who=who)
             if wait is None:
                 break
             self.sleep(wait)
-        return self._admitted(bucket, ticket, estimate, start)
+        return self._admitted(bucket, ticket, estimate, start, who=who)
 
     async def areserve(
         self, estimate: int, *, vendor: str = "openai", model: str = "*"
     ) -> Reservation:
         """`reserve` for event loops: waits with asyncio, never blocking the loop."""
         bucket, ticket, start = self._begin(estimate, vendor, model)
+        who = (vendor, model)
         for attempt in itertools.count():
-            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0)
+            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0, who=who)
             if wait is None:
                 break
             await self.asleep(wait)
-        return self._admitted(bucket, ticket, estimate, start)
+        return self._admitted(bucket, ticket, estimate, start, who=who)
 
     def _begin(self, estimate: int, vendor: str, model: str) -> tuple[str, str, float]:
         bucket = self.bucket_for(vendor, model)
@@ -278,7 +284,14 @@ class Limiter:
         return bucket, ticket, self.clock()
 
     def _try(
-        self, bucket: str, ticket: str, estimate: int, start: float, *, first: bool
+        self,
+        bucket: str,
+        ticket: str,
+        estimate: int,
+        start: float,
+        *,
+        first: bool,
+        who: tuple[str, str] = ("", ""),
     ) -> float | None:
         """Ask the backend once; None when admitted, else the seconds to sleep."""
         b = self._buckets[bucket]
@@ -302,9 +315,16 @@ class Limiter:
                 b.deferrals += 1
         for listener in list(self.deferral_listeners):
             listener(bucket, now + decision.wait)
+        if self.wait_listeners:
+            tick = WaitTick(bucket, ticket, *who, estimate, start, now, now + decision.wait,
+                            decision.reason, admitted=False)
+            for wait_listener in list(self.wait_listeners):
+                wait_listener(tick)
         return decision.wait
 
-    def _admitted(self, bucket: str, ticket: str, estimate: int, start: float) -> Reservation:
+    def _admitted(
+        self, bucket: str, ticket: str, estimate: int, start: float, *, who: tuple[str, str]
+    ) -> Reservation:
         b = self._buckets[bucket]
         now = self.clock()
         waited = max(0.0, now - start)
@@ -312,6 +332,10 @@ class Limiter:
             b.calls += 1
             b.estimated += estimate
             b.waited_s += waited
+        if waited > 0 and self.wait_listeners:
+            tick = WaitTick(bucket, ticket, *who, estimate, start, now, now, "", admitted=True)
+            for listener in list(self.wait_listeners):
+                listener(tick)
         return Reservation(self, bucket, ticket, estimate, now, waited)
 
     # -- after the call --------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from .limiter import BucketStats
+from .live import LiveHooks, calls_by_bucket
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
 from .report import build_report, summary_lines, write_report
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .metrics import BudgetMetrics
 
 SESSION_KEY = pytest.StashKey[BudgetSession]()
+LIVE_KEY = pytest.StashKey[LiveHooks]()
 _MARKER_ARGS = ("tokens", "vendor", "model", "grounded")
 
 
@@ -50,6 +52,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help, type=option.ini_type)  # type: ignore[arg-type]
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Declare the `pytest_llm_budget_*` hooks users implement (hookspecs.py)."""
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def _settings(config: pytest.Config) -> Settings:
     cli = {o.name: config.getoption(f"llm_{o.name}") for o in OPTIONS if o.cli}
     ini = {o.name: config.getini(o.ini) for o in OPTIONS if o.ini}
@@ -65,6 +74,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{MARKER}(tokens=None, vendor=None, model=None, grounded=False): an LLM test and the "
         "tokens it expects to spend (pytest-llm-budget)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "llm_emulator(**limits): the llm_emulator's limits for this test, e.g. tpm=6000, "
+        "window=10 (pytest-llm-budget)",
     )
     settings = _settings(config)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
@@ -87,6 +101,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ValueError, OSError, RuntimeError) as exc:
         raise pytest.UsageError(f"pytest-llm-budget: --llm-backend: {exc}") from None
     config.stash[SESSION_KEY] = session
+    distributing = workerinput is not None or config.getvalue("dist") not in (None, "no")
+    live = LiveHooks(config, session, shared_dir if distributing else None)
+    config.stash[LIVE_KEY] = live
+    config.pluginmanager.register(live, "llm_budget_live")
     _start_metrics(config, session)  # Prometheus metrics: see the section at the end
 
 
@@ -189,16 +207,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             {
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
+                "backend": budget.backend.description,
             }
         )
         return
-    if budget.settings.reports:
+    live = config.stash[LIVE_KEY]
+    if budget.settings.reports or live.wants_report():
         document = build_report(
             budget.settings.public(),
             budget.calls.totals(),
             budget.bucket_stats(),
             budget.calls.records(),
+            calls_by_bucket(budget),
         )
+        live.complete(document)
         for path in budget.settings.reports:
             write_report(path, document)
 
@@ -212,8 +234,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not buckets and not totals.calls:
         return
     terminalreporter.write_sep("=", "LLM budget")
+    live = config.stash[LIVE_KEY]
     for line in summary_lines(
-        buckets, totals, window=budget.settings.window, backend=budget.backend.description
+        buckets,
+        totals,
+        window=budget.settings.window,
+        backend=live.backend(),
+        calls_by_bucket=calls_by_bucket(budget),
+        workers=live.workers,
     ):
         terminalreporter.write_line(line)
     for path in budget.settings.reports:
@@ -245,6 +273,9 @@ class XdistHooks:
             return
         data = json.loads(raw)
         budget = _session(node.config)
+        live = node.config.stash[LIVE_KEY]
+        live.worker_backend = data.get("backend", live.worker_backend)
+        live.workers += 1
         budget.merged_stats.extend(BucketStats(**b) for b in data["buckets"])
         budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]])
 
@@ -393,8 +424,11 @@ class _WorkerPreflight:
             json.dump(_preflight(session), handle)
 
 
-def _report_preflight(config: pytest.Config, line: str, problem: str | None) -> None:
+def _report_preflight(
+    config: pytest.Config, line: str, problem: str | None, figures: Any = None
+) -> None:
     """Show the projection line; a projection over --llm-max-duration stops the run."""
+    config.stash[LIVE_KEY].preflight = figures
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(line)
@@ -402,7 +436,7 @@ def _report_preflight(config: pytest.Config, line: str, problem: str | None) -> 
         raise pytest.UsageError(problem)
 
 
-def _preflight(session: pytest.Session) -> tuple[str, str | None] | None:
+def _preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]] | None:
     """The projection line of the collected LLM tests and, if too long, why; None if none."""
     config = session.config
     llm_items = [i for i in session.items if is_llm_test(i)]
@@ -419,7 +453,7 @@ def _preflight(session: pytest.Session) -> tuple[str, str | None] | None:
         return None
     limit = settings.max_duration
     problem = over_budget_message(projection, limit) if limit else None
-    return projection.line(settings.budget), problem
+    return projection.line(settings.budget), problem, projection.figures()
 
 
 # -- Prometheus metrics (metrics.py): --llm-metrics-port, --llm-metrics-textfile, --llm-pushgateway
@@ -544,12 +578,26 @@ def llm_async_http_client(pytestconfig: pytest.Config) -> Any:
 
 
 @pytest.fixture(scope="session")
-def llm_emulator() -> Generator[Any, None, None]:
-    """A provider emulator on a free port; the SDKs' base-URL and key env vars point at it."""
+def llm_emulator_config() -> dict[str, Any]:
+    """Override to change `llm_emulator`'s limits: emulator keys (`tpm`, `window`, `limits`...)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def llm_emulator(
+    pytestconfig: pytest.Config, llm_emulator_config: Any
+) -> Generator[Any, None, None]:
+    """A provider emulator on a free port with the plugin's limits (see `llm_emulator_config`);
+    the SDKs' base-URL and key env vars point at it."""
     from . import intercept
     from .emulator import Emulator
+    from .emulator_setup import emulator_config
 
-    emulator = Emulator().start()
+    try:
+        config = emulator_config(_session(pytestconfig).settings, llm_emulator_config)
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"pytest-llm-budget: llm_emulator_config: {exc}") from None
+    emulator = Emulator(config).start()
     host = f"127.0.0.1:{emulator.port}"
     intercept.add_host(host)
     with pytest.MonkeyPatch.context() as env:
@@ -563,3 +611,22 @@ def llm_emulator() -> Generator[Any, None, None]:
         finally:
             intercept.remove_host(host)
             emulator.stop()
+
+
+@pytest.fixture(autouse=True)
+def _llm_emulator_marker(request: pytest.FixtureRequest) -> Generator[None, None, None]:
+    """`@pytest.mark.llm_emulator(tpm=..., window=...)`: the emulator's limits for one test."""
+    mark = request.node.get_closest_marker("llm_emulator")
+    if mark is None:
+        yield
+        return
+    emulator = request.getfixturevalue("llm_emulator")
+    before = emulator.configure()
+    try:
+        emulator.configure(**mark.kwargs)
+    except ValueError as exc:
+        pytest.fail(f"@pytest.mark.llm_emulator: {exc}", pytrace=False)
+    try:
+        yield
+    finally:
+        emulator.configure(before)

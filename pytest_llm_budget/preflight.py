@@ -2,8 +2,13 @@
 
 Per LLM test: the marker's `tokens=`, else `--llm-est-tokens`, times (1 + grounded overhead) when
 the test is grounded; zero when its cassette replays. Tests go to the bucket of their vendor and
-model (ini `llm_limits`, then `--llm-tpm`); each bucket admits `tpm * (1 - headroom)` tokens per
-window, so the run needs at least `tokens / budget` windows of its busiest bucket. No pytest here.
+model (ini `llm_limits`, then `--llm-tpm`): the marker's `vendor=`, else the `llm_model` case's,
+else the client fixture's (`gemini_client` -> gemini), else the vendor of the first `llm_models`
+entry (the configured default). Each bucket admits `budget = tpm * (1 - headroom)` tokens per
+sliding window: the first `budget` tokens leave at once, and `T` tokens need their last
+admission at least `(ceil(T / budget) - 1)` windows after the first. That is a true lower bound
+of the run's wall time when every test declares `tokens=` (and spends at least that) and its
+bucket is known: the line says "at least" then, "about" otherwise. No pytest here.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class TestEstimate:
     vendor: str | None = None
     model: str | None = None
     replayed: bool = False
+    declared: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Projection:
     headroom: float
     buckets: tuple[Bucket, ...]
     aside: int = 0
+    lower_bound: bool = True
 
     @property
     def busiest(self) -> Bucket | None:
@@ -79,6 +86,25 @@ class Projection:
         busiest = self.busiest
         return busiest.seconds if busiest else 0.0
 
+    @property
+    def qualifier(self) -> str:
+        """`at least` of a true lower bound, else `about`."""
+        return "at least" if self.lower_bound else "about"
+
+    def figures(self) -> dict[str, Any]:
+        """The projection as plain JSON (for the report, beside the real figures)."""
+        return {
+            "tests": self.tests,
+            "replayed": self.replayed,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "lower_bound": self.lower_bound,
+            "buckets": [
+                {"name": b.name, "tokens": b.tokens, "budget": b.budget, "seconds": b.seconds}
+                for b in self.buckets
+            ],
+        }
+
     def line(self, fallback_budget: int) -> str:
         """`LLM budget preflight: N LLM tests, ~T tokens, at least 6m35s at B tokens/60s`."""
         busiest = self.busiest
@@ -86,7 +112,8 @@ class Projection:
         plural = "" if self.tests == 1 else "s"
         text = (
             f"LLM budget preflight: {self.tests} LLM test{plural}, ~{self.tokens} tokens, "
-            f"at least {format_duration(self.seconds)} at {budget} tokens/{self.window:g}s"
+            f"{self.qualifier} {format_duration(self.seconds)} at {budget} "
+            f"tokens/{self.window:g}s"
         )
         notes = []
         if len(self.buckets) > 1 and busiest is not None:
@@ -112,19 +139,25 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
     """Sum tokens per bucket and the windows each bucket needs."""
     spent: dict[str, tuple[LimitRule, int]] = {}
     count = replayed = 0
+    certain = True
     for test in tests:
         count += 1
         if test.replayed:
             replayed += 1
             continue
-        vendor, model = test.vendor or "*", test.model or "*"
+        vendor, model = test.vendor or default_vendor(settings), test.model or "*"
         rule = next((r for r in settings.rules if r.matches(vendor, model)), settings.rules[-1])
-        name = rule.bucket_name(test.vendor or "unknown-vendor")
+        certain = certain and test.declared and test.vendor is not None
+        if test.model is None and any(
+            r.model != "*" and r.matches(vendor, r.model) for r in settings.limits
+        ):
+            certain = False  # a model-specific rule of this vendor may take the calls
+        name = rule.bucket_name(vendor)
         spent[name] = (rule, spent.get(name, (rule, 0))[1] + test.tokens)
     buckets = []
     for name, (rule, tokens) in sorted(spent.items()):
         budget = max(1, int(rule.tpm * (1 - settings.headroom)))
-        buckets.append(Bucket(name, rule, tokens, budget, tokens / budget * settings.window))
+        buckets.append(Bucket(name, rule, tokens, budget, least_seconds(tokens, budget, settings)))
     return Projection(
         tests=count,
         replayed=replayed,
@@ -133,7 +166,19 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
         headroom=settings.headroom,
         buckets=tuple(buckets),
         aside=aside,
+        lower_bound=certain,
     )
+
+
+def least_seconds(tokens: int, budget: int, settings: Settings) -> float:
+    """The least time a sliding window of `budget` tokens takes to admit `tokens`."""
+    return max(0, math.ceil(tokens / budget) - 1) * settings.window
+
+
+def default_vendor(settings: Settings) -> str:
+    """The vendor of a test that names none: the first `llm_models` entry's (else openai)."""
+    first = settings.models[0] if settings.models else "openai:*"
+    return first.partition(":")[0] or "openai"
 
 
 def over_budget_message(projection: Projection, max_duration: float) -> str | None:
@@ -142,11 +187,12 @@ def over_budget_message(projection: Projection, max_duration: float) -> str | No
     if busiest is None or projection.seconds <= max_duration:
         return None
     over = projection.seconds - max_duration
-    windows = max_duration / projection.window
+    windows = math.floor(max_duration / projection.window) + 1
     needed_tpm = math.ceil(busiest.tokens / windows / (1 - projection.headroom))
-    fit_tests = int(projection.tests * max_duration / projection.seconds)
+    per_test = projection.tokens / max(1, projection.tests - projection.replayed)
+    fit_tests = min(projection.tests, int(busiest.budget * windows / per_test))
     return (
-        f"pytest-llm-budget: LLM_BATCH_RATE_LIMITED: the run needs at least "
+        f"pytest-llm-budget: LLM_BATCH_RATE_LIMITED: the run needs {projection.qualifier} "
         f"{format_duration(projection.seconds)} (~{projection.tokens} tokens; bucket "
         f"{busiest.name}: {busiest.tokens} tokens at {busiest.budget} tokens/"
         f"{projection.window:g}s), {format_duration(over)} over --llm-max-duration="
@@ -171,9 +217,14 @@ def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> Test
     vendor, name = kwargs.get("vendor"), kwargs.get("model")
     if isinstance(model, LLMModel):
         vendor, name = vendor or model.vendor, name or model.name
+    fixtures = getattr(item, "fixturenames", ())
+    if vendor is None and "gemini_client" in fixtures:
+        vendor = "gemini"
+    elif vendor is None and {"openai_client", "async_openai_client"} & set(fixtures):
+        vendor = "openai"
     replayed = (
         policy.active
         and not item.get_closest_marker("vcr")
         and policy.replays(cassette_path(item.path, settings.cassette_dir, item.nodeid))
     )
-    return TestEstimate(item.nodeid, tokens, vendor, name, replayed)
+    return TestEstimate(item.nodeid, tokens, vendor, name, replayed, bool(kwargs.get("tokens")))

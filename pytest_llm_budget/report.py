@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .limiter import BucketStats
 from .records import CallRecord, Totals
 
-__all__ = ["build_report", "summary_lines", "write_report"]
+__all__ = ["backend_label", "build_report", "summary_lines", "write_report"]
 
 _HEADER = (
     "bucket",
     "budget",
     "calls",
+    "attempts",
     "estimated",
     "actual",
     "debt",
@@ -26,13 +27,25 @@ _HEADER = (
 
 
 def summary_lines(
-    buckets: Sequence[BucketStats], totals: Totals, *, window: float, backend: str
+    buckets: Sequence[BucketStats],
+    totals: Totals,
+    *,
+    window: float,
+    backend: str,
+    calls_by_bucket: Mapping[str, int] | None = None,
+    workers: int = 0,
 ) -> list[str]:
-    """Rows of the summary section: one per bucket, then a totals line that says `429s: N`."""
+    """Rows of the summary section: one per bucket, then a totals line that says `429s: N`.
+
+    A bucket's `calls` are logical calls (from `calls_by_bucket`), its `attempts` the admissions
+    (one per HTTP try); `workers` > 1 labels waited seconds as summed over the xdist workers.
+    """
+    calls_of = calls_by_bucket or {}
     rows = [
         (
             b.name,
             f"{b.budget}/{window:g}s",
+            str(calls_of.get(b.name, b.calls)),
             str(b.calls),
             str(b.estimated),
             str(b.actual),
@@ -54,14 +67,21 @@ def summary_lines(
     else:
         lines.append("no live LLM call reserved budget")
     rate_limits = max(totals.rate_limit_events, sum(b.rate_limit_events for b in buckets))
+    summed = f" summed over {workers} workers" if workers > 1 else ""
     lines.append(
         f"totals: calls: {totals.calls} (replayed: {totals.replayed}), "
         f"tokens: {totals.total_tokens} (prompt {totals.prompt_tokens}, "
         f"completion {totals.completion_tokens}), retries: {totals.retries}, "
-        f"waited: {totals.waited_s:.1f}s, errors: {totals.errors}, 429s: {rate_limits}"
-        f" [backend {backend}]"
+        f"waited: {totals.waited_s:.1f}s{summed}, errors: {totals.errors}, 429s: {rate_limits}"
+        f" [backend {backend_label(backend)}]"
     )
     return lines
+
+
+def backend_label(description: str) -> str:
+    """`file: PATH` for the file backend; others as described (Redis passwords are masked)."""
+    kind, _, rest = description.partition(":")
+    return f"file: {rest}" if kind == "file" and rest else description
 
 
 def build_report(
@@ -69,8 +89,10 @@ def build_report(
     totals: Totals,
     buckets: Sequence[BucketStats],
     calls: Sequence[CallRecord],
+    calls_by_bucket: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report's document (DESIGN.md section 4)."""
+    """The JSON report's document (DESIGN.md section 4); bucket `calls` are logical calls."""
+    calls_of = calls_by_bucket or {}
     return {
         "settings": settings,
         "totals": totals.to_json(),
@@ -79,7 +101,8 @@ def build_report(
                 "name": b.name,
                 "rule": b.rule,
                 "budget": b.budget,
-                "calls": b.calls,
+                "calls": calls_of.get(b.name, b.calls),
+                "attempts": b.calls,
                 "estimated": b.estimated,
                 "actual": b.actual,
                 "debt": b.debt,

@@ -6,8 +6,10 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .backends import Backend, open_backend
+from .events import RateLimitEvent, WaitEvent
 from .limiter import BucketStats, Limiter, Reservation
 from .records import CallLog, CallRecord, TestUsage
 from .settings import Settings
@@ -77,6 +79,16 @@ class BudgetSession:
         #: Called with every record `record` logs (metrics use this); an observer must not block,
         #: and one that raises is reported as a warning, never as a failure of the LLM call.
         self.observers: list[Callable[[CallRecord], None]] = []
+        #: Called with a `WaitEvent` when a wait longer than `notice_after` starts, and when
+        #: any wait ends (`finished`); with a `RateLimitEvent` on every 429 (watch.py).
+        self.wait_observers: list[Callable[[WaitEvent], None]] = []
+        self.rate_limit_observers: list[Callable[[RateLimitEvent], None]] = []
+        #: `hook(request, vendor, model, estimate)` -> an int overrides a call's estimate.
+        self.estimate_hooks: list[Callable[[Any, str, str, int], int | None]] = []
+        self.notice_after: float | None = settings.notice_after
+        from .watch import WaitWatch
+
+        WaitWatch(self).attach()
 
     def reserve(
         self, tokens: int | None = None, *, vendor: str = "openai", model: str = "*"

@@ -74,6 +74,12 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _notice_after(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none", "never"):
+        return None
+    return _non_negative_float(text)
+
+
 def _headroom(text: str) -> float:
     value = _float(text)
     if not 0 <= value < 1:
@@ -275,6 +281,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="S",
     ),
     Option(
+        "notice_after",
+        _notice_after,
+        2.0,
+        "print a line when a call will wait longer than this for budget, seconds, or off",
+        "--llm-notice-after",
+        ("LLM_BUDGET_NOTICE_AFTER",),
+        "llm_notice_after",
+        metavar="S",
+    ),
+    Option(
         "est_tokens",
         _positive_int,
         7000,
@@ -469,6 +485,7 @@ class Settings:
     backoff_base: float = 2.0
     backoff_max: float = 30.0
     max_wait: float = 600.0
+    notice_after: float | None = 2.0
     est_tokens: int = 7000
     safety_margin: float = 0.20
     grounded_overhead: float = 0.15

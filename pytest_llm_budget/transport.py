@@ -142,6 +142,9 @@ class _Call:
     attempts: int = 0
     waited_s: float = 0.0
     rate_limit_events: int = 0
+    request: Any = None
+    rejection: Any = None
+    retry_in: float | None = None
 
 
 class Gate:
@@ -254,6 +257,7 @@ class Router:
             finally:
                 response.close()
             outcome = self._rejected(call, reservation, response, body)
+            self._announce_429(call, outcome)
             if isinstance(outcome, LLMBudgetError):
                 return self._fail(call, request, outcome, (response, body))
 
@@ -299,6 +303,7 @@ class Router:
             finally:
                 await response.aclose()
             outcome = self._rejected(call, reservation, response, body)
+            self._announce_429(call, outcome)
             if isinstance(outcome, LLMBudgetError):
                 return self._fail(call, request, outcome, (response, body))
 
@@ -318,6 +323,10 @@ class Router:
         )
         call.model = estimate.model
         call.charge = max(1, call.provider.charge_estimate(estimate))
+        if self.session.estimate_hooks:
+            from .hooks import estimate_override
+
+            call.charge = estimate_override(self.session, call.request, call)
 
     def _reserve(self, call: _Call) -> Reservation:
         self._estimate(call)
@@ -363,6 +372,7 @@ class Router:
             test=test.nodeid,
             grounded=test.grounded,
             stream_usage_expected=_stream_usage_expected(url.path, body),
+            request=request,
         )
 
     def _abort(self, call: _Call, gate: Gate) -> None:
@@ -380,6 +390,7 @@ class Router:
 
         rejection = call.provider.classify(429, response.headers, body, time.time())
         call.rate_limit_events += 1
+        call.rejection, call.retry_in = rejection, None
         limit = f"limit {rejection.limit}" if rejection.limit is not None else "limit unknown"
         where = f"{call.vendor} model {call.model}"
         provider_says = f"provider: {rejection.message}"
@@ -412,6 +423,7 @@ class Router:
         delay = self.retry.delay(rejection.retry_after_s, retry, self.rng)
         exhausted = call.attempts > self.retry.retries
         too_long = call.waited_s + delay > self.retry.max_wait
+        call.retry_in = None if exhausted or too_long else delay
         reservation.rate_limited(None if exhausted or too_long else delay)
         reservation.release()
         if exhausted or too_long:
@@ -431,6 +443,13 @@ class Router:
                 waited_s=call.waited_s,
             )
         return None
+
+    def _announce_429(self, call: _Call, outcome: LLMBudgetError | None) -> None:
+        """Tell the session's rate-limit observers about the 429 just handled."""
+        if self.session.rate_limit_observers:
+            from .hooks import rate_limit_event
+
+            rate_limit_event(self.session, call, outcome)
 
     def _fail(
         self,

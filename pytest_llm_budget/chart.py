@@ -1,0 +1,346 @@
+"""The HTML report's picture of the run: an SVG chart per bucket and the per-test tables.
+
+The chart plots the tokens held in each bucket's sliding window over the run against the
+bucket's budget: every live call is one point (at its admission, its charge added), waits are
+drawn from when a call asked to when it got in, 429s are marked at the top. Everything is
+rebuilt from the JSON report's document, inline SVG, no script, no network. No pytest here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ChartPoint", "bucket_of", "chart_points", "visible_sections"]
+
+CSS = """
+.runfig{display:flex;flex-wrap:wrap;gap:.4em 1.6em;margin:.2em 0 .6em;padding:0}
+.runfig div{display:flex;gap:.4em}.runfig dt{color:#666}.runfig dd{margin:0;font-weight:600}
+.ok{color:#18794e}.warn{color:#b4470a}
+svg.chart{display:block;margin:.3em 0 1em;max-width:100%;height:auto;background:#fff}
+svg.chart text{font:12px system-ui,sans-serif;fill:#444}
+svg.chart .title{font-weight:600;font-size:13px;fill:#222}
+""".strip()
+
+_W, _H = 920, 270
+_L, _R, _T, _B = 64, 150, 30, 36  # margins: the legend sits on the right
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+@dataclass(frozen=True)
+class ChartPoint:
+    """One live call as the chart draws it."""
+
+    bucket: str
+    test: str
+    asked: float
+    admitted: float
+    charge: int
+    in_window: int
+    rate_limited: int
+    waited_s: float
+    status: str
+
+
+def bucket_of(call: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """The bucket a call spent from: the first matching `llm_limits` rule, else the fallback."""
+    vendor, model = str(call.get("vendor", "")), str(call.get("model", "*"))
+    for rule in settings.get("limits") or []:
+        pattern = str(rule).split()[0]
+        rule_vendor, _, rule_model = pattern.partition(":")
+        if fnmatch.fnmatchcase(vendor.lower(), rule_vendor.lower()) and fnmatch.fnmatchcase(
+            model.lower(), rule_model.lower()
+        ):
+            return f"{vendor}:{rule_model}"
+    return f"{vendor}:*"
+
+
+def _charge(call: Mapping[str, Any]) -> int:
+    used = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
+    estimated = int(call.get("estimated") or 0)
+    return max(estimated, used) if call.get("status") == "ok" else estimated
+
+
+def chart_points(document: Mapping[str, Any]) -> dict[str, list[ChartPoint]]:
+    """Every live (not replayed) call of the report as a point, per bucket, by admission."""
+    settings = document.get("settings") or {}
+    window = float(settings.get("window") or 60)
+    per_bucket: dict[str, list[tuple[float, Mapping[str, Any]]]] = {}
+    for call in document.get("calls") or []:
+        if call.get("replayed"):
+            continue
+        admitted = float(call.get("t") or 0) + float(call.get("waited_s") or 0)
+        per_bucket.setdefault(bucket_of(call, settings), []).append((admitted, call))
+    points: dict[str, list[ChartPoint]] = {}
+    for bucket, calls in sorted(per_bucket.items()):
+        calls.sort(key=lambda pair: pair[0])
+        held: list[tuple[float, int]] = []
+        out = []
+        for admitted, call in calls:
+            charge = _charge(call)
+            held = [(t, c) for t, c in held if t > admitted - window]
+            held.append((admitted, charge))
+            out.append(
+                ChartPoint(
+                    bucket=bucket,
+                    test=str(call.get("test", "")),
+                    asked=float(call.get("t") or 0),
+                    admitted=admitted,
+                    charge=charge,
+                    in_window=sum(c for _, c in held),
+                    rate_limited=int(call.get("rate_limit_events") or 0),
+                    waited_s=float(call.get("waited_s") or 0),
+                    status=str(call.get("status", "")),
+                )
+            )
+        points[bucket] = out
+    return points
+
+
+def _ticks(top: float, count: int = 5) -> list[float]:
+    """Round tick values from 0 to about `top`."""
+    if top <= 0:
+        return [0.0]
+    raw = top / count
+    magnitude = 10 ** len(str(int(raw))) / 10 if raw >= 1 else 0.1
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(int(top / step) + 1)]
+
+
+def _fmt_tokens(value: float) -> str:
+    return f"{value / 1000:g}k" if value >= 1000 else f"{value:g}"
+
+
+def _svg(
+    bucket: str, points: Sequence[ChartPoint], budget: int, window: float, start: float, end: float
+) -> str:
+    """One bucket's chart."""
+    span = max(end - start, window * 0.25, 1e-3)
+    # the held-tokens curve: +charge at admission, -charge one window later
+    steps = sorted(
+        [(p.admitted, p.charge) for p in points]
+        + [(p.admitted + window, -p.charge) for p in points]
+    )
+    peak = max([p.in_window for p in points] + [budget])
+    y_top = peak * 1.12
+    plot_w, plot_h = _W - _L - _R, _H - _T - _B
+
+    def x(t: float) -> float:
+        return _L + max(0.0, min(1.0, (t - start) / span)) * plot_w
+
+    def y(v: float) -> float:
+        return _T + plot_h - v / y_top * plot_h
+
+    path = [f"M{x(start):.1f},{y(0):.1f}"]
+    level = 0
+    for t, delta in steps:
+        if t > end:
+            break
+        path.append(f"L{x(t):.1f},{y(level):.1f}")
+        level += delta
+        path.append(f"L{x(t):.1f},{y(level):.1f}")
+    path.append(f"L{x(end):.1f},{y(level):.1f}")
+    line = " ".join(path)
+    area = f"{line} L{x(end):.1f},{y(0):.1f} Z"
+    out = [
+        f'<svg class="chart" data-bucket="{_esc(bucket)}" xmlns="http://www.w3.org/2000/svg" '
+        f'viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
+        f'aria-label="tokens in the window of {_esc(bucket)}">',
+        f'<text class="title" x="{_L}" y="18">{_esc(bucket)}: tokens in the sliding '
+        f"{window:g}s window</text>",
+    ]
+    for v in _ticks(y_top):
+        out.append(
+            f'<line x1="{_L}" x2="{_L + plot_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+            'stroke="#eee"/>'
+            f'<text x="{_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{_fmt_tokens(v)}</text>'
+        )
+    for s in _ticks(span, 8):
+        out.append(
+            f'<line x1="{x(start + s):.1f}" x2="{x(start + s):.1f}" y1="{_T + plot_h}" '
+            f'y2="{_T + plot_h + 4}" stroke="#999"/>'
+            f'<text x="{x(start + s):.1f}" y="{_T + plot_h + 17}" text-anchor="middle">'
+            f"{s:g}s</text>"
+        )
+    out.append(
+        f'<text x="{_L + plot_w / 2:.0f}" y="{_H - 4}" text-anchor="middle">'
+        "seconds since the run started</text>"
+    )
+    out.append(f'<path class="held" d="{area}" fill="#dbe9fb" stroke="none"/>')
+    out.append(f'<path d="{line}" fill="none" stroke="#2f6fce" stroke-width="1.6"/>')
+    out.append(
+        f'<line class="budget" x1="{_L}" x2="{_L + plot_w}" y1="{y(budget):.1f}" '
+        f'y2="{y(budget):.1f}" stroke="#d1342f" stroke-width="2" stroke-dasharray="7 4"/>'
+        f'<text x="{_L + plot_w - 4}" y="{y(budget) - 6:.1f}" fill="#d1342f" '
+        f'text-anchor="end">budget {budget} tokens</text>'
+    )
+    for p in points:
+        if p.waited_s > 0:
+            out.append(
+                f'<line class="wait" x1="{x(p.asked):.1f}" x2="{x(p.admitted):.1f}" '
+                f'y1="{y(p.in_window):.1f}" y2="{y(p.in_window):.1f}" stroke="#e8890c" '
+                'stroke-width="3" stroke-opacity=".75"/>'
+            )
+        if p.rate_limited:
+            out.append(
+                f'<path class="r429" d="M{x(p.asked) - 6:.1f},{_T - 2} '
+                f'L{x(p.asked) + 6:.1f},{_T - 2} L{x(p.asked):.1f},{_T + 9} Z" fill="#d1342f">'
+                f"<title>429 x{p.rate_limited}: {_esc(p.test)}</title></path>"
+            )
+    for p in points:
+        fill = "#d1342f" if p.status != "ok" else "#2f6fce"
+        out.append(
+            f'<circle class="call" cx="{x(p.admitted):.1f}" cy="{y(p.in_window):.1f}" r="3.6" '
+            f'fill="{fill}" stroke="#fff" stroke-width="1" data-t="{p.asked}" '
+            f'data-tokens="{p.charge}" data-test="{_esc(p.test)}">'
+            f"<title>{_esc(p.test)}: {p.charge} tokens, waited {p.waited_s:.1f}s</title>"
+            "</circle>"
+        )
+    lx = _L + plot_w + 14
+    legend = [
+        ("line", "#2f6fce", "tokens held"),
+        ("dash", "#d1342f", "budget"),
+        ("dot", "#2f6fce", "a call"),
+        ("wait", "#e8890c", "waiting"),
+        ("tri", "#d1342f", "429"),
+    ]
+    for i, (kind, color, label) in enumerate(legend):
+        ly = _T + 34 + i * 20
+        if kind == "dot":
+            mark = f'<circle cx="{lx + 9}" cy="{ly - 4}" r="3.6" fill="{color}"/>'
+        elif kind == "tri":
+            mark = f'<path d="M{lx + 3},{ly - 9} L{lx + 15},{ly - 9} L{lx + 9},{ly + 1} Z" ' \
+                f'fill="{color}"/>'
+        else:
+            dash = ' stroke-dasharray="5 3"' if kind == "dash" else ""
+            width = 3 if kind == "wait" else 2
+            mark = (
+                f'<line x1="{lx}" x2="{lx + 18}" y1="{ly - 4}" y2="{ly - 4}" stroke="{color}" '
+                f'stroke-width="{width}"{dash}/>'
+            )
+        out.append(f'{mark}<text x="{lx + 24}" y="{ly}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _seconds(value: Any) -> str:
+    return "\u2014" if value is None else f"{float(value):.1f}s"
+
+
+def _run_figures(document: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]) -> str:
+    """Wall time beside the preflight projection, and the run's headline figures."""
+    run = document.get("run") or {}
+    totals = document.get("totals") or {}
+    preflight = run.get("preflight") or None
+    items: list[tuple[str, str, str]] = [("wall time", _seconds(run.get("wall_s")), "")]
+    if preflight:
+        qualifier = "at least" if preflight.get("lower_bound") else "about"
+        wall = run.get("wall_s")
+        held = wall is None or not preflight.get("lower_bound") or wall >= preflight["seconds"]
+        items.append(
+            (
+                "preflight projection",
+                f"{qualifier} {float(preflight['seconds']):.0f}s, ~{preflight['tokens']} tokens",
+                "" if held else "warn",
+            )
+        )
+    items += [
+        ("tokens", str(totals.get("total_tokens", 0)), ""),
+        ("calls", str(totals.get("calls", len(calls))), ""),
+        ("waited", _seconds(totals.get("waited_s", 0)), ""),
+        ("429s", str(totals.get("rate_limit_events", 0)), ""),
+    ]
+    cells = "".join(
+        f'<div><dt>{_esc(k)}</dt><dd class="{c}" data-key="{_esc(k)}">{_esc(v)}</dd></div>'
+        for k, v, c in items
+    )
+    return f'<dl class="runfig">{cells}</dl>'
+
+
+def _per_test(document: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]) -> str:
+    """One row per test that called an LLM, the biggest spender first."""
+    outcomes = {t.get("test"): t for t in document.get("tests") or []}
+    rows: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        test = str(call.get("test", ""))
+        row = rows.setdefault(test, {"tokens": 0, "calls": 0, "waits": 0, "waited": 0.0})
+        row["tokens"] += int(call.get("prompt_tokens") or 0) + int(
+            call.get("completion_tokens") or 0
+        )
+        row["calls"] += 1
+        waited = float(call.get("waited_s") or 0)
+        row["waits"] += int(waited > 0)
+        row["waited"] += waited
+    if not rows:
+        return '<p class="empty">No test called an LLM.</p>'
+    body = []
+    for test, row in sorted(rows.items(), key=lambda kv: (-kv[1]["tokens"], kv[0])):
+        info = outcomes.get(test) or {}
+        outcome = str(info.get("outcome", "\u2014"))
+        cls = ' class="bad"' if outcome in ("failed", "error") else ""
+        body.append(
+            f'<tr{cls}><td class="test">{_esc(test)}</td><td class="n">{row["tokens"]}</td>'
+            f'<td class="n">{row["calls"]}</td>'
+            f'<td class="n">{row["waits"]} ({row["waited"]:.1f}s)</td>'
+            f'<td class="n">{_seconds(info.get("duration_s"))}</td><td>{_esc(outcome)}</td></tr>'
+        )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("test", "tokens", "calls", "waits", "duration", "outcome")
+    )
+    return (
+        f'<table class="tests"><thead><tr>{head}</tr></thead><tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody></table>"
+    )
+
+
+def _slowest_waits(points: Mapping[str, Sequence[ChartPoint]], start: float) -> str:
+    waits = sorted(
+        (p for ps in points.values() for p in ps if p.waited_s > 0),
+        key=lambda p: -p.waited_s,
+    )[:10]
+    if not waits:
+        return '<p class="empty">No call waited for budget.</p>'
+    body = "\n".join(
+        f'<tr><td class="n">{p.waited_s:.1f}s</td><td>{_esc(p.bucket)}</td>'
+        f'<td class="n">{p.asked - start:.1f}s</td><td class="test">{_esc(p.test)}</td></tr>'
+        for p in waits
+    )
+    return (
+        '<table class="waits"><thead><tr><th>waited</th><th>bucket</th><th>asked at</th>'
+        f"<th>test</th></tr></thead><tbody>\n{body}\n</tbody></table>"
+    )
+
+
+def visible_sections(document: Mapping[str, Any]) -> str:
+    """The run figures, a chart per bucket, the per-test table and the slowest waits."""
+    settings = document.get("settings") or {}
+    window = float(settings.get("window") or 60)
+    calls = document.get("calls") or []
+    points = chart_points(document)
+    run = document.get("run") or {}
+    every = [p for ps in points.values() for p in ps]
+    start = float(run.get("started") or min((p.asked for p in every), default=0.0))
+    end = float(run.get("finished") or max((p.admitted for p in every), default=start))
+    end = max([end, *(p.admitted for p in every)])
+    budgets = {str(b.get("name")): int(b.get("budget") or 0) for b in document.get("buckets") or []}
+    charts = [
+        _svg(bucket, ps, budgets.get(bucket) or max(p.in_window for p in ps), window, start, end)
+        for bucket, ps in points.items()
+    ]
+    replayed = sum(1 for c in calls if c.get("replayed"))
+    note = f'<p class="meta">{replayed} replayed call(s) spent nothing and are not drawn.</p>'
+    return (
+        f"<style>{CSS}</style>\n<h2>Run</h2>\n{_run_figures(document, calls)}\n"
+        f"<h2>Tokens in the window</h2>\n"
+        + ("\n".join(charts) if charts else '<p class="empty">No live LLM call.</p>')
+        + (f"\n{note}" if replayed else "")
+        + f"\n<h2>Tests by spend</h2>\n{_per_test(document, calls)}\n"
+        f"<h2>Slowest waits</h2>\n{_slowest_waits(points, start)}\n"
+    )

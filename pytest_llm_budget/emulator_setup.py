@@ -1,0 +1,39 @@
+"""The `llm_emulator` fixture's configuration: the plugin's own limits, then the user's changes.
+
+By default the emulator enforces what the plugin was told the key allows (`--llm-tpm`,
+`--llm-rpm`, `--llm-window`, `llm_limits`), one bucket per vendor or rule like the plugin's
+buckets, so a suite run against it behaves as against the provider. No pytest here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .emulator import EmulatorConfig, LimitSpec
+from .settings import Settings
+
+__all__ = ["emulator_config"]
+
+
+def emulator_config(settings: Settings, changes: EmulatorConfig | Mapping[str, Any] | None) -> (
+    EmulatorConfig
+):
+    """The plugin's limits as an emulator config, with `changes` (a config or its keys) applied."""
+    if isinstance(changes, EmulatorConfig):
+        return changes
+    spec = LimitSpec(tpm=settings.tpm, rpm=settings.rpm)
+    base = EmulatorConfig(
+        window=settings.window,
+        openai=spec,
+        gemini=spec,
+        per_model=False,
+    ).updated({"limits": [str(rule) for rule in settings.limits]})
+    if changes is None:
+        return base
+    if not isinstance(changes, Mapping):
+        raise TypeError(
+            f"llm_emulator_config must return a dict of emulator settings or an EmulatorConfig, "
+            f"not {type(changes).__name__}"
+        )
+    return base.updated(dict(changes))

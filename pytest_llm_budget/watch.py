@@ -1,0 +1,91 @@
+"""Turn the limiter's wait ticks into `WaitEvent`s for the session's observers. No pytest here.
+
+A wait is announced once (`finished=False`) when its expected length first reaches the session's
+`notice_after`, and reported once more when it ends (`finished=True`, the real seconds), whatever
+its length. Observers must not block; one that raises is reported as a warning.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
+
+from .events import WaitEvent, WaitTick
+
+if TYPE_CHECKING:
+    from .session import BudgetSession
+
+__all__ = ["WaitWatch", "notify"]
+
+E = TypeVar("E")
+
+
+def notify(observers: Iterable[Callable[[E], None]], event: E) -> None:
+    """Call each observer with `event`; an observer's bug becomes a warning, not a failed call."""
+    for observer in list(observers):
+        try:
+            observer(event)
+        except Exception as exc:
+            warnings.warn(
+                f"pytest-llm-budget: observer {observer!r} failed: {exc!r}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+class WaitWatch:
+    """Listens to one session's limiter and tells `session.wait_observers` about waits."""
+
+    def __init__(self, session: BudgetSession) -> None:
+        self.session = session
+        self._lock = threading.Lock()
+        #: ticket -> (the test it waits for, the window when the wait was announced)
+        self._announced: dict[str, tuple[str, int]] = {}
+
+    def attach(self) -> WaitWatch:
+        self.session.limiter.wait_listeners.append(self.on_tick)
+        return self
+
+    def on_tick(self, tick: WaitTick) -> None:
+        session = self.session
+        if not session.wait_observers:
+            return
+        if tick.admitted:
+            with self._lock:
+                announced = self._announced.pop(tick.ticket, None)
+            used = announced[1] if announced else -1
+            notify(session.wait_observers, self._event(tick, tick.now - tick.started, used, True))
+            return
+        threshold = session.notice_after
+        if threshold is None or tick.ready_at - tick.started < threshold:
+            return
+        with self._lock:
+            if tick.ticket in self._announced:
+                return
+            self._announced[tick.ticket] = (session.test.nodeid, -1)
+        used = session.limiter.window_snapshot(tick.bucket).used_tokens
+        with self._lock:
+            if tick.ticket in self._announced:
+                self._announced[tick.ticket] = (session.test.nodeid, used)
+        event = self._event(tick, tick.ready_at - tick.now, used, False)
+        notify(session.wait_observers, event)
+
+    def _event(self, tick: WaitTick, seconds: float, used: int, finished: bool) -> WaitEvent:
+        session = self.session
+        return WaitEvent(
+            test=session.test.nodeid,
+            bucket=tick.bucket,
+            vendor=tick.vendor,
+            model=tick.model,
+            estimate=tick.estimate,
+            seconds=round(seconds, 3),
+            reason=tick.reason,
+            used_tokens=used,
+            budget=session.limiter.limits(tick.bucket).tokens,
+            worker=session.worker,
+            t=time.time(),
+            finished=finished,
+        )
