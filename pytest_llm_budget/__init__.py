@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .api import budget_session, open_budget, summary_text, write_reports
 from .errors import (
     BudgetWaitTimeout,
     LLMBudgetError,
@@ -11,6 +12,7 @@ from .errors import (
     RateLimitExhausted,
     RequestTooLarge,
 )
+from .events import RateLimitEvent, WaitEvent
 from .limiter import Limiter, LimitRule, Reservation
 from .session import BudgetSession
 from .settings import Settings
@@ -22,11 +24,17 @@ __all__ = [
     "LimitRule",
     "Limiter",
     "QuotaExhausted",
+    "RateLimitEvent",
     "RateLimitExhausted",
     "RequestTooLarge",
     "Reservation",
     "Settings",
+    "WaitEvent",
+    "budget_session",
+    "open_budget",
+    "summary_text",
     "wrap",
+    "write_reports",
 ]
 __version__ = "0.1.0"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class BudgetSession:
         #: `hook(request, vendor, model, estimate)` -> an int overrides a call's estimate.
         self.estimate_hooks: list[Callable[[Any, str, str, int], int | None]] = []
         self.notice_after: float | None = settings.notice_after
+        self.started = time.time()
         from .watch import WaitWatch
 
         WaitWatch(self).attach()

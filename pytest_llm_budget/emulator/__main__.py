@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,12 +28,16 @@ def _limit(text: str) -> int | None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-budget-emulator",
-        description="OpenAI + Gemini API emulator that enforces TPM/RPM like the providers.",
+        description="OpenAI + Gemini API emulator that enforces TPM/RPM like the providers. "
+        "By default each vendor has one bucket, like the plugin's (--llm-tpm, --llm-rpm).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     p.add_argument("--tpm", type=_limit, default=30_000, help="default TPM for both vendors")
-    p.add_argument("--rpm", type=_limit, default=500, help="default RPM for both vendors")
+    p.add_argument(
+        "--rpm", type=_limit, default=None, help="default RPM for both vendors; none = unlimited"
+    )
     p.add_argument("--openai-tpm", type=_limit, help="OpenAI default TPM (overrides --tpm)")
     p.add_argument("--openai-rpm", type=_limit, help="OpenAI default RPM (overrides --rpm)")
     p.add_argument("--gemini-tpm", type=_limit, help="Gemini default TPM (overrides --tpm)")
@@ -44,12 +49,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RULE",
         help="per-model rule, repeatable, first match wins: 'openai:gpt-5* tpm=30000 rpm=500'",
     )
-    p.add_argument("--window", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--window", type=float, default=60.0, help="window length, seconds")
     p.add_argument("--mode", choices=("sliding", "bucket"), default="sliding")
-    p.add_argument(
-        "--shared-bucket",
+    buckets = p.add_mutually_exclusive_group()
+    buckets.add_argument(
+        "--per-model",
         action="store_true",
-        help="one bucket per vendor (or rule) instead of one per model",
+        help="one bucket per model, as OpenAI keys are limited, instead of one per vendor (or "
+        "rule) as the plugin paces by default",
+    )
+    buckets.add_argument(
+        "--shared-bucket", action="store_true", help="one bucket per vendor or rule (the default)"
     )
     p.add_argument(
         "--default-max-output",
@@ -87,7 +97,7 @@ def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
                 a.gemini_rpm if a.gemini_rpm is not None else a.rpm,
             ),
             "model_limits": tuple(parse_limit_rule(r) for r in a.limit),
-            "per_model": not a.shared_bucket,
+            "per_model": a.per_model,
             "default_max_output": a.default_max_output,
             "require_key": not a.no_auth,
             "insufficient_quota": a.insufficient_quota,
@@ -105,7 +115,15 @@ def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the emulator until Ctrl-C; returns the process exit code."""
     config = build_config(argv)
-    emulator = Emulator(config).start()
+    try:
+        emulator = Emulator(config).start()
+    except OSError as exc:
+        why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror}"
+        print(
+            f"llm-budget-emulator: {config.host}:{config.port} {why} (--port 0 picks a free one)",
+            file=sys.stderr,
+        )
+        return 2
     print(
         f"llm-budget-emulator listening on {emulator.url}\n"
         f"  OpenAI base_url: {emulator.openai_base_url}\n"

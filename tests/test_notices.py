@@ -1,0 +1,101 @@
+"""Live wait notices: a line per long wait while a real paced run waits (-n 0 and -n 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+# Budget 2550 tokens per 2 s window; each call charges about 1010: two fit, the third waits.
+INI = """
+[pytest]
+llm_tpm = 3000
+llm_window = 2
+"""
+
+SUITE = """
+import pytest
+
+@pytest.mark.llm_budget(tokens=1000)
+@pytest.mark.parametrize("n", range(5))
+def test_call(openai_client, llm_emulator, n):
+    reply = openai_client.chat.completions.create(
+        model="gpt-4o-mini", max_tokens=1000, messages=[{"role": "user", "content": f"hi {n}"}]
+    )
+    assert reply.choices[0].message.content
+"""
+
+NOTICE = re.compile(
+    r"^llm-budget: waiting (\d+\.\d)s for openai:\* \((\d+)/2550 tokens in the window\) - "
+    r"(test_paced\.py::test_call\[\d\])( \[gw\d\])?$"
+)
+
+
+def _notices(output: str) -> list[re.Match[str]]:
+    return [m for line in output.splitlines() if (m := NOTICE.match(line.strip()))]
+
+
+def _long_waits(pytester: pytest.Pytester) -> list[str]:
+    calls = json.loads((pytester.path / "run.json").read_text())["calls"]
+    return sorted(c["test"] for c in calls if c["waited_s"] > 1.0)
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["n0", "n2"])
+def test_one_notice_per_wait_during_a_waiting_run(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_paced=SUITE)
+    result = pytester.runpytest_subprocess(
+        *workers, "--llm-notice-after", "0.5", "--llm-report", "run.json"
+    )
+    result.assert_outcomes(passed=5)
+    notices = _notices(result.stdout.str())
+    waited = _long_waits(pytester)
+    assert waited, "the run should have waited"
+    assert sorted(m[3] for m in notices) == waited  # one line per wait, naming its test
+    for m in notices:
+        assert 0.5 <= float(m[1]) <= 2.5 and int(m[2]) > 0
+        assert bool(m[4]) == bool(workers)  # under xdist the controller names the worker
+    out = result.stdout.str()
+    assert out.index("llm-budget: waiting") < out.index("LLM budget ==")
+
+
+def test_quiet_quiet_and_off_print_no_notice(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_paced=SUITE)
+    quiet = pytester.runpytest_subprocess("-qq", "--llm-notice-after", "0.5")
+    assert quiet.ret == 0 and "waited: 4" in quiet.stdout.str()  # it did wait
+    assert "llm-budget: waiting" not in quiet.stdout.str()
+    off = pytester.runpytest_subprocess("--llm-notice-after", "off", "-k", "0 or 1 or 2")
+    off.assert_outcomes(passed=3)
+    assert "llm-budget: waiting" not in off.stdout.str()
+
+
+def test_bad_threshold_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = pytester.runpytest_inprocess("--llm-notice-after", "soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llm-notice-after='soon'*must be a number*"])
+
+
+def test_a_retried_429_gets_a_line(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nllm_backoff_base = 0.2\nllm_backoff_max = 0.5\n")
+    pytester.makepyfile(
+        test_retry="""
+        def test_retry(openai_client, llm_emulator, llm_usage):
+            llm_emulator.queue_fault("rate_limit_no_hint", count=1)
+            openai_client.chat.completions.create(
+                model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+            )
+            assert llm_usage.rate_limit_events == 1
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["llm-budget: 429 from openai model gpt-4o-mini*retry 1 in *s - test_retry.py::test_retry"]
+    )
+    # the summary: one call, two attempts
+    assert re.search(r"^openai:\*\s+\S+\s+1\s+2\s", result.stdout.str(), re.M)
