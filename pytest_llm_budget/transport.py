@@ -786,6 +786,14 @@ def is_pooled(transport: Any) -> bool:
     return pool is not None and type(pool).__module__.split(".")[0] in ("httpcore", "httpcore2")
 
 
+def _pays(pooled: bool) -> bool:
+    """A pool pays the gate only while `intercept` has patched it (outside pytest, `wrap()`
+    of a client with no routing installed pays before sending instead)."""
+    from .intercept import installed
+
+    return pooled and installed()
+
+
 class BudgetTransport:
     """A sync transport wrapper (httpx2 or httpx): LLM requests go through the session budget."""
 
@@ -795,7 +803,7 @@ class BudgetTransport:
         self.pooled = is_pooled(inner)
 
     def handle_request(self, request: Any) -> Any:
-        return self.router.handle(request, self.inner.handle_request, pooled=self.pooled)
+        return self.router.handle(request, self.inner.handle_request, pooled=_pays(self.pooled))
 
     def close(self) -> None:
         self.inner.close()
@@ -818,7 +826,7 @@ class AsyncBudgetTransport:
 
     async def handle_async_request(self, request: Any) -> Any:
         return await self.router.ahandle(
-            request, self.inner.handle_async_request, pooled=self.pooled
+            request, self.inner.handle_async_request, pooled=_pays(self.pooled)
         )
 
     async def aclose(self) -> None:

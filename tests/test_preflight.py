@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_llm_budget.limiter import LimitRule
 from pytest_llm_budget.preflight import (
@@ -12,6 +16,8 @@ from pytest_llm_budget.preflight import (
     project,
 )
 from pytest_llm_budget.settings import Settings
+
+from conftest import FakeClock
 
 
 def test_format_duration() -> None:
@@ -123,3 +129,60 @@ def test_preflight_and_guard_under_xdist(pytester: pytest.Pytester) -> None:
     ran = pytester.runpytest_subprocess("-n", "2", "--llm-max-duration", "10m")
     ran.stdout.fnmatch_lines(["*LLM budget preflight: 26 LLM tests, ~186950 tokens*"])
     ran.assert_outcomes(passed=27)
+
+
+def test_marker_without_vendor_goes_to_the_default_vendor_and_says_about_when_guessing() -> None:
+    declared = [TestEstimate("a", 3000), TestEstimate("b", 3000, "gemini")]
+    projection = project(declared, Settings())
+    assert [b.name for b in projection.buckets] == ["gemini:*", "openai:*"]
+    assert "about" in projection.line(25500)  # "a" names no vendor: its bucket is a guess
+    gemini_first = Settings(models=("gemini:gemini-2.5-pro",))
+    assert [b.name for b in project(declared, gemini_first).buckets] == ["gemini:*"]
+    sure = [TestEstimate("a", 30000, "openai"), TestEstimate("b", 30000, "openai")]
+    assert project(sure, Settings()).line(25500).startswith(
+        "LLM budget preflight: 2 LLM tests, ~60000 tokens, at least 2m0s"
+    )
+    guessed = [TestEstimate("a", 30000, "openai", declared=False)]
+    assert " about 1m0s " in project(guessed, Settings()).line(25500)
+    rules = Settings(limits=(LimitRule("openai", "gpt-5*", 90000),))
+    assert "about" in project([TestEstimate("a", 100, "openai")], rules).line(25500)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(100, 1700),  # declared tokens (a call fits the smallest bucket)
+            st.integers(1, 3),  # calls the test makes
+            st.floats(0.0, 0.5),  # extra tokens spent above the declaration, as a share
+            st.floats(0.0, 2.0),  # seconds each call takes
+            st.sampled_from(["openai", "gemini"]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(2000, 9000),
+)
+def test_the_bound_is_never_above_the_real_wall(tests: list[Any], tpm: int) -> None:
+    """Generated runs through the real limiter (fake clock): tests that spend at least what
+    they declare never finish sooner than the preflight's "at least"."""
+    from pytest_llm_budget.backends.memory import MemoryBackend
+    from pytest_llm_budget.limiter import Limiter
+
+    config = Settings(tpm=tpm, window=10.0, limits=(LimitRule("gemini", "*", tpm * 2),))
+    estimates = [TestEstimate(f"t{i}", t[0], t[4]) for i, t in enumerate(tests)]
+    projection = project(estimates, config)
+    assert projection.lower_bound
+    clock = FakeClock()
+    limiter = Limiter(
+        MemoryBackend(), config.rules, headroom=config.headroom, window=config.window,
+        clock=clock.now, sleep=clock.sleep,
+    )
+    start = clock.now()
+    for declared, calls, extra, seconds, vendor in tests:
+        per_call = -(-declared // calls)
+        for _ in range(calls):
+            reservation = limiter.reserve(per_call, vendor=vendor, model="m")
+            clock.advance(seconds)
+            reservation.settle(int(per_call * (1 + extra)))
+    assert projection.seconds <= clock.now() - start
