@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +17,6 @@ from pytest_llm_budget.preflight import (
     project,
 )
 from pytest_llm_budget.settings import Settings
-
-from conftest import FakeClock
 
 
 def test_format_duration() -> None:

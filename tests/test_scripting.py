@@ -32,7 +32,7 @@ def test_the_documented_script_paces_summarises_and_reports(emu: Any, tmp_path: 
 
 
 def test_keyword_settings_are_validated_like_options() -> None:
-    with pytest.raises(TypeError, match="unknown setting.*tmp"):
+    with pytest.raises(TypeError, match=r"unknown setting.*tmp"):
         open_budget(tmp=5)
     with pytest.raises(ValueError, match="--llm-tpm='lots'"):
         open_budget(tpm="lots", env={})
@@ -106,4 +106,6 @@ def test_emulator_cli_help_shows_defaults_and_a_busy_port_is_one_line() -> None:
             capture_output=True, text=True, timeout=60,
         )
     assert run.returncode == 2
-    assert run.stderr == f"llm-budget-emulator: 127.0.0.1:{port} is in use (--port 0 picks a free one)\n"
+    assert run.stderr == (
+        f"llm-budget-emulator: 127.0.0.1:{port} is in use (--port 0 picks a free one)\n"
+    )
