@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    CostCapExceeded,
     LLMBudgetError,
     QuotaExhausted,
     RateLimitExhausted,
@@ -51,8 +52,9 @@ from .errors import (
 from .records import CallRecord
 
 if TYPE_CHECKING:
+    from .cost import CostHold
     from .limiter import Reservation
-    from .providers import Provider, SSEUsageParser, Usage
+    from .providers import Estimate, Provider, SSEUsageParser, Usage
     from .session import BudgetSession
     from .tokens import EstimatePolicy, TokenCounter
 
@@ -78,6 +80,7 @@ _STATUS_OF = {
     RateLimitExhausted.code: "rate_limited",
     QuotaExhausted.code: "quota",
     RequestTooLarge.code: "too_large",
+    CostCapExceeded.code: "cost_cap",
 }
 
 
@@ -115,6 +118,8 @@ class _Call:
     charge: int
     test: str
     stream_usage_expected: bool
+    estimate: Estimate
+    cost: CostHold | None = None
     t: float = field(default_factory=time.time)
     attempts: int = 0
     waited_s: float = 0.0
@@ -158,6 +163,7 @@ class Router:
         call = self._begin(request, provider)
         while True:
             try:
+                call.cost = self.session.costs.hold(call.estimate, call.vendor, call.test)
                 reservation = self.session.limiter.reserve(
                     call.charge, vendor=call.vendor, model=call.model
                 )
@@ -195,6 +201,7 @@ class Router:
         call = self._begin(request, provider)
         while True:
             try:
+                call.cost = self.session.costs.hold(call.estimate, call.vendor, call.test)
                 reservation = await self.session.limiter.areserve(
                     call.charge, vendor=call.vendor, model=call.model
                 )
@@ -251,12 +258,19 @@ class Router:
             charge=max(1, provider.charge_estimate(estimate)),
             test=test.nodeid,
             stream_usage_expected=_stream_usage_expected(url.path, body),
+            estimate=estimate,
         )
 
     def _abort(self, call: _Call, reservation: Reservation) -> None:
         """The send itself failed (connection, timeout, cancel): keep the estimate, record it."""
         reservation.release()
-        self._record(call, None, "error", malformed=False)
+        cost = self.session.costs.settle(call.cost, None) if call.cost else None
+        self._record(call, None, "error", malformed=False, cost_usd=cost)
+
+    def _release_cost(self, call: _Call) -> None:
+        """The call was not billed (refused, or never sent): its cost hold is dropped."""
+        if call.cost is not None:
+            self.session.costs.release(call.cost)
 
     def _rejected(
         self, call: _Call, reservation: Reservation, response: Any, body: bytes
@@ -265,6 +279,7 @@ class Router:
         from .providers import RejectionKind
 
         rejection = call.provider.classify(429, response.headers, body, time.time())
+        self._release_cost(call)
         call.rate_limit_events += 1
         limit = f"limit {rejection.limit}" if rejection.limit is not None else "limit unknown"
         where = f"{call.vendor} model {call.model}"
@@ -327,6 +342,7 @@ class Router:
     ) -> Any:
         """End a call with a structured error: raise it, or answer an app's client with a 429."""
         status = _STATUS_OF.get(err.code, "error")
+        self._release_cost(call)
         self._record(call, None, status, malformed=False, error_code=err.code)
         _remember(self.session, call.test, err)
         if self.raise_errors:
@@ -340,6 +356,7 @@ class Router:
         status = int(response.status_code)
         if not 200 <= status < 300:
             reservation.release()
+            self._release_cost(call)
             self._record(call, None, f"http_{status}", malformed=False)
             return response
         self._calibrate(call, response.headers)
@@ -370,6 +387,7 @@ class Router:
         *,
         malformed: bool,
         error_code: str | None = None,
+        cost_usd: float | None = 0.0,
     ) -> None:
         self.session.record(
             CallRecord(
@@ -387,6 +405,10 @@ class Router:
                 rate_limit_events=call.rate_limit_events,
                 malformed=malformed,
                 error_code=error_code,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                service_tier=usage.service_tier if usage else None,
+                cost_usd=cost_usd,
             )
         )
 
@@ -440,8 +462,10 @@ class _UsageSink:
             malformed = usage is None and not failed
         charge = call.provider.charge(usage) if usage is not None else call.charge
         self.reservation.settle(charge)
+        costs = self.router.session.costs
+        cost = costs.settle(call.cost, usage) if call.cost is not None else None
         status = "error" if failed else "ok"
-        self.router._record(call, usage, status, malformed=malformed)
+        self.router._record(call, usage, status, malformed=malformed, cost_usd=cost)
 
 
 def _meter_stream_iter(inner: Any, sink: _UsageSink) -> Iterator[bytes]:

@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from ..window import Decision, Limits, WindowSnapshot, WindowState
 from .base import StateBackend
+from .ledger import LedgerState
 from .redis import BackendUnavailable
 
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
@@ -265,6 +266,33 @@ class FileBackend(StateBackend):
     def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
         with self._clocked(bucket, now) as (state, _):
             yield state
+
+    @contextmanager
+    def _ledger(self, ledger: str, now: float) -> Iterator[LedgerState]:
+        """A cost ledger, kept in `<path>.cost.json` under the same lock as the windows."""
+        path = f"{self.path}.cost.json"
+        with self._locked():
+            try:
+                with open(path, encoding="utf-8") as f:
+                    ledgers = dict(json.load(f))
+            except FileNotFoundError:
+                ledgers = {}
+            except (ValueError, TypeError) as exc:
+                warnings.warn(
+                    f"llm-budget cost ledger {path} is unreadable ({exc}); starting from $0",
+                    StateFileWarning,
+                    stacklevel=4,
+                )
+                ledgers = {}
+            raw = ledgers.get(ledger)
+            state = LedgerState.from_json(raw) if isinstance(raw, dict) else LedgerState()
+            state.expire(now)
+            yield state
+            ledgers[ledger] = state.to_json()
+            tmp = f"{path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(ledgers, f, separators=(",", ":"))
+            os.replace(tmp, path)
 
     # -- rules (as StateBackend's, on the bucket's monotonic clock) ------------------------
     def admit(
