@@ -168,12 +168,14 @@ def cost_note(
     if not live:
         return None
     notes = []
-    if unpriced:
+    if unpriced == live:
+        notes.append("no test declares a priced model: llm_budget(vendor=, model=) or llm_model")
+    elif unpriced:
         notes.append(f"{unpriced} of {live} live tests of unknown model or price not included")
     if max_cost is not None:
         over = ": calls that would pass it are refused" if total > max_cost else ""
         notes.append(f"--llm-max-cost {usd(max_cost)}{over}")
-    text = f"LLM budget preflight: worst-case cost {usd(total)}"
+    text = f"LLM budget preflight: worst-case cost {usd(total if unpriced < live else None)}"
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 

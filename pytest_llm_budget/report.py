@@ -54,8 +54,9 @@ def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | N
     """The summary's cost line: spend, replayed calls' live price, unpriced models, refusals."""
     from .cost import usd
 
-    live = totals.calls - totals.replayed
-    text = f"cost: {_cost_cell(totals.cost_usd, totals.cost_unknown)} ({live} live calls)"
+    sent = totals.calls - totals.replayed - totals.cost_refused
+    plural = "" if sent == 1 else "s"
+    text = f"cost: {_cost_cell(totals.cost_usd, totals.cost_unknown)} ({sent} live call{plural})"
     if totals.replayed:
         text += f", replayed calls cost $0 (live they would have cost {usd(totals.would_cost_usd)})"
     unpriced = sorted({f"{r.vendor}:{r.model}" for r in records if r.cost_unknown})
