@@ -233,6 +233,7 @@ class CostHold:
     output_tokens: int
     worst: Decimal | None
     hold_id: str
+    priced: bool = False
     run_held: bool = False
     test_held: bool = False
     done: bool = False
@@ -302,13 +303,13 @@ class CostGuard:
     def hold(self, estimate: Estimate, vendor: str, test: str) -> CostHold:
         """Hold the call's worst case against the caps, or raise CostCapExceeded (not sent)."""
         model = estimate.model
-        worst = self.prices.worst_case(
-            vendor, model, estimate.input_tokens, estimate.output_tokens
-        )
         hold = CostHold(
-            vendor, model, test, estimate.input_tokens, estimate.output_tokens, worst,
-            uuid.uuid4().hex,
+            vendor, model, test, estimate.input_tokens, estimate.output_tokens, None, ""
         )
+        if self.cap is None and self.test_cap is None:
+            return hold  # nothing to hold: the worst case is priced only if ever needed
+        worst = hold.worst = self._worst(hold)
+        hold.hold_id = uuid.uuid4().hex
         if worst is None:
             self._unknown(vendor, model)
             return hold
@@ -337,14 +338,22 @@ class CostGuard:
 
     def settle(self, hold: CostHold, usage: Usage | None) -> float | None:
         """The call ended: its cost from `usage` (the worst case when None) replaces the hold."""
-        if usage is None:
-            cost = hold.worst
-        else:
-            cost = self.prices.price(hold.vendor, hold.model, usage)
-            if cost is None and hold.worst is not None:
-                cost = hold.worst  # priced before, not now (e.g. odd usage): keep the bound
+        cost = self.prices.price(hold.vendor, hold.model, usage) if usage is not None else None
+        if cost is None:
+            cost = self._worst(hold)  # no usage (or an unpriceable one): keep the bound
+        if cost is None:
+            self._unknown(hold.vendor, hold.model)
         self._end(hold, 0 if cost is None else _nano(cost))
         return None if cost is None else float(cost)
+
+    def _worst(self, hold: CostHold) -> Decimal | None:
+        """The hold's worst case, priced once."""
+        if hold.worst is None and not hold.priced:
+            hold.worst = self.prices.worst_case(
+                hold.vendor, hold.model, hold.input_tokens, hold.output_tokens
+            )
+            hold.priced = True
+        return hold.worst
 
     def release(self, hold: CostHold) -> None:
         """The call was not billed (refused by the provider or by a cap): drop its hold."""
