@@ -261,6 +261,26 @@ def test_a_call_whose_worst_case_would_pass_the_cap_is_not_sent(
     assert state.spent == sum(-(-Decimal(str(r.cost_usd)) * NANO // 1) for r in records)
 
 
+def test_an_app_built_client_gets_the_refusal_as_a_final_429(emu: Any, make_budget: Any) -> None:
+    import openai
+
+    from pytest_llm_budget import intercept
+
+    fixed_replies(emu)
+    budget = make_budget(max_cost=0.003)
+    intercept.install(budget)
+    try:
+        app = openai.OpenAI()  # built by the code under test, with the SDK's own retries
+        ask(app, "fits", REPLY)
+        with pytest.raises(openai.RateLimitError, match=r"\[LLM_COST_CAP\]") as refused:
+            ask(app, "would pass the cap", REPLY)
+    finally:
+        intercept.uninstall()
+    assert refused.value.response.headers["x-llm-budget-error"] == "LLM_COST_CAP"
+    assert len(emu.log) == 1  # refused before sending, and the SDK did not retry
+    assert [r.status for r in budget.calls.records()] == ["ok", "cost_cap"]
+
+
 def test_the_per_test_cap_counts_each_test_apart(emu: Any, make_budget: Any) -> None:
     fixed_replies(emu)
     budget = make_budget(max_cost_per_test=0.0045)
