@@ -261,6 +261,40 @@ def test_a_call_whose_worst_case_would_pass_the_cap_is_not_sent(
     assert state.spent == sum(-(-Decimal(str(r.cost_usd)) * NANO // 1) for r in records)
 
 
+def test_async_calls_are_capped_and_a_stream_without_usage_keeps_its_worst_case(
+    emu: Any, make_budget: Any
+) -> None:
+    fixed_replies(emu)
+    budget = make_budget(max_cost=0.005)
+    client = clients.async_openai_client(budget)
+
+    async def main() -> None:
+        stream = await client.chat.completions.create(  # no include_usage: no usage arrives
+            model="gpt-5", messages=[{"role": "user", "content": "s"}],
+            max_completion_tokens=REPLY, stream=True,
+        )
+        [chunk async for chunk in stream]
+        await client.chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "t"}],
+            max_completion_tokens=REPLY,
+        )
+        with pytest.raises(CostCapExceeded):
+            await client.chat.completions.create(
+                model="gpt-5", messages=[{"role": "user", "content": "u"}],
+                max_completion_tokens=REPLY,
+            )
+
+    asyncio.run(main())
+    streamed, plain, refused = budget.calls.records()
+    assert streamed.prompt_tokens == streamed.completion_tokens == 0
+    # charged its worst case: the estimate's input plus the whole output budget, at gpt-5 rates
+    assert streamed.cost_usd is not None and streamed.cost_usd > REPLY * 10 / 1e6
+    assert plain.cost_usd == calc(plain) and refused.status == "cost_cap"
+    state = budget.costs.run_state()
+    assert state is not None and not state.holds
+    assert state.spent / NANO == pytest.approx(streamed.cost_usd + plain.cost_usd, abs=1e-8)
+
+
 def test_an_app_built_client_gets_the_refusal_as_a_final_429(emu: Any, make_budget: Any) -> None:
     import openai
 
