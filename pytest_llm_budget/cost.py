@@ -1,8 +1,9 @@
 """Dollars: the price of every LLM call, and hard caps on what a run and a test may spend.
 
-Prices come from `genai-prices` (bundled data, no network; cached-input, reasoning and
-long-context tiers, OpenAI service tiers), imported on the first call priced. A TOML file
-(`--llm-prices`, ini `llm_prices`) adds or overrides prices, USD per million tokens:
+Prices come from `genai-prices` (the `cost` extra; bundled data, no network; cached-input,
+reasoning and long-context tiers, OpenAI service tiers), imported on the first call priced;
+without it (and without a price file) every cost is unknown and a cap is a setup error. A TOML
+file (`--llm-prices`, ini `llm_prices`) adds or overrides prices, USD per million tokens:
 
     ["openai:ft:gpt-4o-mini:acme:*"]      # vendor:model, model may use * and ?
     input_mtok = 0.30
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib.util
 import math
 import os
 import sys
@@ -162,11 +164,21 @@ def _model_ref(model: str) -> str:
     return model.rsplit("models/", 1)[-1] if "models/" in model else model
 
 
+def genai_prices_installed() -> bool:
+    """Whether genai-prices can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("genai_prices") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 class PriceBook:
     """The price of a usage: the user's prices first, then genai-prices; None when unknown."""
 
-    def __init__(self, overrides: Sequence[ModelPrice] = ()) -> None:
+    def __init__(self, overrides: Sequence[ModelPrice] = (), *, genai: bool | None = None) -> None:
         self.overrides = tuple(overrides)
+        #: Whether genai-prices is there to ask (the `cost` extra).
+        self.genai = genai_prices_installed() if genai is None else genai
         self._unknown: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -175,7 +187,7 @@ class PriceBook:
         for entry in self.overrides:
             if entry.matches(vendor, model):
                 return entry.cost(usage)
-        if (vendor, model) in self._unknown or model in ("", "unknown"):
+        if not self.genai or (vendor, model) in self._unknown or model in ("", "unknown"):
             return None
         try:
             return genai_price(vendor, model, usage)
@@ -234,6 +246,8 @@ class CostHold:
     worst: Decimal | None
     hold_id: str
     priced: bool = False
+    #: What the call cost, once settled (None: unknown price).
+    cost_usd: float | None = None
     run_held: bool = False
     test_held: bool = False
     done: bool = False
@@ -254,6 +268,12 @@ class CostGuard:
         self.prices = PriceBook(load_price_file(settings.prices) if settings.prices else ())
         self.cap = settings.max_cost
         self.test_cap = settings.max_cost_per_test
+        if (self.cap or self.test_cap) and not (self.prices.genai or self.prices.overrides):
+            option = "--llm-max-cost" if self.cap else "--llm-max-cost-per-test"
+            raise PriceFileError(
+                f"{option} needs prices: pip install 'pytest-llm-budget[cost]' (genai-prices), "
+                "or give your models prices in a file (--llm-prices)"
+            )
         self.backend = backend
         self.ledger = f"run:{run_id or os.environ.get('LLM_BUDGET_RUN_ID') or 'default'}"
         self.clock = clock
@@ -289,10 +309,17 @@ class CostGuard:
         return replace(record, cost_usd=0.0, would_cost_usd=would)
 
     def _unknown(self, vendor: str, model: str) -> None:
+        key = (vendor, model) if self.prices.genai else ("", "")  # no genai-prices: warn once
         with self._lock:
-            if (vendor, model) in self._warned:
+            if key in self._warned:
                 return
-            self._warned.add((vendor, model))
+            self._warned.add(key)
+        if not self.prices.genai:
+            self._warn(
+                "pytest-llm-budget: calls are not priced (their cost is reported as unknown): "
+                "pip install 'pytest-llm-budget[cost]' for genai-prices, or use --llm-prices"
+            )
+            return
         capped = " and is not counted against --llm-max-cost" if self.cap or self.test_cap else ""
         self._warn(
             f"pytest-llm-budget: no price known for {vendor} model {model!r}: its cost is "
@@ -343,8 +370,9 @@ class CostGuard:
             cost = self._worst(hold)  # no usage (or an unpriceable one): keep the bound
         if cost is None:
             self._unknown(hold.vendor, hold.model)
+        hold.cost_usd = None if cost is None else float(cost)
         self._end(hold, 0 if cost is None else _nano(cost))
-        return None if cost is None else float(cost)
+        return hold.cost_usd
 
     def _worst(self, hold: CostHold) -> Decimal | None:
         """The hold's worst case, priced once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailable",
     "BudgetWaitTimeout",
     "CostCapExceeded",
     "LLMBudgetError",
@@ -54,3 +55,7 @@ class CostCapExceeded(LLMBudgetError):
     """The call's worst-case cost would take the run (or the test) past its dollar cap: not sent."""
 
     code = "LLM_COST_CAP"
+
+
+class BackendUnavailable(RuntimeError):
+    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""

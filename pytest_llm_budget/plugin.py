@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from .cost import PriceFileError
 from .limiter import BucketStats
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
+from .redact import redact_report
 from .report import bucket_costs, build_report, cost_line, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
@@ -272,6 +274,11 @@ _CASSETTE_USE_KEY = pytest.StashKey["CassetteUse"]()
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load a configured matrix (models, scenario file) now: a bad one is a usage error."""
     settings = _session(session.config).settings
+    if settings.record_mode != "off" and importlib.util.find_spec("vcr") is None:
+        raise pytest.UsageError(
+            f"pytest-llm-budget: --llm-record-mode={settings.record_mode} needs vcrpy: "
+            "pip install 'pytest-llm-budget[cassettes]'"
+        )
     if settings.scenarios or settings.sources.get("models") != "default":
         _matrix(session.config)
     _start_routing(session.config)  # app-built clients: see the routing section
@@ -491,7 +498,8 @@ def _start_routing(config: pytest.Config) -> None:
 
 
 class _RoutingHooks:
-    """Adds the structured errors that ended a failed test's LLM calls to its report."""
+    """Adds the structured errors that ended a failed test's LLM calls to its report, and takes
+    credentials (a `?key=` in a request URL, say) out of what the report shows and saves."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -504,6 +512,7 @@ class _RoutingHooks:
             errors = errors_for(_session(item.config), item.nodeid)
             if errors:
                 report.sections.append(("LLM budget", "\n".join(str(e) for e in errors)))
+        redact_report(report)
         return report
 
 

@@ -169,7 +169,8 @@ def cost_note(
         return None
     notes = []
     if unpriced == live:
-        notes.append("no test declares a priced model: llm_budget(vendor=, model=) or llm_model")
+        notes.append("no live test declares a model with a known price: "
+                     "llm_budget(vendor=, model=) or llm_model")
     elif unpriced:
         notes.append(f"{unpriced} of {live} live tests of unknown model or price not included")
     if max_cost is not None:

@@ -123,7 +123,7 @@ def build_report(
     calls: Sequence[CallRecord],
     rules: Sequence[LimitRule] = (),
 ) -> dict[str, Any]:
-    """The JSON report's document (DESIGN.md section 4), with costs per call, test and bucket."""
+    """The JSON report's document (README's "Reports and metrics"), with costs per call and test."""
     costs = bucket_costs(calls, rules) if rules else {}
     return {
         "settings": settings,

@@ -162,8 +162,10 @@ def test_preflight_worst_case_prices_every_token_as_output() -> None:
         "LLM budget preflight: worst-case cost $0.02000 (1 of 3 live tests of unknown model or "
         "price not included; --llm-max-cost $0.01500: calls that would pass it are refused)"
     )
-    assert cost_note(tests[2:3], book).endswith("cost unknown (no test declares a priced model: "
-                                                 "llm_budget(vendor=, model=) or llm_model)")
+    assert cost_note(tests[2:3], book).endswith(
+        "cost unknown (no live test declares a model with a known price: "
+        "llm_budget(vendor=, model=) or llm_model)"
+    )
     assert cost_note(tests[3:], book) is None
 
 
@@ -420,6 +422,29 @@ def test_an_unknown_model_costs_unknown_warns_once_and_is_never_refused(
     totals = budget.calls.totals()
     assert (totals.cost_usd, totals.cost_unknown) == (0, 2)
     assert budget.usage("<session>").cost_unknown == 2
+
+
+def test_without_genai_prices_costs_are_unknown_and_a_cap_needs_a_price_file(
+    emu: Any, make_budget: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "genai_prices", None)  # as if the `cost` extra were absent
+    with pytest.raises(PriceFileError, match=r"pip install 'pytest-llm-budget\[cost\]'"):
+        make_budget(max_cost=1.0)
+    budget = make_budget()
+    client = clients.openai_client(budget)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ask(client, "a", 10)
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "b"}], max_tokens=10
+        )
+    assert [r.cost_usd for r in budget.calls.records()] == [None, None]
+    assert len([w for w in caught if issubclass(w.category, CostWarning)]) == 1
+    prices = tmp_path / "p.toml"
+    prices.write_text('["openai:*"]\ninput_mtok = 1\noutput_mtok = 1\n')
+    capped = make_budget(max_cost=1.0, prices=str(prices))
+    ask(clients.openai_client(capped), "c", 10)
+    assert capped.calls.records()[0].cost_usd
 
 
 PRICES = """

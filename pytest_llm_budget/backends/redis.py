@@ -24,15 +24,12 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..errors import BackendUnavailable
 from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
 from .base import Backend
 from .ledger import IDLE_TTL, LedgerAnswer, LedgerState
 
 __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
-
-
-class BackendUnavailable(RuntimeError):
-    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""
 
 
 def mask_url(url: str) -> str:
