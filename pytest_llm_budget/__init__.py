@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .api import budget_session, open_budget, summary_text, write_reports
 from .errors import (
     BudgetWaitTimeout,
+    CostCapExceeded,
     LLMBudgetError,
     QuotaExhausted,
     RateLimitExhausted,
@@ -20,6 +21,7 @@ from .settings import Settings
 __all__ = [
     "BudgetSession",
     "BudgetWaitTimeout",
+    "CostCapExceeded",
     "LLMBudgetError",
     "LimitRule",
     "Limiter",

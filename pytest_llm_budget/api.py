@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from .events import RateLimitEvent, WaitEvent
 from .notices import retry_line, wait_line
-from .report import build_report, summary_lines, write_report
+from .report import bucket_costs, build_report, cost_line, summary_lines, write_report
 from .session import BudgetSession
 from .settings import OPTIONS, Settings
 
@@ -91,13 +91,17 @@ def summary_text(session: BudgetSession) -> str:
     """The `LLM budget` summary the plugin prints at the end of a pytest run."""
     from .live import calls_by_bucket
 
+    records = session.calls.records()
+    totals = session.calls.totals()
     lines = summary_lines(
         session.bucket_stats(),
-        session.calls.totals(),
+        totals,
         window=session.settings.window,
         backend=session.backend.description,
+        costs=bucket_costs(records, session.settings.rules),
         calls_by_bucket=calls_by_bucket(session),
     )
+    lines.append(cost_line(totals, records, session.settings.max_cost))
     return "\n".join(["LLM budget", *lines])
 
 
@@ -110,6 +114,7 @@ def report_document(session: BudgetSession) -> dict[str, Any]:
         session.calls.totals(),
         session.bucket_stats(),
         session.calls.records(),
+        session.settings.rules,
         calls_by_bucket(session),
     )
     started = session.started
@@ -122,7 +127,6 @@ def report_document(session: BudgetSession) -> dict[str, Any]:
         "backend": session.backend.description,
         "preflight": None,
     }
-    document["tests"] = []
     return document
 
 

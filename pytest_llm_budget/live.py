@@ -133,7 +133,7 @@ class LiveHooks:
         return bool(self.config.hook.pytest_llm_budget_report.get_hookimpls())
 
     def complete(self, document: dict[str, Any]) -> dict[str, Any]:
-        """Add the run's figures and each test's outcome, then let users' hooks extend it."""
+        """Add the run's figures and each test's outcome and duration, then users' hooks."""
         finished = time.time()
         document["run"] = {
             "started": round(self.started, 3),
@@ -143,7 +143,8 @@ class LiveHooks:
             "backend": self.backend(),
             "preflight": self.preflight,
         }
-        document["tests"] = [{"test": nodeid, **entry} for nodeid, entry in self.tests.items()]
+        for entry in document.setdefault("tests", []):
+            entry.update(self.tests.get(entry.get("test", ""), {}))
         self.config.hook.pytest_llm_budget_report(report=document)
         return document
 

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from .cost import PriceFileError
 from .limiter import BucketStats
 from .live import LiveHooks, calls_by_bucket
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
-from .report import build_report, summary_lines, write_report
+from .redact import redact_report
+from .report import bucket_costs, build_report, cost_line, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
 
@@ -81,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "window=10 (pytest-llm-budget)",
     )
     settings = _settings(config)
+    if settings.prices and settings.sources.get("prices", "").startswith("ini") and config.inipath:
+        settings = replace(settings, prices=str(config.inipath.parent / settings.prices))
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     shared_dir = None
     if workerinput is not None:
@@ -98,6 +102,8 @@ def pytest_configure(config: pytest.Config) -> None:
             shared_dir=shared_dir,
             xdist=workerinput is not None,
         )
+    except PriceFileError as exc:
+        raise pytest.UsageError(f"pytest-llm-budget: {exc}") from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise pytest.UsageError(f"pytest-llm-budget: --llm-backend: {exc}") from None
     config.stash[SESSION_KEY] = session
@@ -218,6 +224,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             budget.calls.totals(),
             budget.bucket_stats(),
             budget.calls.records(),
+            budget.settings.rules,
             calls_by_bucket(budget),
         )
         live.complete(document)
@@ -235,15 +242,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     terminalreporter.write_sep("=", "LLM budget")
     live = config.stash[LIVE_KEY]
+    records = budget.calls.records()
     for line in summary_lines(
         buckets,
         totals,
         window=budget.settings.window,
         backend=live.backend(),
+        costs=bucket_costs(records, budget.settings.rules),
         calls_by_bucket=calls_by_bucket(budget),
         workers=live.workers,
     ):
         terminalreporter.write_line(line)
+    terminalreporter.write_line(cost_line(totals, records, budget.settings.max_cost))
     for path in budget.settings.reports:
         terminalreporter.write_line(f"LLM budget report: {path}")
 
@@ -443,17 +453,21 @@ def _preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]
     if not llm_items:
         return None
     from .cassettes import CassettePolicy
-    from .preflight import estimate_item, over_budget_message, project
+    from .preflight import cost_note, estimate_item, over_budget_message, project
 
-    settings = _session(config).settings
+    budget = _session(config)
+    settings = budget.settings
     policy = CassettePolicy.from_settings(settings)
     aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
-    projection = project((estimate_item(i, settings, policy) for i in llm_items), settings, aside)
+    estimates = [estimate_item(i, settings, policy) for i in llm_items]
+    projection = project(estimates, settings, aside)
     if not projection.tests:
         return None
     limit = settings.max_duration
     problem = over_budget_message(projection, limit) if limit else None
-    return projection.line(settings.budget), problem, projection.figures()
+    cost = cost_note(estimates, budget.costs.prices, settings.max_cost)
+    line = "\n".join(filter(None, (projection.line(settings.budget), cost)))
+    return line, problem, projection.figures()
 
 
 # -- Prometheus metrics (metrics.py): --llm-metrics-port, --llm-metrics-textfile, --llm-pushgateway
@@ -516,7 +530,8 @@ def _start_routing(config: pytest.Config) -> None:
 
 
 class _RoutingHooks:
-    """Adds the structured errors that ended a failed test's LLM calls to its report."""
+    """Adds the structured errors that ended a failed test's LLM calls to its report, and takes
+    credentials (a `?key=` in a request URL, say) out of what the report shows and saves."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -529,6 +544,7 @@ class _RoutingHooks:
             errors = errors_for(_session(item.config), item.nodeid)
             if errors:
                 report.sections.append(("LLM budget", "\n".join(str(e) for e in errors)))
+        redact_report(report)
         return report
 
 
