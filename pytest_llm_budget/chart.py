@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ChartPoint", "bucket_of", "chart_points", "visible_sections"]
+__all__ = ["CSS", "ChartPoint", "bucket_of", "chart_points", "visible_sections"]
 
 CSS = """
 .runfig{display:flex;flex-wrap:wrap;gap:.4em 1.6em;margin:.2em 0 .6em;padding:0}
@@ -257,7 +257,7 @@ def _run_figures(document: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]
         ("429s", str(totals.get("rate_limit_events", 0)), ""),
     ]
     cells = "".join(
-        f'<div><dt>{_esc(k)}</dt><dd class="{c}" data-key="{_esc(k)}">{_esc(v)}</dd></div>'
+        f'<div><dt>{_esc(k)}</dt><dd class="{c}" data-run="{_esc(k)}">{_esc(v)}</dd></div>'
         for k, v, c in items
     )
     return f'<dl class="runfig">{cells}</dl>'
@@ -337,7 +337,7 @@ def visible_sections(document: Mapping[str, Any]) -> str:
     replayed = sum(1 for c in calls if c.get("replayed"))
     note = f'<p class="meta">{replayed} replayed call(s) spent nothing and are not drawn.</p>'
     return (
-        f"<style>{CSS}</style>\n<h2>Run</h2>\n{_run_figures(document, calls)}\n"
+        f"<h2>Run</h2>\n{_run_figures(document, calls)}\n"
         f"<h2>Tokens in the window</h2>\n"
         + ("\n".join(charts) if charts else '<p class="empty">No live LLM call.</p>')
         + (f"\n{note}" if replayed else "")

@@ -12,6 +12,7 @@ import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .chart import CSS as CHART_CSS
 from .chart import visible_sections
 
 __all__ = ["render_html"]
@@ -214,7 +215,7 @@ def render_html(document: dict[str, Any]) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>LLM budget report</title>"
-        f"<style>{_CSS}</style></head>\n<body>\n"
+        f"<style>{_CSS}\n{CHART_CSS}</style></head>\n<body>\n"
         "<h1>LLM budget</h1>\n"
         f'<p class="meta">{_esc(meta)}</p>\n'
         f'<h2>Totals</h2>\n<dl class="totals">{totals_html}</dl>\n'

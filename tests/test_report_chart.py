@@ -63,8 +63,8 @@ def test_chart_points_equal_the_json_calls(reports: Path) -> None:
     assert page.count('class="wait"') == sum(1 for c in live if c["waited_s"] > 0)
     # per-test table sorted by spend, slowest waits, wall time beside the preflight projection
     assert "<h2>Tests by spend</h2>" in page and "<h2>Slowest waits</h2>" in page
-    assert re.search(r'data-key="wall time">\d+\.\ds<', page)
-    assert 'data-key="preflight projection">at least 2s, ~6000 tokens<' in page
+    assert re.search(r'data-run="wall time">\d+\.\ds<', page)
+    assert 'data-run="preflight projection">at least 2s, ~6000 tokens<' in page
     assert "<script" not in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
     )

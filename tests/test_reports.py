@@ -172,7 +172,8 @@ def test_html_shows_totals_buckets_and_settings() -> None:
     assert page.tables["buckets"][0][:3] == ["bucket", "rule", "budget"]
     assert page.tables["buckets"][0][-2:] == ["429s", "cost"]
     assert page.tables["buckets"][1] == [
-        "openai:*", "*:* tpm=30000", "25500", "1", "1200", "1021", "0", "4", "12.3s", "2", "$0"
+        "openai:*", "*:* tpm=30000", "25500", "1", "1", "1200", "1021", "0", "4", "12.3s", "2",
+        "$0",
     ]
     settings = dict((row[0], row[1]) for row in page.tables["settings"][1:])
     assert settings["tpm"] == "30000" and settings["reports"] == "a.html"
