@@ -316,8 +316,10 @@ class Limiter:
         for listener in list(self.deferral_listeners):
             listener(bucket, now + decision.wait)
         if self.wait_listeners:
-            tick = WaitTick(bucket, ticket, *who, estimate, start, now, now + decision.wait,
-                            decision.reason, admitted=False)
+            ready_at = now + decision.wait
+            tick = WaitTick(
+                bucket, ticket, *who, estimate, start, now, ready_at, decision.reason, False
+            )
             for wait_listener in list(self.wait_listeners):
                 wait_listener(tick)
         return decision.wait
@@ -333,7 +335,7 @@ class Limiter:
             b.estimated += estimate
             b.waited_s += waited
         if waited > 0 and self.wait_listeners:
-            tick = WaitTick(bucket, ticket, *who, estimate, start, now, now, "", admitted=True)
+            tick = WaitTick(bucket, ticket, *who, estimate, start, now, now, "", True)
             for listener in list(self.wait_listeners):
                 listener(tick)
         return Reservation(self, bucket, ticket, estimate, now, waited)

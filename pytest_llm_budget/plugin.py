@@ -107,7 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ValueError, OSError, RuntimeError) as exc:
         raise pytest.UsageError(f"pytest-llm-budget: --llm-backend: {exc}") from None
     config.stash[SESSION_KEY] = session
-    distributing = workerinput is not None or config.getvalue("dist") not in (None, "no")
+    distributing = workerinput is not None or config.getoption("dist", "no") not in (None, "no")
     live = LiveHooks(config, session, shared_dir if distributing else None)
     config.stash[LIVE_KEY] = live
     config.pluginmanager.register(live, "llm_budget_live")

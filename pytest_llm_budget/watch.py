@@ -1,8 +1,10 @@
 """Turn the limiter's wait ticks into `WaitEvent`s for the session's observers. No pytest here.
 
-A wait is announced once (`finished=False`) when its expected length first reaches the session's
-`notice_after`, and reported once more when it ends (`finished=True`, the real seconds), whatever
-its length. Observers must not block; one that raises is reported as a warning.
+A wait is announced once (`finished=False`) when its expected length (from when the call asked
+to when the backend says it may go) first reaches the session's `notice_after`, and reported once
+more when it ends (`finished=True`, the real seconds), whatever its length. A token wait is
+announced at its first deferral; a concurrency wait, whose end nobody knows, once it has lasted
+the threshold. Observers must not block; one that raises is reported as a warning.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class WaitWatch:
         with self._lock:
             if tick.ticket in self._announced:
                 self._announced[tick.ticket] = (session.test.nodeid, used)
-        event = self._event(tick, tick.ready_at - tick.now, used, False)
+        event = self._event(tick, tick.ready_at - tick.started, used, False)
         notify(session.wait_observers, event)
 
     def _event(self, tick: WaitTick, seconds: float, used: int, finished: bool) -> WaitEvent:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
+
+from pytest_llm_budget.events import WaitEvent
+from pytest_llm_budget.notices import wait_line
 
 # Budget 2550 tokens per 2 s window; each call charges about 1010: two fit, the third waits.
 INI = """
@@ -60,6 +64,11 @@ def test_one_notice_per_wait_during_a_waiting_run(
         assert bool(m[4]) == bool(workers)  # under xdist the controller names the worker
     out = result.stdout.str()
     assert out.index("llm-budget: waiting") < out.index("LLM budget ==")
+    # the summary: the backend the calls went through, and waits summed over the workers
+    if workers:
+        assert "[backend file: " in out and " summed over 2 workers" in out
+    else:
+        assert "[backend memory]" in out and "summed over" not in out
 
 
 def test_quiet_quiet_and_off_print_no_notice(pytester: pytest.Pytester) -> None:
@@ -99,3 +108,55 @@ def test_a_retried_429_gets_a_line(pytester: pytest.Pytester) -> None:
     )
     # the summary: one call, two attempts
     assert re.search(r"^openai:\*\s+\S+\s+1\s+2\s", result.stdout.str(), re.M)
+
+
+def test_a_wait_is_announced_once_however_many_times_it_is_deferred(clock: Any) -> None:
+    """Many deferrals of one reservation (a concurrency cap polls) give one `started` event, once
+    the wait has lasted the threshold, and one `finished` event with the real seconds."""
+    from pytest_llm_budget import BudgetSession, Settings
+
+    session = BudgetSession(
+        Settings(tpm=10_000, headroom=0.0, max_concurrency=1, notice_after=1.0),
+        clock=clock.now, sleep=clock.sleep,
+    )
+    events: list[WaitEvent] = []
+    session.wait_observers.append(events.append)
+    held = session.reserve(100)
+    # the second reservation polls the concurrency cap every 50 ms; release the first after 3 s
+    original_sleep = session.limiter.sleep
+
+    def sleep(seconds: float) -> None:
+        original_sleep(seconds)
+        if clock.t - start >= 3.0:
+            held.release()
+
+    session.limiter.sleep = sleep
+    start = clock.t
+    with session.reserve(100):
+        pass
+    started = [e for e in events if not e.finished]
+    finished = [e for e in events if e.finished]
+    assert len(clock.sleeps) > 20  # deferred many times, announced once
+    assert len(started) == 1 and started[0].reason == "concurrency"
+    assert started[0].seconds == pytest.approx(1.0, abs=0.06)
+    assert "(calls in flight at the cap; 100/10000 tokens in the window)" in wait_line(started[0])
+    assert len(finished) == 1 and finished[0].seconds == pytest.approx(3.0, abs=0.06)
+    assert finished[0].bucket == "openai:*" and finished[0].used_tokens == 100
+
+    # a token wait: the expected length is known at once, announced once with the window's fill
+    events.clear()
+    session.notice_after = 0.5
+    with session.reserve(9_000):
+        pass
+    with session.reserve(2_000):  # must wait for the 9000 to leave the 60 s window
+        pass
+    started = [e for e in events if not e.finished]
+    assert len(started) == 1
+    assert started[0].used_tokens == 9_200 and started[0].budget == 10_000
+    assert started[0].seconds == pytest.approx(60.0, abs=1.0)
+    assert re.fullmatch(
+        r"llm-budget: waiting 60\.\ds for openai:\* "
+        r"\(9200/10000 tokens in the window\) - <session>",
+        wait_line(started[0]),
+    )
+    session.close()
