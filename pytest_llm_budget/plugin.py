@@ -159,6 +159,7 @@ def _test_context(item: pytest.Item) -> TestContext:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
     session = _session(item.config)
     session.test = _test_context(item)
+    session.calls.declare(item.nodeid, session.test.tokens)
     try:
         return (yield)
     finally:
@@ -188,6 +189,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             {
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
+                "declared": budget.calls.declared(),
             }
         )
         return
@@ -197,6 +199,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             budget.calls.totals(),
             budget.bucket_stats(),
             budget.calls.records(),
+            budget.calls.overspent(),
         )
         for path in budget.settings.reports:
             write_report(path, document)
@@ -212,7 +215,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     terminalreporter.write_sep("=", "LLM budget")
     for line in summary_lines(
-        buckets, totals, window=budget.settings.window, backend=budget.backend.description
+        buckets,
+        totals,
+        window=budget.settings.window,
+        backend=budget.backend.description,
+        overspent=budget.calls.overspent(),
     ):
         terminalreporter.write_line(line)
     for path in budget.settings.reports:
@@ -245,7 +252,7 @@ class XdistHooks:
         data = json.loads(raw)
         budget = _session(node.config)
         budget.merged_stats.extend(BucketStats(**b) for b in data["buckets"])
-        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]])
+        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]], data.get("declared"))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

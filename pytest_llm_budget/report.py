@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .limiter import BucketStats
-from .records import CallRecord, Totals
+from .records import CallRecord, Overspend, Totals
 
-__all__ = ["build_report", "summary_lines", "write_report"]
+__all__ = ["build_report", "overspend_lines", "summary_lines", "write_report"]
+
+MAX_OVERSPEND_LINES = 10
 
 _HEADER = (
     "bucket",
@@ -25,10 +27,28 @@ _HEADER = (
 )
 
 
+def overspend_lines(overspent: Sequence[Overspend]) -> list[str]:
+    """One line per test that spent more than its marker declared (the first ten, then a count)."""
+    lines = [
+        f"overspent: {o.test} declared {o.declared} tokens, spent {o.spent} "
+        f"(+{(o.spent - o.declared) / o.declared:.0%}); raise its llm_budget(tokens=...)"
+        for o in overspent[:MAX_OVERSPEND_LINES]
+    ]
+    if len(overspent) > MAX_OVERSPEND_LINES:
+        rest = len(overspent) - MAX_OVERSPEND_LINES
+        lines.append(f"overspent: {rest} more test(s), listed in the JSON report's `overspent`")
+    return lines
+
+
 def summary_lines(
-    buckets: Sequence[BucketStats], totals: Totals, *, window: float, backend: str
+    buckets: Sequence[BucketStats],
+    totals: Totals,
+    *,
+    window: float,
+    backend: str,
+    overspent: Sequence[Overspend] = (),
 ) -> list[str]:
-    """Rows of the summary section: one per bucket, then a totals line that says `429s: N`."""
+    """Rows of the summary: one per bucket, a totals line that says `429s: N`, then overspends."""
     rows = [
         (
             b.name,
@@ -61,7 +81,7 @@ def summary_lines(
         f"waited: {totals.waited_s:.1f}s, errors: {totals.errors}, 429s: {rate_limits}"
         f" [backend {backend}]"
     )
-    return lines
+    return lines + overspend_lines(overspent)
 
 
 def build_report(
@@ -69,8 +89,9 @@ def build_report(
     totals: Totals,
     buckets: Sequence[BucketStats],
     calls: Sequence[CallRecord],
+    overspent: Sequence[Overspend] = (),
 ) -> dict[str, Any]:
-    """The JSON report's document (DESIGN.md section 4)."""
+    """The JSON report's document (DESIGN.md section 4), plus `overspent` tests."""
     return {
         "settings": settings,
         "totals": totals.to_json(),
@@ -90,6 +111,7 @@ def build_report(
             for b in buckets
         ],
         "calls": [c.to_json() for c in calls],
+        "overspent": [o.to_json() for o in overspent],
     }
 
 

@@ -237,12 +237,7 @@ class Router:
         body = getattr(request, "_content", None) or b""
         test = self.session.test
         estimate = provider.estimate(
-            url.path,
-            body,
-            self.counter,
-            self.policy,
-            grounded=test.grounded,
-            declared_tokens=test.tokens,
+            url.path, body, self.counter, self.policy, grounded=test.grounded
         )
         return _Call(
             provider=provider,
