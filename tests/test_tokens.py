@@ -366,12 +366,15 @@ def test_policy_rejects_negative_values() -> None:
         EstimatePolicy(default_output_tokens=-1)
 
 
-def test_tiktoken_is_imported_lazily() -> None:
+def test_tiktoken_is_imported_lazily_and_never_for_openai() -> None:
     import subprocess
     import sys
 
     code = (
-        "import sys, pytest_llm_budget.tokens, pytest_llm_budget.providers; "
+        "import sys, pytest_llm_budget.tokens as t, pytest_llm_budget.providers as p; "
+        "body = b'{\"model\": \"gpt-5\", \"messages\": [{\"content\": \"hi\"}]}'; "
+        "e = p.OpenAIProvider().estimate('/v1/chat/completions', body, t.TokenCounter(), "
+        "t.EstimatePolicy()); assert e.total == 7001, e; "
         "bad = {'tiktoken', 'openai', 'google.genai', 'httpx', 'httpx2'} & set(sys.modules); "
         "assert not bad, bad"
     )
