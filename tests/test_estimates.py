@@ -116,7 +116,8 @@ def test_overspends(llm_emulator, openai_client):
 def _run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, Any]]:
     pytester.makepyfile(test_marked=MARKED_SUITE)
     result = pytester.runpytest_subprocess(
-        "--llm-report", "report.json", "--llm-tpm", "1000000", "-p", "no:cacheprovider", *args
+        "--llm-report", "report.json", "--llm-report", "report.html", "--llm-tpm", "1000000",
+        "-p", "no:cacheprovider", *args,
     )
     result.assert_outcomes(passed=2)
     return result, json.loads((pytester.path / "report.json").read_text())
@@ -139,6 +140,9 @@ def test_marker_is_the_test_total_not_a_per_call_floor(pytester: pytest.Pytester
         ]
     )
     assert "test_two_calls declared" not in result.stdout.str()
+    page = (pytester.path / "report.html").read_text()
+    assert "Tests that spent more than they declared" in page
+    assert '<td class="test">test_marked.py::test_overspends</td><td class="n">10</td>' in page
 
 
 def test_overspend_is_reported_by_the_xdist_controller(pytester: pytest.Pytester) -> None:
