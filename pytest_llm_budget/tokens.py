@@ -104,14 +104,11 @@ def chars_tokens(chars: int) -> int:
 
 @dataclass(frozen=True)
 class EstimatePolicy:
-    """How counts become reservations: safety only on input counts that are uncertain.
+    """How counts become reservations: a margin only on input counts that are uncertain."""
 
-    `safety_margin` multiplies an input counted by a tokenizer that is not the provider's (a
-    Gemini input counted with o200k_base) or by the offline fallback; OpenAI's character estimate
-    and declared output budgets are exact and get none. `grounded_overhead` multiplies the input
-    of a grounded call where the provider charges input tokens (Gemini), once per call.
-    """
-
+    # safety_margin: on an input counted by a tokenizer that is not the provider's (o200k for
+    # Gemini) or by the fallback; never on OpenAI's character estimate or output budgets.
+    # grounded_overhead: on a grounded call's input where input tokens are charged (Gemini).
     safety_margin: float = 0.20
     grounded_overhead: float = 0.15
     default_output_tokens: int = 7000
@@ -294,16 +291,14 @@ def _char_weight(char: str, letter: bool) -> float:
 
 
 def fallback_tokens(text: str) -> int:
-    """Estimate o200k tokens without an encoding, from the classes of the text's characters.
-
-    Pieces as o200k's pre-tokenizer cuts them: ASCII letters cost 1/4 a character, other
-    letters (accented Latin, Cyrillic, Arabic, Indic) 1/2, CJK and kana (U+2E80 and up) 1, and
-    astral characters (emoji, rare ideographs) 2; digits one per group of three; punctuation 1/2
-    a character (ASCII); every piece at least 1; whitespace 1 per run except one space before a
-    word. On English, German, French, Japanese, Chinese, Korean and code this is 1.2-1.6x the
-    o200k count (bytes are 3-9x); it falls short only on random base64 (0.6x) and rare kanji or
-    long digit strings (0.8x), which the safety margin covers.
-    """
+    """Estimate o200k tokens without an encoding, from the classes of the text's characters."""
+    # Pieces as o200k's pre-tokenizer cuts them: ASCII letters cost 1/4 a character, other
+    # letters (accented Latin, Cyrillic, Arabic, Indic) 1/2, CJK and kana (U+2E80 up) 1, astral
+    # characters (emoji, rare ideographs) 2; digits one per group of three; punctuation 1/2 a
+    # character (ASCII); every piece at least 1; whitespace 1 per run but for one space before a
+    # word. On English, German, French, Japanese, Chinese, Korean and code this is 1.2-1.6x the
+    # o200k count (UTF-8 bytes were 2.7-5.3x); it falls short only on random base64 (0.6x) and
+    # rare kanji (0.8x), which the safety margin partly covers.
     total = 0
     for match in _PIECE.finditer(text):
         digits, letters, space, other = match.groups()
@@ -343,11 +338,9 @@ def _verified_bytes(encoding: str) -> bytes:
 
 
 def load_encoding(encoding: str) -> tiktoken.Encoding:
-    """Build a tiktoken encoding from verified local bytes; tiktoken never goes to the network.
-
-    tiktoken_ext's own constructor supplies the split pattern and special tokens; it runs with
-    a loader that hands over the verified ranks instead of tiktoken's (downloading) file reader.
-    """
+    """Build a tiktoken encoding from verified local bytes; tiktoken never goes to the network."""
+    # tiktoken_ext's own constructor supplies the split pattern and special tokens; it runs with
+    # a loader handing over the verified ranks instead of tiktoken's (downloading) file reader.
     import tiktoken
     import tiktoken_ext.openai_public as public
 

@@ -102,11 +102,9 @@ class OpenAIProvider:
         *,
         grounded: bool = False,
     ) -> Estimate:
-        """Admission charge: ceil(characters / 4) plus the declared output budget, exactly.
-
-        `counter` is not used (OpenAI admits on characters) and `grounded` adds nothing: the
-        provider charges what the request carries, whatever a search adds later.
-        """
+        """Admission charge: ceil(characters / 4) plus the declared output budget, exactly."""
+        # No tokenizer (`counter` unused) and no grounded overhead: OpenAI charges what the
+        # request carries, whatever a search adds later.
         data = load_json(body) if body else {}
         if not isinstance(data, dict):
             return Estimate(UNKNOWN_MODEL, chars_tokens(len(body)), policy.output_tokens(None))
