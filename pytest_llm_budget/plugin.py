@@ -166,6 +166,7 @@ def _test_context(item: pytest.Item) -> TestContext:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
     session = _session(item.config)
     session.test = _test_context(item)
+    session.calls.declare(item.nodeid, session.test.tokens)
     try:
         return (yield)
     finally:
@@ -195,6 +196,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             {
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
+                "declared": budget.calls.declared(),
             }
         )
         return
@@ -205,6 +207,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             budget.bucket_stats(),
             budget.calls.records(),
             budget.settings.rules,
+            budget.calls.overspent(),
         )
         for path in budget.settings.reports:
             write_report(path, document)
@@ -226,6 +229,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         window=budget.settings.window,
         backend=budget.backend.description,
         costs=bucket_costs(records, budget.settings.rules),
+        overspent=budget.calls.overspent(),
     ):
         terminalreporter.write_line(line)
     terminalreporter.write_line(cost_line(totals, records, budget.settings.max_cost))
@@ -259,7 +263,7 @@ class XdistHooks:
         data = json.loads(raw)
         budget = _session(node.config)
         budget.merged_stats.extend(BucketStats(**b) for b in data["buckets"])
-        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]])
+        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]], data.get("declared"))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
