@@ -99,6 +99,7 @@ def summary_text(session: BudgetSession) -> str:
         window=session.settings.window,
         backend=session.backend.description,
         costs=bucket_costs(records, session.settings.rules),
+        overspent=session.calls.overspent(),
         calls_by_bucket=calls_by_bucket(session),
     )
     lines.append(cost_line(totals, records, session.settings.max_cost))
@@ -115,6 +116,7 @@ def report_document(session: BudgetSession) -> dict[str, Any]:
         session.bucket_stats(),
         session.calls.records(),
         session.settings.rules,
+        session.calls.overspent(),
         calls_by_bucket(session),
     )
     started = session.started

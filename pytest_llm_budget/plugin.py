@@ -184,6 +184,7 @@ def _test_context(item: pytest.Item) -> TestContext:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
     session = _session(item.config)
     session.test = _test_context(item)
+    session.calls.declare(item.nodeid, session.test.tokens)
     try:
         return (yield)
     finally:
@@ -213,6 +214,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             {
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
+                "declared": budget.calls.declared(),
                 "backend": budget.backend.description,
             }
         )
@@ -225,6 +227,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             budget.bucket_stats(),
             budget.calls.records(),
             budget.settings.rules,
+            budget.calls.overspent(),
             calls_by_bucket(budget),
         )
         live.complete(document)
@@ -249,6 +252,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         window=budget.settings.window,
         backend=live.backend(),
         costs=bucket_costs(records, budget.settings.rules),
+        overspent=budget.calls.overspent(),
         calls_by_bucket=calls_by_bucket(budget),
         workers=live.workers,
     ):
@@ -287,7 +291,7 @@ class XdistHooks:
         live.worker_backend = data.get("backend", live.worker_backend)
         live.workers += 1
         budget.merged_stats.extend(BucketStats(**b) for b in data["buckets"])
-        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]])
+        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]], data.get("declared"))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,14 +1,15 @@
 """Preflight: project a run's tokens and the least time the budget allows, before any call.
 
-Per LLM test: the marker's `tokens=`, else `--llm-est-tokens`, times (1 + grounded overhead) when
-the test is grounded; zero when its cassette replays. Tests go to the bucket of their vendor and
-model (ini `llm_limits`, then `--llm-tpm`): the marker's `vendor=`, else the `llm_model` case's,
-else the client fixture's (`gemini_client` -> gemini), else the vendor of the first `llm_models`
-entry (the configured default). Each bucket admits `budget = tpm * (1 - headroom)` tokens per
-sliding window: the first `budget` tokens leave at once, and `T` tokens need their last
-admission at least `(ceil(T / budget) - 1)` windows after the first. That is a true lower bound
-of the run's wall time when every test declares `tokens=` (and spends at least that) and its
-bucket is known: the line says "at least" then, "about" otherwise. No pytest here.
+Per LLM test: the marker's `tokens=` (the whole test's expected spend, taken as declared), else
+`--llm-est-tokens` times (1 + grounded overhead) when the test is grounded (the overhead once,
+never on a declared total); zero when its cassette replays. Tests go to the bucket of their
+vendor and model (ini `llm_limits`, then `--llm-tpm`): the marker's `vendor=`, else the
+`llm_model` case's, else the client fixture's (`gemini_client` -> gemini), else the default
+vendor's (that of the first `llm_models` entry). Each bucket admits `budget = tpm * (1 -
+headroom)` tokens per sliding window: the first `budget` tokens leave at once, and `T` tokens need
+their last admission at least `(ceil(T / budget) - 1)` windows after the first. That is a true
+lower bound of the run's wall time when every test declares `tokens=` (and spends at least that)
+and its bucket is known: the line says "at least" then, "about" otherwise. No pytest here.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ __all__ = [
     "Projection",
     "TestEstimate",
     "cost_note",
+    "default_vendor",
     "estimate_item",
     "format_duration",
     "is_llm_test",
     "over_budget_message",
     "project",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Projection:
     @property
     def busiest(self) -> Bucket | None:
         """The bucket that takes longest (it sets the run's least duration)."""
-        return max(self.buckets, key=lambda b: b.seconds, default=None)
+        return max(self.buckets, key=lambda b: (b.seconds, b.tokens), default=None)
 
     @property
     def seconds(self) -> float:
@@ -139,6 +140,12 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def default_vendor(settings: Settings) -> str:
+    """The vendor of a test that names none: the first `llm_models` entry's (else openai)."""
+    first = settings.models[0] if settings.models else ""
+    return first.split(":", 1)[0] if ":" in first else "openai"
+
+
 def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -> Projection:
     """Sum tokens per bucket and the windows each bucket needs."""
     spent: dict[str, tuple[LimitRule, int]] = {}
@@ -177,12 +184,6 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
 def least_seconds(tokens: int, budget: int, settings: Settings) -> float:
     """The least time a sliding window of `budget` tokens takes to admit `tokens`."""
     return max(0, math.ceil(tokens / budget) - 1) * settings.window
-
-
-def default_vendor(settings: Settings) -> str:
-    """The vendor of a test that names none: the first `llm_models` entry's (else openai)."""
-    first = settings.models[0] if settings.models else "openai:*"
-    return first.partition(":")[0] or "openai"
 
 
 def cost_note(
@@ -252,9 +253,10 @@ def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> Test
     """What one LLM test item is expected to spend live (zero-cost when its cassette replays)."""
     mark = item.get_closest_marker(MARKER)
     kwargs: dict[str, Any] = dict(mark.kwargs) if mark is not None else {}
-    tokens = int(kwargs.get("tokens") or settings.est_tokens)
     scenario = scenario_of(item)
-    if kwargs.get("grounded") or (scenario is not None and scenario.grounded):
+    grounded = kwargs.get("grounded") or (scenario is not None and scenario.grounded)
+    tokens = int(kwargs.get("tokens") or 0) or settings.est_tokens
+    if not kwargs.get("tokens") and grounded:
         tokens = math.ceil(tokens * (1 + settings.grounded_overhead))
     callspec = getattr(item, "callspec", None)
     model = callspec.params.get("llm_model") if callspec is not None else None

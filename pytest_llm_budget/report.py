@@ -8,16 +8,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .limiter import BucketStats, LimitRule
-from .records import CallRecord, Totals
+from .records import CallRecord, Overspend, Totals
 
 __all__ = [
     "backend_label",
     "bucket_costs",
     "build_report",
     "cost_line",
+    "overspend_lines",
     "summary_lines",
     "write_report",
 ]
+
+MAX_OVERSPEND_LINES = 10
 
 _HEADER = (
     "bucket",
@@ -78,6 +81,19 @@ def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | N
     return text
 
 
+def overspend_lines(overspent: Sequence[Overspend]) -> list[str]:
+    """One line per test that spent more than its marker declared (the first ten, then a count)."""
+    lines = [
+        f"overspent: {o.test} declared {o.declared} tokens, spent {o.spent} "
+        f"(+{(o.spent - o.declared) / o.declared:.0%}); raise its llm_budget(tokens=...)"
+        for o in overspent[:MAX_OVERSPEND_LINES]
+    ]
+    if len(overspent) > MAX_OVERSPEND_LINES:
+        rest = len(overspent) - MAX_OVERSPEND_LINES
+        lines.append(f"overspent: {rest} more test(s), listed in the JSON report's `overspent`")
+    return lines
+
+
 def summary_lines(
     buckets: Sequence[BucketStats],
     totals: Totals,
@@ -85,10 +101,11 @@ def summary_lines(
     window: float,
     backend: str,
     costs: dict[str, tuple[float, int]] | None = None,
+    overspent: Sequence[Overspend] = (),
     calls_by_bucket: Mapping[str, int] | None = None,
     workers: int = 0,
 ) -> list[str]:
-    """Rows of the summary section: one per bucket, then a totals line that says `429s: N`.
+    """Rows of the summary: one per bucket, a totals line that says `429s: N`, then overspends.
 
     A bucket's `calls` are logical calls (from `calls_by_bucket`), its `attempts` the admissions
     (one per HTTP try); `workers` > 1 labels waited seconds as summed over the xdist workers.
@@ -130,7 +147,7 @@ def summary_lines(
         f"waited: {totals.waited_s:.1f}s{summed}, errors: {totals.errors}, 429s: {rate_limits}"
         f" [backend {backend_label(backend)}]"
     )
-    return lines
+    return lines + overspend_lines(overspent)
 
 
 def backend_label(description: str) -> str:
@@ -145,9 +162,10 @@ def build_report(
     buckets: Sequence[BucketStats],
     calls: Sequence[CallRecord],
     rules: Sequence[LimitRule] = (),
+    overspent: Sequence[Overspend] = (),
     calls_by_bucket: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report's document (README's "Reports and metrics"), with costs per call and test;
+    """The JSON report's document (README's "Reports and metrics"): costs, tests, overspends;
     bucket `calls` are logical calls, `attempts` the HTTP tries admitted."""
     costs = bucket_costs(calls, rules) if rules else {}
     calls_of = calls_by_bucket or {}
@@ -174,6 +192,7 @@ def build_report(
         ],
         "tests": _tests(calls),
         "calls": [c.to_json() for c in calls],
+        "overspent": [o.to_json() for o in overspent],
     }
 
 
