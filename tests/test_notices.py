@@ -75,7 +75,8 @@ def test_quiet_quiet_and_off_print_no_notice(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(test_paced=SUITE)
     quiet = pytester.runpytest_subprocess("-qq", "--llm-notice-after", "0.5")
-    assert quiet.ret == 0 and "waited: 4" in quiet.stdout.str()  # it did wait
+    waited = re.search(r"waited: (\d+\.\d)s", quiet.stdout.str())
+    assert quiet.ret == 0 and waited and float(waited[1]) > 1.0  # it did wait
     assert "llm-budget: waiting" not in quiet.stdout.str()
     off = pytester.runpytest_subprocess("--llm-notice-after", "off", "-k", "0 or 1 or 2")
     off.assert_outcomes(passed=3)
