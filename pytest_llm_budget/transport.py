@@ -342,7 +342,7 @@ class Router:
             reservation.release()
             self._record(call, None, f"http_{status}", malformed=False)
             return response
-        self._calibrate(call, response.headers)
+        self._calibrate(call, response.headers, reservation)
         sink = _UsageSink(self, call, reservation, response.headers)
         sync_cls, async_cls = _meter_types(type(response).__module__.split(".")[0])
         # A vcr-recorded response carries an httpx ByteStream, which is both sync and async:
@@ -353,14 +353,21 @@ class Router:
             response.stream = sync_cls(response.stream, sink)
         return response
 
-    def _calibrate(self, call: _Call, headers: Any) -> None:
-        """Believe `x-ratelimit-remaining-tokens` when the server has less left than we think."""
+    def _calibrate(
+        self, call: _Call, headers: Any, reservation: Reservation | None = None
+    ) -> None:
+        """Learn from `x-ratelimit-*-tokens`: a gap is charged, the estimate factor corrected."""
         from .providers.base import as_int
+        from .providers.retry_hints import parse_go_duration
 
         limit = as_int(headers.get("x-ratelimit-limit-tokens"))
         remaining = call.provider.remaining_tokens(headers)
         if limit is not None and remaining is not None:
-            self.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
+            if reservation is not None:
+                reset = parse_go_duration(str(headers.get("x-ratelimit-reset-tokens", "")))
+                reservation.observe(limit, remaining, reset)
+            else:
+                self.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
 
     def _record(
         self,
@@ -439,7 +446,9 @@ class _UsageSink:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
             malformed = usage is None and not failed
         charge = call.provider.charge(usage) if usage is not None else call.charge
-        self.reservation.settle(charge)
+        # Gemini's TPM counts the reported input tokens, so an over-estimate is refunded; an
+        # OpenAI call keeps its admission charge (input estimate + max_tokens) whatever it used.
+        self.reservation.settle(charge, refund=usage is not None and call.vendor == "gemini")
         status = "error" if failed else "ok"
         self.router._record(call, usage, status, malformed=malformed)
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pytest_llm_budget import BudgetWaitTimeout, LimitRule, RequestTooLarge
 from pytest_llm_budget.backends import MemoryBackend
 from pytest_llm_budget.limiter import Limiter
+from pytest_llm_budget.window import Admitted, Deferred
 
 W = 60.0
 
@@ -218,18 +219,20 @@ def test_wait_longer_than_max_wait_fails_without_sleeping(clock: FakeClock) -> N
     limiter.reserve(500)
 
 
-def test_waiters_are_served_in_arrival_order(clock: FakeClock) -> None:
-    backend = MemoryBackend()
-    limits_limiter = make(clock)
-    limits = limits_limiter.limits(limits_limiter.bucket_for("openai", "m"))
-    state_admit = backend.admit
-    assert state_admit("b", limits, "t0", 9000, clock.now(), "p").__class__.__name__ == "Admitted"
-    big = state_admit("b", limits, "big", 5000, clock.now(), "p")
-    small = state_admit("b", limits, "small", 1000, clock.now(), "p")
-    assert big.__class__.__name__ == "Deferred"
-    # small fits now, but only by jumping the big waiter when there is no room for both.
-    assert small.__class__.__name__ == "Deferred"
-    assert small.wait >= big.wait  # type: ignore[union-attr]
+def test_a_small_request_goes_first_only_when_it_delays_no_waiter(clock: FakeClock) -> None:
+    limiter = make(clock)
+    limits = limiter.limits(limiter.bucket_for("openai", "m"))
+    backend, t0 = limiter.backend, clock.now()
+    assert isinstance(backend.admit("b", limits, "a", 5000, t0, "p"), Admitted)
+    big = backend.admit("b", limits, "big", 8000, t0, "p")
+    assert isinstance(big, Deferred) and big.wait == pytest.approx(W + 0.5)
+    # Fits now, and at the big one's time there is still room for both: it goes first.
+    assert isinstance(backend.admit("b", limits, "small", 2000, t0 + 1, "p"), Admitted)
+    # Fits now too, but would still hold 1000 when "big" is due: it waits until after "big".
+    late = backend.admit("b", limits, "late", 1000, t0 + 2, "p")
+    assert isinstance(late, Deferred) and late.wait == pytest.approx(W + 0.5 - 1)
+    assert isinstance(backend.admit("b", limits, "big", 8000, t0 + W + 0.5, "p"), Admitted)
+    assert isinstance(backend.admit("b", limits, "late", 1000, t0 + 2 + late.wait, "p"), Admitted)
 
 
 def test_buckets_per_rule_and_vendor(clock: FakeClock) -> None:
