@@ -319,6 +319,18 @@ class WindowState:
             if t < at < t + limits.span
         )
 
+    def _answered(self, limits: Limits, entry: Entry | None, now: float) -> None:
+        """An answer is in, so the request reached the server by `now`: its charge need stay
+        only one window from now, not from when it left plus the margin."""
+        margin = limits.span - limits.window
+        if entry is None or margin <= 0:
+            return
+        earlier = now - margin
+        if earlier < entry[1]:
+            self.entries.remove(entry)
+            entry[1] = earlier
+            bisect.insort(self.entries, entry, key=lambda e: e[1])
+
     def settle(
         self,
         limits: Limits,
@@ -339,6 +351,7 @@ class WindowState:
         self.prune(limits, now)
         self.leases.pop(ticket, None)
         entry = self._index.get(ticket)
+        self._answered(limits, entry, now)
         if refund:
             probe = self.probes.pop(ticket, None)
             if probe is not None and probe[2] > 0:
@@ -410,6 +423,7 @@ class WindowState:
         """
         now = self._tick(now)
         self.prune(limits, now)
+        self._answered(limits, self._index.get(ticket), now)
         probe = self.probes.get(ticket)
         if probe is None:
             gap = int(server_used) - self.used()

@@ -209,6 +209,20 @@ def test_a_queued_waiter_can_be_overtaken_later_but_not_delayed(backend: Backend
     assert small.wait == pytest.approx(SPAN + 10 - 12)
 
 
+def test_an_early_answer_drops_the_margin(backend: Backend) -> None:
+    admitted(backend.admit(B, LIMITS, "a", 600, T0, "1"))
+    backend.settle(B, LIMITS, "a", 600, 600, T0 + 0.1)  # reached the server by T0 + 0.1
+    admitted(backend.admit(B, LIMITS, "b", 300, T0 + 1, "1"))
+    backend.observe(B, LIMITS, "b", 0, 0, T0 + 1.2)
+    admitted(backend.admit(B, LIMITS, "c", 100, T0 + 2, "1"))
+    backend.settle(B, LIMITS, "c", 100, 100, T0 + 3)  # later than the margin: kept as it was
+    d = deferred(backend.admit(B, LIMITS, "d", 600, T0 + 10, "1"), "tokens")
+    assert d.wait == pytest.approx(0.1 + 60 - 10)  # "a" leaves one window after its answer
+    backend.release(B, LIMITS, "d", T0 + 10)
+    d = deferred(backend.admit(B, LIMITS, "e", 800, T0 + 10, "1"), "tokens")
+    assert d.wait == pytest.approx(1.2 + 60 - 10)  # so does "b"
+
+
 def test_settle_with_refund_charges_exactly_the_reported_figure(backend: Backend) -> None:
     admitted(backend.admit(B, LIMITS, "a", 500, T0, "1"))
     assert backend.settle(B, LIMITS, "a", 500, 200, T0 + 1, refund=True) == -300

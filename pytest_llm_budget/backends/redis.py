@@ -146,6 +146,7 @@ class RedisBackend(Backend):
             "1" if self.use_server_time else "0",
             repr(float(limits.span)),
             repr(float(self.lease_ttl)),
+            repr(float(limits.window)),
             *[repr(a) if isinstance(a, float) else str(a) for a in args],
         ]
         last: BaseException | None = None

@@ -9,7 +9,8 @@
 -- ARGV[1]  op: admit | settle | release | penalize | observe | calibrate | snapshot | reap
 -- ARGV[2]  now (the caller's clock, seconds)      ARGV[3]  '1': use the server's TIME instead
 -- ARGV[4]  span (window + margin, seconds)        ARGV[5]  lease_ttl (seconds, > 0)
--- ARGV[6…] the op's own arguments (see each op below)
+-- ARGV[6]  window (seconds)
+-- ARGV[7…] the op's own arguments (see each op below)
 --
 -- Times are returned as strings ('%.17g'): Redis would truncate a Lua number to an integer.
 -- The key expires (PX) when nothing in it can matter any more: after 2 spans, the pause, the
@@ -27,6 +28,7 @@ if ARGV[3] == '1' then
 end
 local span = tonumber(ARGV[4])
 local lease_ttl = tonumber(ARGV[5])
+local WINDOW = tonumber(ARGV[6])
 
 local raw = redis.call('GET', key)
 local st = {}
@@ -172,6 +174,18 @@ local function fits(tokens, plan, t, charge)
   return true
 end
 
+-- WindowState._answered: the request reached the server by now.
+local function answered(ticket)
+  local margin = span - WINDOW
+  if margin <= 0 then return end
+  for _, e in ipairs(E) do
+    if e[1] == ticket and e[4] then
+      if now - margin < e[2] then e[2] = now - margin end
+      return
+    end
+  end
+end
+
 local function wait_for(tokens, requests, concurrency, poll, charge, ahead)
   if P > now then return P - now, 'paused' end
   table.sort(E, function(a, b) return a[2] < b[2] end)
@@ -208,10 +222,10 @@ local function wait_for(tokens, requests, concurrency, poll, charge, ahead)
 end
 
 if op == 'admit' then
-  -- ARGV[6] ticket, [7] estimate, [8] owner, [9] tokens, [10] requests (-1: none),
-  -- [11] concurrency (-1: none), [12] poll, [13] waiter_grace, [14] uncertain
-  local ticket, estimate, owner = ARGV[6], tonumber(ARGV[7]), ARGV[8]
-  local tokens, uncertain = tonumber(ARGV[9]), tonumber(ARGV[14] or '0')
+  -- ARGV[7] ticket, [8] estimate, [9] owner, [10] tokens, [11] requests (-1: none),
+  -- [12] concurrency (-1: none), [13] poll, [14] waiter_grace, [15] uncertain
+  local ticket, estimate, owner = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+  local tokens, uncertain = tonumber(ARGV[10]), tonumber(ARGV[15] or '0')
   if L[ticket] then  -- a retried admit that already got in
     local charge = -1
     for _, e in ipairs(E) do
@@ -243,10 +257,10 @@ if op == 'admit' then
   end)
   local ahead = {}
   for i, o in ipairs(order) do ahead[i] = o[3] end
-  local wait, reason = wait_for(tokens, tonumber(ARGV[10]), tonumber(ARGV[11]),
-    tonumber(ARGV[12]), charge, ahead)
+  local wait, reason = wait_for(tokens, tonumber(ARGV[11]), tonumber(ARGV[12]),
+    tonumber(ARGV[13]), charge, ahead)
   if wait > 0 then
-    W[ticket] = {enqueued, now + wait + tonumber(ARGV[13]), charge}
+    W[ticket] = {enqueued, now + wait + tonumber(ARGV[14]), charge}
     save()
     local reply = {'0', fmt(wait), reason}
     if reason == 'concurrency' then
@@ -264,18 +278,19 @@ if op == 'admit' then
   save()
   return {'1', fmt(now), charge}
 elseif op == 'settle' then
-  -- ARGV[6] ticket, [7] estimate, [8] charge, [9] refund ('1'/'0'), [10] floor, [11] cap.
+  -- ARGV[7] ticket, [8] estimate, [9] charge, [10] refund ('1'/'0'), [11] floor, [12] cap.
   -- Without refund, charging max(entry, estimate + debt) instead of adding the debt gives
   -- WindowState.settle's result and makes a retried settle harmless; with refund the entry
   -- becomes the charge. Pruning first: a reservation that already left the window is charged
   -- its overrun from now.
-  local ticket, estimate, charge = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  local ticket, estimate, charge = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
   prune()
   L[ticket] = nil
-  if ARGV[9] == '1' then
+  answered(ticket)
+  if ARGV[10] == '1' then
     local q = Q[ticket]
     Q[ticket] = nil
-    if q and q[3] > 0 then learn((charge - q[2]) / q[3], tonumber(ARGV[10]), tonumber(ARGV[11])) end
+    if q and q[3] > 0 then learn((charge - q[2]) / q[3], tonumber(ARGV[11]), tonumber(ARGV[12])) end
     for _, e in ipairs(E) do
       if e[1] == ticket then
         local delta = charge - e[3]
@@ -306,28 +321,29 @@ elseif op == 'settle' then
   save()
   return debt
 elseif op == 'release' then
-  -- ARGV[6] ticket
-  L[ARGV[6]] = nil
-  W[ARGV[6]] = nil
+  -- ARGV[7] ticket
+  L[ARGV[7]] = nil
+  W[ARGV[7]] = nil
   save()
   return 0
 elseif op == 'penalize' then
-  -- ARGV[6] ticket, [7] tokens, [8] pause_until (the caller's clock; shifted to the server's)
-  local tokens, pause_until = tonumber(ARGV[7]), tonumber(ARGV[8])
-  if tokens > 0 then E[#E + 1] = {ARGV[6] .. ':429', now, tokens, false} end
+  -- ARGV[7] ticket, [8] tokens, [9] pause_until (the caller's clock; shifted to the server's)
+  local tokens, pause_until = tonumber(ARGV[8]), tonumber(ARGV[9])
+  if tokens > 0 then E[#E + 1] = {ARGV[7] .. ':429', now, tokens, false} end
   if pause_until > 0 then pause_until = pause_until + shift end
   if pause_until > P then P = pause_until end
   save()
   return 0
 elseif op == 'observe' or op == 'calibrate' then
-  -- ARGV[6] ticket, [7] server_used, [8] server_limit (0: unknown), [9] window, [10] floor,
-  -- [11] cap, [12] reset_s ('': unknown). WindowState.observe (calibrate: no limit).
-  local ticket, server_used = ARGV[6], tonumber(ARGV[7])
-  local server_limit = tonumber(ARGV[8] or '0')
-  local window = tonumber(ARGV[9] or '1')
-  local floor, cap = tonumber(ARGV[10] or '0.5'), tonumber(ARGV[11] or '2')
-  local reset_s = tonumber(ARGV[12] or '')
+  -- ARGV[7] ticket, [8] server_used, [9] server_limit (0: unknown), [10] window, [11] floor,
+  -- [12] cap, [13] reset_s ('': unknown). WindowState.observe (calibrate: no limit).
+  local ticket, server_used = ARGV[7], tonumber(ARGV[8])
+  local server_limit = tonumber(ARGV[9] or '0')
+  local window = tonumber(ARGV[10] or '1')
+  local floor, cap = tonumber(ARGV[11] or '0.5'), tonumber(ARGV[12] or '2')
+  local reset_s = tonumber(ARGV[13] or '')
   prune()
+  answered(ticket)
   local probe = Q[ticket]
   local gap, arrived
   if not probe then
@@ -388,9 +404,9 @@ elseif op == 'snapshot' then
   end
   return {used(), requests, count(L), count(W), fmt(math.max(0, P - now)), fmt(F)}
 elseif op == 'reap' then
-  -- ARGV[6…] owners whose process is known to be dead
+  -- ARGV[7…] owners whose process is known to be dead
   local dead = {}
-  for i = 6, #ARGV do dead[ARGV[i]] = true end
+  for i = 7, #ARGV do dead[ARGV[i]] = true end
   local n = 0
   for k, l in pairs(L) do
     if dead[l[1]] then
