@@ -268,7 +268,8 @@ class Limiter:
         it learns from the server's figures (`Reservation.observe`, `settle(refund=True)`).
         """
         bucket, ticket, start = self._begin(estimate, vendor, model)
-        uncertain = min(max(0, int(uncertain)), int(estimate))
+        if uncertain:
+            uncertain = min(max(0, int(uncertain)), int(estimate))
         for attempt in itertools.count():
             wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
             if isinstance(wait, Admitted):
@@ -281,7 +282,8 @@ class Limiter:
     ) -> Reservation:
         """`reserve` for event loops: waits with asyncio, never blocking the loop."""
         bucket, ticket, start = self._begin(estimate, vendor, model)
-        uncertain = min(max(0, int(uncertain)), int(estimate))
+        if uncertain:
+            uncertain = min(max(0, int(uncertain)), int(estimate))
         for attempt in itertools.count():
             wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
             if isinstance(wait, Admitted):

@@ -226,7 +226,11 @@ class WindowState:
         """
         now = self._tick(now)
         self.prune(limits, now)
-        charge = corrected(estimate, uncertain, self.factor, limits.tokens)
+        charge = (
+            estimate
+            if uncertain <= 0 or self.factor == 1.0
+            else corrected(estimate, uncertain, self.factor, limits.tokens)
+        )
         waiter = self.waiters.get(ticket)
         enqueued = waiter[0] if waiter else now
         ahead = (
@@ -321,15 +325,23 @@ class WindowState:
 
     def _answered(self, limits: Limits, entry: Entry | None, now: float) -> None:
         """An answer is in, so the request reached the server by `now`: its charge need stay
-        only one window from now, not from when it left plus the margin."""
+        only one window from now, not from when it left plus the margin.
+
+        Done only while the window is more than half full, where it can soon matter: moving an
+        entry in a long list is not free, and keeping the margin is always safe.
+        """
         margin = limits.span - limits.window
-        if entry is None or margin <= 0:
+        if entry is None or margin <= 0 or self._used * 2 <= limits.tokens:
             return
         earlier = now - margin
         if earlier < entry[1]:
-            self.entries.remove(entry)
+            entries = self.entries
+            i = len(entries) - 1
+            while entries[i] is not entry:  # a settling entry is nearly always among the last
+                i -= 1
+            del entries[i]
             entry[1] = earlier
-            bisect.insort(self.entries, entry, key=lambda e: e[1])
+            bisect.insort(entries, entry, key=lambda e: e[1])
 
     def settle(
         self,
@@ -351,7 +363,8 @@ class WindowState:
         self.prune(limits, now)
         self.leases.pop(ticket, None)
         entry = self._index.get(ticket)
-        self._answered(limits, entry, now)
+        if entry is not None and self._used * 2 > limits.tokens:
+            self._answered(limits, entry, now)
         if refund:
             probe = self.probes.pop(ticket, None)
             if probe is not None and probe[2] > 0:

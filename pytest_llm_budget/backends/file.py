@@ -258,7 +258,10 @@ class FileBackend(StateBackend):
             old_text, buckets, clocks = self._read()
             now = max(float(now), clocks.get(bucket, float("-inf")))
             clocks[bucket] = now
-            yield buckets.setdefault(bucket, WindowState()), now
+            state = buckets.get(bucket)
+            if state is None:
+                state = buckets[bucket] = WindowState()
+            yield state, now
             self._write(buckets, clocks, old_text)
 
     @contextmanager

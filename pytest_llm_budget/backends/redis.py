@@ -229,6 +229,7 @@ class RedisBackend(Backend):
         return int(self._run(
             "settle", bucket, limits, now, ticket, int(estimate), int(charge),
             "1" if refund else "0", float(limits.factor_floor), float(limits.factor_cap),
+            int(limits.tokens),
         ))
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
@@ -247,7 +248,7 @@ class RedisBackend(Backend):
         return int(self._run(
             "observe", bucket, limits, now, ticket, int(server_used), int(server_limit),
             float(limits.window), float(limits.factor_floor), float(limits.factor_cap),
-            "" if reset_s is None else float(reset_s),
+            "" if reset_s is None else float(reset_s), int(limits.tokens),
         ))
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:

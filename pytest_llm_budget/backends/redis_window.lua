@@ -175,9 +175,9 @@ local function fits(tokens, plan, t, charge)
 end
 
 -- WindowState._answered: the request reached the server by now.
-local function answered(ticket)
+local function answered(ticket, tokens)
   local margin = span - WINDOW
-  if margin <= 0 then return end
+  if margin <= 0 or used() * 2 <= tokens then return end
   for _, e in ipairs(E) do
     if e[1] == ticket and e[4] then
       if now - margin < e[2] then e[2] = now - margin end
@@ -278,7 +278,8 @@ if op == 'admit' then
   save()
   return {'1', fmt(now), charge}
 elseif op == 'settle' then
-  -- ARGV[7] ticket, [8] estimate, [9] charge, [10] refund ('1'/'0'), [11] floor, [12] cap.
+  -- ARGV[7] ticket, [8] estimate, [9] charge, [10] refund ('1'/'0'), [11] floor, [12] cap,
+  -- [13] tokens.
   -- Without refund, charging max(entry, estimate + debt) instead of adding the debt gives
   -- WindowState.settle's result and makes a retried settle harmless; with refund the entry
   -- becomes the charge. Pruning first: a reservation that already left the window is charged
@@ -286,7 +287,7 @@ elseif op == 'settle' then
   local ticket, estimate, charge = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
   prune()
   L[ticket] = nil
-  answered(ticket)
+  answered(ticket, tonumber(ARGV[13]))
   if ARGV[10] == '1' then
     local q = Q[ticket]
     Q[ticket] = nil
@@ -336,14 +337,14 @@ elseif op == 'penalize' then
   return 0
 elseif op == 'observe' or op == 'calibrate' then
   -- ARGV[7] ticket, [8] server_used, [9] server_limit (0: unknown), [10] window, [11] floor,
-  -- [12] cap, [13] reset_s ('': unknown). WindowState.observe (calibrate: no limit).
+  -- [12] cap, [13] reset_s ('': unknown), [14] tokens. WindowState.observe (calibrate: no limit).
   local ticket, server_used = ARGV[7], tonumber(ARGV[8])
   local server_limit = tonumber(ARGV[9] or '0')
   local window = tonumber(ARGV[10] or '1')
   local floor, cap = tonumber(ARGV[11] or '0.5'), tonumber(ARGV[12] or '2')
   local reset_s = tonumber(ARGV[13] or '')
   prune()
-  answered(ticket)
+  answered(ticket, tonumber(ARGV[14]))
   local probe = Q[ticket]
   local gap, arrived
   if not probe then
