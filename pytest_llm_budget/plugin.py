@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -260,6 +261,11 @@ _CASSETTE_USE_KEY = pytest.StashKey["CassetteUse"]()
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load a configured matrix (models, scenario file) now: a bad one is a usage error."""
     settings = _session(session.config).settings
+    if settings.record_mode != "off" and importlib.util.find_spec("vcr") is None:
+        raise pytest.UsageError(
+            f"pytest-llm-budget: --llm-record-mode={settings.record_mode} needs vcrpy: "
+            "pip install 'pytest-llm-budget[cassettes]'"
+        )
     if settings.scenarios or settings.sources.get("models") != "default":
         _matrix(session.config)
     _start_routing(session.config)  # app-built clients: see the routing section

@@ -394,6 +394,22 @@ class WindowState:
             step = self.factor - FACTOR_STEP_DOWN * (self.factor - bound)
             self.factor = max(limits.factor_floor, step)
 
+    def cancel(self, ticket: str, limits: Limits | None = None, now: float | None = None) -> int:
+        """Take back the charge of a request that never reached the provider; returns it
+        (0 once it has left the window: pruned first when `limits` and `now` are given)."""
+        if limits is not None and now is not None:
+            self.prune(limits, self._tick(now))
+        self.leases.pop(ticket, None)
+        self.waiters.pop(ticket, None)
+        self.probes.pop(ticket, None)
+        entry = self._index.pop(ticket, None)
+        if entry is None:
+            return 0
+        self.entries.remove(entry)
+        self._used -= int(entry[2])
+        self._requests -= 1
+        return int(entry[2])
+
     def release(self, ticket: str) -> None:
         """End a call's concurrency lease (also drops it from the queue if it never got in)."""
         self.leases.pop(ticket, None)

@@ -173,7 +173,9 @@ def programs(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     t = 0.0
     for i in range(draw(st.integers(1, 40))):
         t += draw(st.sampled_from([0.0, 0.01, 0.3, 2.0, 7.0]))
-        kind = draw(st.sampled_from(["admit", "admit", "admit", "settle", "observe", "release"]))
+        kind = draw(
+            st.sampled_from(["admit", "admit", "admit", "settle", "observe", "release", "cancel"])
+        )
         n = draw(st.integers(0, 6))
         if kind == "admit":
             est = draw(st.integers(1, 600))
@@ -184,7 +186,7 @@ def programs(draw: st.DrawFn) -> list[tuple[Any, ...]]:
             ops.append(("observe", t, f"t{n}", draw(st.integers(0, 1200)),
                         draw(st.sampled_from([None, 0.5, 6.0]))))
         else:
-            ops.append(("release", t, f"t{n}"))
+            ops.append((kind, t, f"t{n}"))
         del i
     return ops
 
@@ -207,6 +209,8 @@ def _apply(backend: Any, op: tuple[Any, ...], charged: dict[str, int]) -> Any:
         return backend.settle("b", limits, ticket, charged.get(ticket, 1), op[3], t, refund=op[4])
     if kind == "observe":
         return backend.observe("b", limits, ticket, 1200, op[3], t, reset_s=op[4])
+    if kind == "cancel":
+        return backend.cancel("b", limits, ticket, t)
     backend.release("b", limits, ticket, t)
     return None
 

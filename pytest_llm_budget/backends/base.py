@@ -45,6 +45,10 @@ class Backend(abc.ABC):
         (max(estimate, charge) without `refund`; exactly `charge`, learning from it, with)."""
 
     @abc.abstractmethod
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        """Take back an admitted charge whose request never left; returns the tokens freed."""
+
+    @abc.abstractmethod
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         """End a lease (or leave the queue) without settling: the estimate stays charged."""
 
@@ -114,6 +118,10 @@ class StateBackend(Backend):
     ) -> int:
         with self._state(bucket, now) as state:
             return state.settle(limits, ticket, estimate, charge, now, refund)
+
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        with self._state(bucket, now) as state:
+            return state.cancel(ticket, limits, now)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._state(bucket, now) as state:

@@ -22,9 +22,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ..errors import BackendUnavailable
 from ..window import Decision, Limits, WindowSnapshot, WindowState
 from .base import StateBackend
-from .redis import BackendUnavailable
 
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
 
@@ -297,6 +297,10 @@ class FileBackend(StateBackend):
     ) -> int:
         with self._clocked(bucket, now) as (state, now):
             return state.settle(limits, ticket, estimate, charge, now, refund)
+
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        with self._clocked(bucket, now) as (state, now):
+            return state.cancel(ticket, limits, now)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._clocked(bucket, now) as (state, now):

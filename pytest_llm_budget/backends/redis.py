@@ -24,14 +24,11 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..errors import BackendUnavailable
 from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
 from .base import Backend
 
 __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
-
-
-class BackendUnavailable(RuntimeError):
-    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""
 
 
 def mask_url(url: str) -> str:
@@ -231,6 +228,9 @@ class RedisBackend(Backend):
             "1" if refund else "0", float(limits.factor_floor), float(limits.factor_cap),
             int(limits.tokens),
         ))
+
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        return int(self._run("cancel", bucket, limits, now, ticket))
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         self._run("release", bucket, limits, now, ticket)

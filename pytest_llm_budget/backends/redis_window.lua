@@ -6,7 +6,8 @@
 -- cjson because cjson rounds numbers to 14 significant digits, which would blur epoch times.
 --
 -- KEYS[1]  the bucket's state key ({prefix}:{bucket}:state)
--- ARGV[1]  op: admit | settle | release | penalize | observe | calibrate | snapshot | reap
+-- ARGV[1]  op: admit | settle | cancel | release | penalize | observe | calibrate | snapshot |
+--          reap
 -- ARGV[2]  now (the caller's clock, seconds)      ARGV[3]  '1': use the server's TIME instead
 -- ARGV[4]  span (window + margin, seconds)        ARGV[5]  lease_ttl (seconds, > 0)
 -- ARGV[6]  window (seconds)
@@ -321,6 +322,23 @@ elseif op == 'settle' then
   if not found then E[#E + 1] = {id, now, debt, false} end
   save()
   return debt
+elseif op == 'cancel' then
+  -- ARGV[7] ticket: its request never left (connection failed); take its charge back
+  local ticket = ARGV[7]
+  prune()
+  L[ticket] = nil
+  W[ticket] = nil
+  Q[ticket] = nil
+  local freed = 0
+  for i, e in ipairs(E) do
+    if e[1] == ticket and e[4] then
+      freed = e[3]
+      table.remove(E, i)
+      break
+    end
+  end
+  save()
+  return freed
 elseif op == 'release' then
   -- ARGV[7] ticket
   L[ARGV[7]] = nil
