@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,3 +159,54 @@ def test_many_processes_in_flight_never_cause_a_rejection(
     sim, limiters = run(mode, f, procs=procs, calls=30, seed=seed)
     assert sim.rejected == 0
     assert factor(limiters) >= min(1.0, f) - 1e-9
+
+
+# -- against the emulator over real HTTP (real time, short windows) ----------------------------
+@pytest.mark.parametrize("mode", ["sliding", "bucket"])
+@pytest.mark.parametrize("scale", [2.0, 0.85])
+def test_learning_against_the_emulator_keeps_zero_429s(emu: Any, mode: str, scale: float) -> None:
+    """Input estimated at `scale` x what the emulator charges (ceil(chars/4)); 3 budgets.
+
+    Plain `urllib` (never routed by the plugin running this test) and the limiter's own API.
+    """
+    import json
+    import urllib.request
+
+    from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
+    from pytest_llm_budget.providers.retry_hints import parse_go_duration
+
+    spec = LimitSpec(tpm=3000, rpm=None)
+    emu.configure(EmulatorConfig(window=2.0, mode=mode, openai=spec, gemini=spec))
+    emu.reset()
+    limiter = Limiter(MemoryBackend(), [LimitRule(tpm=3000)], window=2.0, headroom=0.1)
+    text = "Please summarise these notes. " * 20  # 600 characters: 150 tokens charged
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}], "max_tokens": 150}
+    uncertain = round(150 * scale)
+    statuses: list[int] = []
+
+    def one() -> None:
+        r = limiter.reserve(uncertain + 150, uncertain=uncertain)
+        request = urllib.request.Request(
+            f"{emu.openai_base_url}/chat/completions", data=json.dumps(body).encode(),
+            headers={"authorization": "Bearer sk-test", "content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            statuses.append(reply.status)
+            h = reply.headers
+            usage = json.loads(reply.read())["usage"]
+        reset = parse_go_duration(h.get("x-ratelimit-reset-tokens", ""))
+        r.observe(int(h["x-ratelimit-limit-tokens"]), int(h["x-ratelimit-remaining-tokens"]), reset)
+        r.settle(usage["total_tokens"])
+
+    threads = [threading.Thread(target=lambda: [one() for _ in range(5)]) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert statuses == [200] * 30  # 30 x 300 tokens: three budgets of 2700
+    assert [r.status for r in emu.log] == [200] * 30
+    learned = limiter.window_snapshot("openai:*").factor
+    if scale > 1:
+        assert 1 / scale <= learned < 1.0  # learned down, never below the truth
+    else:
+        assert learned > 1.0  # the server counted more: up
