@@ -227,6 +227,13 @@ class Limiter:
         self.clock = clock or system.now
         self.sleep = sleep or system.sleep
         self.asleep = asleep or system.asleep
+        # A thread of this process that waits for room is woken as soon as another one settles,
+        # releases or cancels (a refund, a waiter leaving the queue or a lease ending can free
+        # room before the computed time); only with the real sleep, never an injected one.
+        self._wakeable = sleep is None
+        self._wake = threading.Condition()
+        self._freed = 0
+        self._sleepers = 0
         self.owner = owner or f"{os.getpid()}"
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
@@ -278,10 +285,14 @@ class Limiter:
         if uncertain:
             uncertain = min(max(0, int(uncertain)), int(estimate))
         for attempt in itertools.count():
+            freed = self._freed
             wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
             if isinstance(wait, Admitted):
                 return self._admitted(bucket, ticket, estimate, uncertain, start, wait.charge)
-            self.sleep(wait)
+            if self._wakeable:
+                self._nap(wait, freed)
+            else:
+                self.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def areserve(
@@ -329,6 +340,7 @@ class Limiter:
             return decision
         if now + decision.wait - start > self.max_wait:
             self.backend.release(bucket, b.limits, ticket, now)
+            self._room_freed()
             raise BudgetWaitTimeout(
                 f"bucket {bucket}: admitting {estimate} tokens would take "
                 f"{now + decision.wait - start:.1f}s (waiting for {decision.reason}), more than "
@@ -358,6 +370,24 @@ class Limiter:
             b.waited_s += waited
         return Reservation(self, bucket, ticket, charged, now, waited, estimate, uncertain)
 
+    def _nap(self, seconds: float, freed: int) -> None:
+        """Sleep up to `seconds`, unless room was freed in this process since `freed`."""
+        with self._wake:
+            if self._freed != freed:
+                return
+            self._sleepers += 1
+            try:
+                self._wake.wait(seconds)
+            finally:
+                self._sleepers -= 1
+
+    def _room_freed(self) -> None:
+        """Wake this process's sleeping waiters: they ask the backend again."""
+        self._freed += 1
+        if self._sleepers:
+            with self._wake:
+                self._wake.notify_all()
+
     # -- after the call --------------------------------------------------------------------
     def _settle(self, r: Reservation, actual: int, refund: bool = False) -> int:
         b = self._buckets[r.bucket]
@@ -370,6 +400,7 @@ class Limiter:
                 b.debt += delta
             else:
                 b.refunded -= delta
+        self._room_freed()
         return max(0, delta)
 
     def _cancel(self, r: Reservation) -> None:
@@ -378,10 +409,12 @@ class Limiter:
         with self._lock:
             b.calls -= 1
             b.estimated -= r.estimate
+        self._room_freed()
 
     def _release(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]
         self.backend.release(r.bucket, b.limits, r.ticket, self.clock())
+        self._room_freed()
 
     def _rate_limited(self, bucket: str, ticket: str, retry_after_s: float | None) -> None:
         b = self._buckets[bucket]

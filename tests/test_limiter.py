@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pytest_llm_budget import BudgetWaitTimeout, LimitRule, RequestTooLarge
 from pytest_llm_budget.backends import MemoryBackend
-from pytest_llm_budget.limiter import Limiter
+from pytest_llm_budget.limiter import Limiter, Reservation
 from pytest_llm_budget.window import Admitted, Deferred
 
 W = 60.0
@@ -233,6 +233,22 @@ def test_a_small_request_goes_first_only_when_it_delays_no_waiter(clock: FakeClo
     assert isinstance(late, Deferred) and late.wait == pytest.approx(W + 0.5 - 1)
     assert isinstance(backend.admit("b", limits, "big", 8000, t0 + W + 0.5, "p"), Admitted)
     assert isinstance(backend.admit("b", limits, "late", 1000, t0 + 2 + late.wait, "p"), Admitted)
+
+
+def test_a_sleeping_waiter_wakes_when_a_refund_frees_its_room(clock: FakeClock) -> None:
+    """The real (interruptible) sleep; the fake clock never moves, so only a wake admits B."""
+    limiter = Limiter(MemoryBackend(), [LimitRule(tpm=10_000)], window=W, headroom=0.0,
+                      margin=0.5, clock=clock.now)
+    held = limiter.reserve(9000, uncertain=9000)
+    got: list[Reservation] = []
+    waiter = threading.Thread(target=lambda: got.append(limiter.reserve(5000)))
+    waiter.start()
+    while not limiter._sleepers and waiter.is_alive():  # until B sleeps its ~60 s wait
+        time.sleep(0.001)
+    held.settle(1000, refund=True)  # Gemini-like: the server counted 1000
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    assert got[0].admitted_at == clock.now() and got[0].waited_s == 0.0
 
 
 def test_buckets_per_rule_and_vendor(clock: FakeClock) -> None:
