@@ -17,6 +17,7 @@ import pytest
 from .limiter import BucketStats
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
+from .redact import redact_report
 from .report import build_report, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
@@ -482,7 +483,8 @@ def _start_routing(config: pytest.Config) -> None:
 
 
 class _RoutingHooks:
-    """Adds the structured errors that ended a failed test's LLM calls to its report."""
+    """Adds the structured errors that ended a failed test's LLM calls to its report, and takes
+    credentials (a `?key=` in a request URL, say) out of what the report shows and saves."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -495,6 +497,7 @@ class _RoutingHooks:
             errors = errors_for(_session(item.config), item.nodeid)
             if errors:
                 report.sections.append(("LLM budget", "\n".join(str(e) for e in errors)))
+        redact_report(report)
         return report
 
 
