@@ -334,7 +334,9 @@ class Router:
         estimate = self._estimate(call)
         call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
         limiter = self.session.limiter
-        reservation = limiter.reserve(call.charge, vendor=call.vendor, model=call.model)
+        reservation = limiter.reserve(
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
+        )
         self._admitted(call, reservation)
         return reservation
 
@@ -342,7 +344,7 @@ class Router:
         estimate = self._estimate(call)
         call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
         reservation = await self.session.limiter.areserve(
-            call.charge, vendor=call.vendor, model=call.model
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
         )
         self._admitted(call, reservation)
         return reservation
@@ -489,7 +491,7 @@ class Router:
             lost = _backend_lost(lambda: self._release_cost(call)) or lost
             self._record(call, None, f"http_{status}", malformed=False, error_code=lost)
             return response
-        _backend_lost(lambda: self._calibrate(call, response.headers))
+        _backend_lost(lambda: self._calibrate(call, response.headers, reservation))
         sink = _UsageSink(self, call, reservation, response.headers)
         sync_cls, async_cls = _meter_types(type(response).__module__.split(".")[0])
         # A vcr-recorded response carries an httpx ByteStream, which is both sync and async:
@@ -500,14 +502,21 @@ class Router:
             response.stream = sync_cls(response.stream, sink)
         return response
 
-    def _calibrate(self, call: _Call, headers: Any) -> None:
-        """Believe `x-ratelimit-remaining-tokens` when the server has less left than we think."""
+    def _calibrate(
+        self, call: _Call, headers: Any, reservation: Reservation | None = None
+    ) -> None:
+        """Learn from `x-ratelimit-*-tokens`: a gap is charged, the estimate factor corrected."""
         from .providers.base import as_int
+        from .providers.retry_hints import parse_go_duration
 
         limit = as_int(headers.get("x-ratelimit-limit-tokens"))
         remaining = call.provider.remaining_tokens(headers)
         if limit is not None and remaining is not None:
-            self.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
+            if reservation is not None:
+                reset = parse_go_duration(str(headers.get("x-ratelimit-reset-tokens", "")))
+                reservation.observe(limit, remaining, reset)
+            else:
+                self.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
 
     def _record(
         self,
@@ -591,7 +600,10 @@ class _UsageSink:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
             malformed = usage is None and not failed
         charge = call.provider.charge(usage) if usage is not None else call.charge
-        lost = _backend_lost(lambda: self.reservation.settle(charge))
+        # Gemini's TPM counts the reported input tokens, so an over-estimate is refunded; an
+        # OpenAI call keeps its admission charge (input estimate + max_tokens) whatever it used.
+        refund = usage is not None and call.vendor == "gemini"
+        lost = _backend_lost(lambda: self.reservation.settle(charge, refund=refund))
         hold, costs = call.cost, self.router.session.costs
         if hold is not None:
             lost = _backend_lost(lambda: costs.settle(hold, usage)) or lost

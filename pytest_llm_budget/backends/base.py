@@ -19,15 +19,31 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int = 0,
     ) -> Decision:
-        """Admit the ticket's estimate now, or say how long to wait before asking again."""
+        """Admit the ticket's estimate (its `uncertain` part scaled by the bucket's learned
+        factor) now, or say how long to wait before asking again."""
 
     @abc.abstractmethod
     def settle(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        charge: int,
+        now: float,
+        refund: bool = False,
     ) -> int:
-        """Charge what the call really cost and end its lease; returns the debt added."""
+        """Charge what the call really cost and end its lease; returns the change in tokens
+        (max(estimate, charge) without `refund`; exactly `charge`, learning from it, with)."""
 
     @abc.abstractmethod
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
@@ -48,6 +64,20 @@ class Backend(abc.ABC):
         self, bucket: str, limits: Limits, ticket: str, server_used: int, now: float
     ) -> int:
         """Raise the bucket's usage to what the server reports; returns tokens added."""
+
+    @abc.abstractmethod
+    def observe(
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        server_limit: int,
+        server_used: int,
+        now: float,
+        reset_s: float | None = None,
+    ) -> int:
+        """Learn from the server's figures after it admitted `ticket` (`reset_s`: its
+        `x-ratelimit-reset-tokens`, when sent); returns tokens added."""
 
     @abc.abstractmethod
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
@@ -98,20 +128,34 @@ class StateBackend(Backend):
             return LedgerState(state.spent, dict(state.holds), state.refused, state.touched)
 
     def admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int = 0,
     ) -> Decision:
         with self._state(bucket, now) as state:
-            return state.admit(limits, ticket, estimate, now, owner)
+            return state.admit(limits, ticket, estimate, now, owner, uncertain)
 
     def settle(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        charge: int,
+        now: float,
+        refund: bool = False,
     ) -> int:
         with self._state(bucket, now) as state:
-            return state.settle(limits, ticket, estimate, charge, now)
+            return state.settle(limits, ticket, estimate, charge, now, refund)
 
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
         with self._state(bucket, now) as state:
-            return state.cancel(ticket)
+            return state.cancel(ticket, limits, now)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._state(bucket, now) as state:
@@ -128,6 +172,19 @@ class StateBackend(Backend):
     ) -> int:
         with self._state(bucket, now) as state:
             return state.calibrate(limits, server_used, now, ticket)
+
+    def observe(
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        server_limit: int,
+        server_used: int,
+        now: float,
+        reset_s: float | None = None,
+    ) -> int:
+        with self._state(bucket, now) as state:
+            return state.observe(limits, ticket, server_limit, server_used, now, reset_s)
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
         with self._state(bucket, now) as state:

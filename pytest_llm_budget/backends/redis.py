@@ -145,6 +145,7 @@ class RedisBackend(Backend):
             "1" if self.use_server_time else "0",
             repr(float(limits.span)),
             repr(float(self.lease_ttl)),
+            repr(float(limits.window)),
             *[repr(a) if isinstance(a, float) else str(a) for a in args],
         ]
         return self._call(self._script, self.key(bucket), argv, f"{op} on bucket {bucket!r}")
@@ -172,18 +173,34 @@ class RedisBackend(Backend):
 
     # -- Backend ---------------------------------------------------------------------------
     def admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int = 0,
     ) -> Decision:
         """Admit or defer in one script run; when blocked by dead local leases, reap and retry."""
-        decision, owners = self._admit(bucket, limits, ticket, estimate, now, owner)
+        decision, owners = self._admit(bucket, limits, ticket, estimate, now, owner, uncertain)
         if isinstance(decision, Deferred) and decision.reason == "concurrency":
             dead = self._dead_local(owners)
             if dead and self._run("reap", bucket, limits, now, *dead):
-                decision, _ = self._admit(bucket, limits, ticket, estimate, now, owner)
+                decision, _ = self._admit(
+                    bucket, limits, ticket, estimate, now, owner, uncertain
+                )
         return decision
 
     def _admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int,
     ) -> tuple[Decision, list[str]]:
         reply = self._run(
             "admit",
@@ -198,9 +215,10 @@ class RedisBackend(Backend):
             -1 if limits.concurrency is None else int(limits.concurrency),
             float(limits.poll),
             float(limits.waiter_grace),
+            int(uncertain),
         )
         if str(reply[0]) == "1":
-            return Admitted(ticket, float(reply[1])), []
+            return Admitted(ticket, float(reply[1]), int(reply[2])), []
         return Deferred(float(reply[1]), str(reply[2])), [str(o) for o in reply[3:]]
 
     def _dead_local(self, owners: list[str]) -> list[str]:
@@ -216,8 +234,12 @@ class RedisBackend(Backend):
         return sorted(dead)
 
     def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
-               now: float) -> int:
-        return int(self._run("settle", bucket, limits, now, ticket, int(estimate), int(charge)))
+               now: float, refund: bool = False) -> int:
+        return int(self._run(
+            "settle", bucket, limits, now, ticket, int(estimate), int(charge),
+            "1" if refund else "0", float(limits.factor_floor), float(limits.factor_cap),
+            int(limits.tokens),
+        ))
 
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
         return int(self._run("cancel", bucket, limits, now, ticket))
@@ -231,16 +253,27 @@ class RedisBackend(Backend):
 
     def calibrate(self, bucket: str, limits: Limits, ticket: str, server_used: int,
                   now: float) -> int:
-        return int(self._run("calibrate", bucket, limits, now, ticket, int(server_used)))
+        return self.observe(bucket, limits, ticket, 0, server_used, now)
+
+    def observe(self, bucket: str, limits: Limits, ticket: str, server_limit: int,
+                server_used: int, now: float, reset_s: float | None = None) -> int:
+        return int(self._run(
+            "observe", bucket, limits, now, ticket, int(server_used), int(server_limit),
+            float(limits.window), float(limits.factor_floor), float(limits.factor_cap),
+            "" if reset_s is None else float(reset_s), int(limits.tokens),
+        ))
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
-        used, requests, in_flight, waiting, paused = self._run("snapshot", bucket, limits, now)
+        used, requests, in_flight, waiting, paused, factor = self._run(
+            "snapshot", bucket, limits, now
+        )
         return WindowSnapshot(
             used_tokens=int(used),
             requests=int(requests),
             in_flight=int(in_flight),
             waiting=int(waiting),
             paused_for=float(paused),
+            factor=float(factor),
         )
 
     def cost_hold(
