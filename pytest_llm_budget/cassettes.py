@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .records import CallRecord
+from .redact import mask_text, mask_url
 from .settings import Settings
 
 __all__ = [
@@ -262,6 +264,7 @@ class Cassettes:
             before_record_response=before_record_response,
         )
         recorder.register_matcher("llm_body", _body_matcher)
+        _mask_vcr_logs()
         return recorder
 
     @staticmethod
@@ -320,6 +323,8 @@ class Cassettes:
         def can_play_response_for(request: Any) -> Any:
             found = can_play(request)
             if not found and cassette.write_protected and cassette.filter_request(request):
+                # vcr raises next, quoting the request: let its message carry no credential
+                request.uri = mask_url(request.uri)
                 miss = f"{request.method} {request.uri}"
                 if miss not in use.misses:
                     use.misses.append(miss)
@@ -335,6 +340,29 @@ class Cassettes:
         cassette.play_response = play_response
         cassette.can_play_response_for = can_play_response_for
         return will_replay
+
+
+#: vcr's loggers that quote request URLs (with any `?key=`) at INFO and DEBUG.
+_VCR_LOGGERS = ("vcr.request", "vcr.cassette", "vcr.stubs", "vcr.stubs.httpx_stubs")
+
+
+class _MaskFilter(logging.Filter):
+    """Rewrites a log record's message with credentials in URLs masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def _mask_vcr_logs() -> None:
+    """Mask URLs in vcr's log records (once per process)."""
+    for name in _VCR_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _MaskFilter) for f in logger.filters):
+            logger.addFilter(_MaskFilter())
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import pytest
 from .limiter import BucketStats
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
+from .redact import mask_text
 from .report import build_report, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
@@ -55,7 +56,7 @@ def _settings(config: pytest.Config) -> Settings:
     try:
         return Settings.resolve(cli, os.environ, ini)
     except SettingsError as exc:
-        raise pytest.UsageError(f"pytest-llm-budget: {exc}") from None
+        raise pytest.UsageError(f"pytest-llm-budget: {mask_text(str(exc))}") from None
 
 
 @pytest.hookimpl(trylast=True)
@@ -84,7 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
             xdist=workerinput is not None,
         )
     except (ValueError, OSError, RuntimeError) as exc:
-        raise pytest.UsageError(f"pytest-llm-budget: --llm-backend: {exc}") from None
+        raise pytest.UsageError(
+            f"pytest-llm-budget: --llm-backend: {mask_text(str(exc))}"
+        ) from None
     config.stash[SESSION_KEY] = session
     _start_metrics(config, session)  # Prometheus metrics: see the section at the end
 
@@ -354,7 +357,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     use = item.stash.get(_CASSETTE_USE_KEY, None)
     if report.when == "call" and use is not None and use.misses:
         report.outcome = "failed"
-        report.longrepr = use.miss_message() + (f"\n\n{report.longrepr}" if report.longrepr else "")
+        # vcr's frames show the request (and any `?key=`) among their arguments: masked here
+        rest = f"\n\n{mask_text(str(report.longrepr))}" if report.longrepr else ""
+        report.longrepr = use.miss_message() + rest
     return report
 
 
@@ -423,6 +428,7 @@ class LLMBudgetMetricsWarning(UserWarning):
 
 def _metrics_warning(config: pytest.Config, message: str) -> None:
     """Warn about a metrics problem; when warnings are errors, print it instead of failing."""
+    message = mask_text(message)
     try:
         warnings.warn(LLMBudgetMetricsWarning(f"pytest-llm-budget: {message}"), stacklevel=2)
     except Warning:

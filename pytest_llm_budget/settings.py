@@ -14,6 +14,7 @@ from typing import Any
 
 from .backends import validate_backend_spec
 from .limiter import LimitRule
+from .redact import mask_text, mask_url
 
 __all__ = ["OPTIONS", "RECORD_MODES", "Option", "Settings", "SettingsError", "parse_duration"]
 
@@ -505,7 +506,7 @@ class Settings:
         return int(self.tpm * (1 - self.headroom))
 
     def public(self) -> dict[str, Any]:
-        """The settings as plain JSON for reports (backend URL passwords masked)."""
+        """The settings as plain JSON for reports (passwords and keys in URLs masked)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name == "sources":
@@ -514,9 +515,10 @@ class Settings:
             if f.name == "limits":
                 value = [str(rule) for rule in value]
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [mask_url(v) if isinstance(v, str) else v for v in value]
+            elif isinstance(value, str):
+                value = mask_url(value)
             out[f.name] = value
-        out["backend"] = mask_url(self.backend)
         return out
 
     @classmethod
@@ -539,7 +541,7 @@ class Settings:
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise SettingsError(
-                    f"{option.label}={raw!r} (from {source}): {exc}"
+                    f"{option.label}={mask_url(raw)!r} (from {source}): {mask_text(str(exc))}"
                 ) from None
             sources[option.name] = source
         settings = cls(**values, sources=sources)
@@ -574,11 +576,6 @@ def _as_text(value: Any, option: Option) -> str:
     if isinstance(value, (list, tuple)):
         return ("\n" if option.ini_type == "linelist" else " ").join(str(v) for v in value)
     return str(value)
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of `scheme://user:password@host`."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def cli_values(getter: Callable[[str], Any], options: Sequence[Option] = OPTIONS) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_mask_url() -> None:
     assert mask_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert mask_url("rediss://user:s3cret@h:6380/2") == "rediss://user:***@h:6380/2"
     assert mask_url("redis://s3cret@h/0") == "redis://***@h/0"
-    assert mask_url("redis://h:6379/0?password=s3cret&db=1") == "redis://h:6379/0?password=%2A%2A%2A&db=1"
+    assert mask_url("redis://h:6379/0?password=s3cret&db=1") == "redis://h:6379/0?password=***&db=1"
     assert mask_url("unix:///tmp/r.sock?db=0") == "unix:///tmp/r.sock?db=0"
 
 

@@ -22,8 +22,8 @@ import socket
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..redact import mask_text, mask_url
 from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
 from .base import Backend
 
@@ -32,24 +32,6 @@ __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
 
 class BackendUnavailable(RuntimeError):
     """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, fit for logs and reports."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        # No colon: redis-py reads it as a user name, but people often mean a password there.
-        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
-    if netloc == parts.netloc and query == parts.query:
-        return url  # nothing secret (and urlunsplit would rewrite unix:///path as unix:/path)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _load_script() -> str:
@@ -240,4 +222,4 @@ def _describe(exc: BaseException | None) -> str:
     """An exception as `Type: message`, for error texts."""
     if exc is None:
         return "no error recorded"
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {mask_text(str(exc))}"
