@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Generator
 from dataclasses import asdict, replace
@@ -89,6 +88,13 @@ def pytest_configure(config: pytest.Config) -> None:
             f"pytest-llm-budget: --llm-backend: {mask_text(str(exc))}"
         ) from None
     config.stash[SESSION_KEY] = session
+    if workerinput is not None and shared_dir:  # a crashed worker's finished calls still count
+        from .shared_dir import RecordSpool
+
+        spool = RecordSpool(shared_dir, session.worker, session.limiter.stats)
+        session.observers.append(spool)
+        config.add_cleanup(spool.close)
+        workerinput["llm_budget_spool"] = spool.name
     _start_metrics(config, session)  # Prometheus metrics: see the section at the end
 
 
@@ -191,6 +197,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             {
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
+                "spool": config.workerinput.get("llm_budget_spool"),  # type: ignore[attr-defined]
             }
         )
         return
@@ -226,7 +233,10 @@ class XdistHooks:
     """Controller-side xdist hooks, registered only when xdist is present."""
 
     def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="llm-budget-")
+        from .shared_dir import Handover, make_shared_dir
+
+        self.dir = make_shared_dir()  # stale folders of dead controllers are removed first
+        self.handover = Handover(self.dir)
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["llm_budget_dir"] = self.dir
@@ -242,13 +252,26 @@ class XdistHooks:
             _report_preflight(node.config, *preflight)
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """Merge a worker's records: from `workeroutput`, else (it crashed) from its spool."""
         raw = getattr(node, "workeroutput", {}).get("llm_budget")
-        if not raw:
-            return
-        data = json.loads(raw)
         budget = _session(node.config)
-        budget.merged_stats.extend(BucketStats(**b) for b in data["buckets"])
-        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]])
+        if not raw:
+            records, buckets = self.handover.lost(node.workerinput["workerid"])
+        else:
+            data = json.loads(raw)
+            self.handover.delivered(data.get("spool"))
+            records = [CallRecord.from_json(c) for c in data["calls"]]
+            buckets = [BucketStats(**b) for b in data["buckets"]]
+        budget.merged_stats.extend(buckets)
+        budget.calls.extend(records)
+
+    @pytest.hookimpl(tryfirst=True)  # before the reports are written
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Merge the spools of workers that never reported (crashed, never replaced)."""
+        records, buckets = self.handover.lost()
+        budget = _session(session.config)
+        budget.merged_stats.extend(buckets)
+        budget.calls.extend(records)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
