@@ -66,6 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "tokens it expects to spend (pytest-llm-budget)",
     )
     settings = _settings(config)
+    if settings.record_mode == "none":  # replay only: the SDKs need no key (see cassettes.py)
+        from .cassettes import use_placeholder_keys
+
+        config.add_cleanup(use_placeholder_keys(os.environ))
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     shared_dir = None
     if workerinput is not None:

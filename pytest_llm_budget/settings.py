@@ -109,6 +109,15 @@ def _backend(text: str) -> str:
     return validate_backend_spec(text.strip())
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -405,6 +414,15 @@ OPTIONS: tuple[Option, ...] = (
         "llm_cassette_dir",
     ),
     Option(
+        "match_host",
+        _bool,
+        True,
+        "cassettes: match a request's host too (false: replay under any base URL)",
+        None,
+        ("LLM_BUDGET_MATCH_HOST",),
+        "llm_match_host",
+    ),
+    Option(
         "filter_headers",
         _lines,
         (),
@@ -483,6 +501,7 @@ class Settings:
     models: tuple[str, ...] = DEFAULT_MODELS
     scenarios: str | None = None
     cassette_dir: str = "cassettes"
+    match_host: bool = True
     filter_headers: tuple[str, ...] = ()
     filter_query: tuple[str, ...] = ()
     metrics_port: int | None = None
