@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -26,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .records import CallRecord
-from .redact import mask_text, mask_url
+from .redact import mask_loggers, mask_url
 from .settings import Settings
 
 __all__ = [
@@ -383,23 +382,9 @@ class Cassettes:
 _VCR_LOGGERS = ("vcr.request", "vcr.cassette", "vcr.stubs", "vcr.stubs.httpx_stubs")
 
 
-class _MaskFilter(logging.Filter):
-    """Rewrites a log record's message with credentials in URLs masked."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_text(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
 def _mask_vcr_logs() -> None:
-    """Mask URLs in vcr's log records (once per process)."""
-    for name in _VCR_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _MaskFilter) for f in logger.filters):
-            logger.addFilter(_MaskFilter())
+    """Mask URLs in vcr's log records (for the rest of the process: vcr stays imported)."""
+    mask_loggers(_VCR_LOGGERS)
 
 
 @contextlib.contextmanager

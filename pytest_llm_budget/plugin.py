@@ -15,7 +15,7 @@ import pytest
 from .limiter import BucketStats
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
-from .redact import mask_text
+from .redact import mask_loggers, mask_text
 from .report import build_report, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
@@ -66,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "tokens it expects to spend (pytest-llm-budget)",
     )
     settings = _settings(config)
+    config.add_cleanup(mask_loggers(("httpx2", "httpx")))  # they log each request's URL
     if settings.record_mode == "none":  # replay only: the SDKs need no key (see cassettes.py)
         from .cassettes import use_placeholder_keys
 

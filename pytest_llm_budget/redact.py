@@ -9,9 +9,11 @@ summary, usage errors, the JSON and HTML reports, cassette miss messages and war
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable, Iterable
 
-__all__ = ["MASK", "mask_text", "mask_url"]
+__all__ = ["MASK", "MaskFilter", "mask_loggers", "mask_text", "mask_url"]
 
 MASK = "***"
 _WORD = r"[A-Za-z0-9_.\-]*"
@@ -38,3 +40,34 @@ def mask_url(url: str) -> str:
 def mask_text(text: str) -> str:
     """A message with every URL in it masked (and stray `?key=...` query strings too)."""
     return _SECRET_QUERY.sub(rf"\g<1>{MASK}", _URL.sub(lambda m: mask_url(m.group(0)), text))
+
+
+class MaskFilter(logging.Filter):
+    """Rewrites a log record's message with the credentials in its URLs masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is logging's to report, not ours
+            return True
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_loggers(names: Iterable[str]) -> Callable[[], None]:
+    """Mask URLs in the records of these loggers (e.g. httpx's `HTTP Request: POST <url>`)."""
+    added = []
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MaskFilter) for f in logger.filters):
+            mask = MaskFilter()
+            logger.addFilter(mask)
+            added.append((logger, mask))
+
+    def undo() -> None:
+        for logger, mask in added:
+            logger.removeFilter(mask)
+
+    return undo

@@ -223,7 +223,7 @@ def test_secret_scan_of_a_recorded_and_replayed_run(
 
     def run(tag: str, backend: str, *args: str) -> pytest.RunResult:
         result = _run(
-            pytester, *args, "--llm-backend", backend, "-rA", "-v",
+            pytester, *args, "--llm-backend", backend, "-rA", "-v", "--log-level=DEBUG",
             "--llm-report", f"{tag}.json", "--llm-report", f"{tag}.html",
             "--junitxml", f"{tag}.xml", "--llm-metrics-textfile", f"{tag}.prom",
         )
