@@ -161,3 +161,13 @@ def test_a_killed_lease_holder_does_not_block_the_others(redis_server: RedisServ
     assert b.snapshot(bucket, limits, time.time()).in_flight == 1
     b.client.delete(b.key(bucket))
     b.close()
+
+
+def test_a_state_written_by_a_fast_clock_expires_within_minutes(rb: RedisBackend) -> None:
+    """Issue 10, defect 7, Redis side: unlike a state file, a future-dated state does not outlive
+    the host that wrote it by more than two spans and a minute (its key's expiry is relative)."""
+    now = time.time()
+    admitted(rb.admit(B, LIMITS, "fast", 900, now + 3600, "1"))  # a host an hour fast
+    rb.settle(B, LIMITS, "fast", 900, 900, now + 3600)
+    ttl_ms = rb.client.pttl(rb.key(B))
+    assert 0 < ttl_ms <= (2 * LIMITS.span + 60) * 1000
