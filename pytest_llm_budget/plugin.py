@@ -380,14 +380,22 @@ def _llm_budget_cassette(request: pytest.FixtureRequest) -> Generator[None, None
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Fail a test that asked a cassette for a request it lacks (even if the app caught it)."""
+    """Fail a test that asked a cassette for a request it lacks (even if the app caught it).
+
+    A failure's traceback shows each frame's arguments, such as a request whose URL carries
+    `?key=`: a traceback holding a credential is replaced by its masked text.
+    """
     report = yield
     use = item.stash.get(_CASSETTE_USE_KEY, None)
     if report.when == "call" and use is not None and use.misses:
         report.outcome = "failed"
-        # vcr's frames show the request (and any `?key=`) among their arguments: masked here
         rest = f"\n\n{mask_text(str(report.longrepr))}" if report.longrepr else ""
         report.longrepr = use.miss_message() + rest
+    elif report.failed and report.longrepr is not None:
+        text = str(report.longrepr)
+        masked = mask_text(text)
+        if masked != text:
+            report.longrepr = masked
     return report
 
 

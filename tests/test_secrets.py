@@ -248,3 +248,28 @@ def test_secret_scan_of_a_recorded_and_replayed_run(
     assert {"record.json", "record.html", "record.xml", "record.prom"} <= produced
     assert {"replay.json", "replay.html", "replay.xml", "replay.prom"} <= produced
     assert _scan(pytester.path, outputs) == []
+
+
+def test_a_traceback_holding_a_key_is_masked(pytester: pytest.Pytester) -> None:
+    """Frames show their arguments: a URL with `?key=` in one is masked in terminal and junit."""
+    pytester.makepyfile(
+        """
+        import os
+
+        def send(url):
+            raise ConnectionError("refused")
+
+        def test_fails():
+            send("https://h/v1beta/models/m:generateContent?key=" + os.environ["TB_KEY"])
+
+        def test_unrelated_failure_keeps_its_traceback():
+            assert 1 + 1 == 3
+        """
+    )
+    pytester._monkeypatch.setenv("TB_KEY", "AIzaSyTRACEBACKKEY123")
+    result = _run(pytester, "--junitxml", "junit.xml")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "url = 'https://h/v1beta/models/m:generateContent?key=***'" in out
+    assert "ConnectionError: refused" in out and "assert (1 + 1) == 3" in out
+    assert "AIzaSyTRACEBACKKEY123" not in out + (pytester.path / "junit.xml").read_text()
