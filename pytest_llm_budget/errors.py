@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailable",
     "BudgetWaitTimeout",
     "LLMBudgetError",
     "QuotaExhausted",
@@ -47,3 +48,7 @@ class BudgetWaitTimeout(LLMBudgetError):
     """Admission would take longer than `--llm-max-wait` allows."""
 
     code = "LLM_BUDGET_TIMEOUT"
+
+
+class BackendUnavailable(RuntimeError):
+    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""

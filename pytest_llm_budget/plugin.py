@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import pytest
 from .limiter import BucketStats
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
-from .redact import mask_loggers, mask_text
+from .redact import mask_loggers, redact, redact_report
 from .report import build_report, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
@@ -55,7 +56,7 @@ def _settings(config: pytest.Config) -> Settings:
     try:
         return Settings.resolve(cli, os.environ, ini)
     except SettingsError as exc:
-        raise pytest.UsageError(f"pytest-llm-budget: {mask_text(str(exc))}") from None
+        raise pytest.UsageError(f"pytest-llm-budget: {redact(str(exc))}") from None
 
 
 @pytest.hookimpl(trylast=True)
@@ -90,7 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except (ValueError, OSError, RuntimeError) as exc:
         raise pytest.UsageError(
-            f"pytest-llm-budget: --llm-backend: {mask_text(str(exc))}"
+            f"pytest-llm-budget: --llm-backend: {redact(str(exc))}"
         ) from None
     config.stash[SESSION_KEY] = session
     if workerinput is not None and shared_dir:  # a crashed worker's finished calls still count
@@ -291,6 +292,11 @@ _CASSETTE_USE_KEY = pytest.StashKey["CassetteUse"]()
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load a configured matrix (models, scenario file) now: a bad one is a usage error."""
     settings = _session(session.config).settings
+    if settings.record_mode != "off" and importlib.util.find_spec("vcr") is None:
+        raise pytest.UsageError(
+            f"pytest-llm-budget: --llm-record-mode={settings.record_mode} needs vcrpy: "
+            "pip install 'pytest-llm-budget[cassettes]'"
+        )
     if settings.scenarios or settings.sources.get("models") != "default":
         _matrix(session.config)
     _start_routing(session.config)  # app-built clients: see the routing section
@@ -380,22 +386,14 @@ def _llm_budget_cassette(request: pytest.FixtureRequest) -> Generator[None, None
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Fail a test that asked a cassette for a request it lacks (even if the app caught it).
-
-    A failure's traceback shows each frame's arguments, such as a request whose URL carries
-    `?key=`: a traceback holding a credential is replaced by its masked text.
-    """
+    """Fail a test that asked a cassette for a request it lacks (even if the app caught it)."""
     report = yield
     use = item.stash.get(_CASSETTE_USE_KEY, None)
     if report.when == "call" and use is not None and use.misses:
         report.outcome = "failed"
-        rest = f"\n\n{mask_text(str(report.longrepr))}" if report.longrepr else ""
+        # vcr's frames show the request (and any `?key=`) among their arguments: masked here
+        rest = f"\n\n{redact(str(report.longrepr))}" if report.longrepr else ""
         report.longrepr = use.miss_message() + rest
-    elif report.failed and report.longrepr is not None:
-        text = str(report.longrepr)
-        masked = mask_text(text)
-        if masked != text:
-            report.longrepr = masked
     return report
 
 
@@ -464,7 +462,7 @@ class LLMBudgetMetricsWarning(UserWarning):
 
 def _metrics_warning(config: pytest.Config, message: str) -> None:
     """Warn about a metrics problem; when warnings are errors, print it instead of failing."""
-    message = mask_text(message)
+    message = redact(message)
     try:
         warnings.warn(LLMBudgetMetricsWarning(f"pytest-llm-budget: {message}"), stacklevel=2)
     except Warning:
@@ -518,7 +516,8 @@ def _start_routing(config: pytest.Config) -> None:
 
 
 class _RoutingHooks:
-    """Adds the structured errors that ended a failed test's LLM calls to its report."""
+    """Adds the structured errors that ended a failed test's LLM calls to its report, and takes
+    credentials (a `?key=` in a request URL, say) out of what the report shows and saves."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -531,6 +530,7 @@ class _RoutingHooks:
             errors = errors_for(_session(item.config), item.nodeid)
             if errors:
                 report.sections.append(("LLM budget", "\n".join(str(e) for e in errors)))
+        redact_report(report)
         return report
 
 

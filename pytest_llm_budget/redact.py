@@ -1,10 +1,11 @@
-"""Credentials out of every output: one `mask_url` for URLs, one `mask_text` for messages.
+"""Credentials out of every output: `mask_url` for one URL, `redact` for any text.
 
 Masked: the password of `scheme://user:password@host` (the whole user part when it has no
 colon, since redis-py reads `redis://secret@host` as a password), mistyped URLs included
-(`redis:/:pw@host`), and the value of any query parameter whose name looks like a credential
-(`password`, `key`, `api_key`, `access_token`, `secret`, `sig`, ...). Used by the terminal
-summary, usage errors, the JSON and HTML reports, cassette miss messages and warnings.
+(`redis:/:pw@host`), the value of any query parameter whose name looks like a credential
+(`password`, `key`, `api_key`, `access_token`, `secret`, `sig`, ...), and, in free text, OpenAI
+and Google API keys. Used by the terminal summary, usage errors, the JSON and HTML reports,
+cassette miss messages, failing tests' reports (`redact_report`), log records and warnings.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 
-__all__ = ["MASK", "MaskFilter", "mask_loggers", "mask_text", "mask_url"]
+__all__ = ["MASK", "MaskFilter", "mask_loggers", "mask_url", "redact", "redact_report"]
 
 MASK = "***"
 _WORD = r"[A-Za-z0-9_.\-]*"
@@ -21,6 +23,7 @@ _SECRET_NAME = rf"{_WORD}(?:pass|pwd|secret|token|key|sig|auth|cred|session){_WO
 _SECRET_QUERY = re.compile(rf"(?i)([?&;]{_SECRET_NAME}=)[^&;#\s'\"<>]*")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:/[^\s'\"<>]*")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*:/+)(.*)$", re.DOTALL)
+_API_KEYS = re.compile(r"\b(?:sk-(?:proj-)?[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{30,})")
 
 
 def mask_url(url: str) -> str:
@@ -37,9 +40,20 @@ def mask_url(url: str) -> str:
     return f"{head}{userinfo}{rest[at:]}"
 
 
-def mask_text(text: str) -> str:
-    """A message with every URL in it masked (and stray `?key=...` query strings too)."""
-    return _SECRET_QUERY.sub(rf"\g<1>{MASK}", _URL.sub(lambda m: mask_url(m.group(0)), text))
+def redact(text: str) -> str:
+    """`text` with every URL masked, stray `?key=...` query strings and API keys too."""
+    text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    return _API_KEYS.sub(MASK, _SECRET_QUERY.sub(rf"\g<1>{MASK}", text))
+
+
+def redact_report(report: Any) -> None:
+    """Mask a test report's failure text and captured sections in place (terminal, junit)."""
+    if report.failed and report.longrepr is not None:
+        text = str(report.longrepr)
+        masked = redact(text)
+        if masked != text:
+            report.longrepr = masked
+    report.sections = [(title, redact(content)) for title, content in report.sections]
 
 
 class MaskFilter(logging.Filter):
@@ -50,7 +64,7 @@ class MaskFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a malformed record is logging's to report, not ours
             return True
-        masked = mask_text(message)
+        masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True

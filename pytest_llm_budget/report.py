@@ -70,7 +70,7 @@ def build_report(
     buckets: Sequence[BucketStats],
     calls: Sequence[CallRecord],
 ) -> dict[str, Any]:
-    """The JSON report's document (DESIGN.md section 4)."""
+    """The JSON report's document (the shape README's "Reports and metrics" documents)."""
     return {
         "settings": settings,
         "totals": totals.to_json(),

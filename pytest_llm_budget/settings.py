@@ -14,7 +14,7 @@ from typing import Any
 
 from .backends import validate_backend_spec
 from .limiter import LimitRule
-from .redact import mask_text, mask_url
+from .redact import mask_url, redact
 
 __all__ = ["OPTIONS", "RECORD_MODES", "Option", "Settings", "SettingsError", "parse_duration"]
 
@@ -560,7 +560,7 @@ class Settings:
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise SettingsError(
-                    f"{option.label}={mask_url(raw)!r} (from {source}): {mask_text(str(exc))}"
+                    f"{option.label}={mask_url(raw)!r} (from {source}): {redact(str(exc))}"
                 ) from None
             sources[option.name] = source
         settings = cls(**values, sources=sources)

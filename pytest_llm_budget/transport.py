@@ -44,6 +44,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 import weakref
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    BackendUnavailable,
     LLMBudgetError,
     QuotaExhausted,
     RateLimitExhausted,
@@ -160,6 +162,9 @@ class Gate:
         except LLMBudgetError as err:
             self.error = err
             raise
+        except BackendUnavailable:
+            self.router._record(self.call, None, "backend_error", malformed=False)
+            raise
 
     async def apay(self) -> None:
         """`pay` for event loops."""
@@ -168,6 +173,9 @@ class Gate:
             self.reservation = await self.router._areserve(self.call)
         except LLMBudgetError as err:
             self.error = err
+            raise
+        except BackendUnavailable:
+            self.router._record(self.call, None, "backend_error", malformed=False)
             raise
 
     def unsent(self) -> None:
@@ -436,7 +444,7 @@ class Router:
         self._record(call, None, status, malformed=False, error_code=err.code)
         _remember(self.session, call.test, err)
         if self.raise_errors:
-            raise err
+            raise _passable(err)
         return _final_429(request, err, rejected)
 
     def _deliver(
@@ -445,10 +453,10 @@ class Router:
         """Pass a non-429 answer on; a 2xx one is metered and settled when its body ends."""
         status = int(response.status_code)
         if not 200 <= status < 300:
-            reservation.release()
-            self._record(call, None, f"http_{status}", malformed=False)
+            lost = _backend_lost(reservation.release)
+            self._record(call, None, f"http_{status}", malformed=False, error_code=lost)
             return response
-        self._calibrate(call, response.headers)
+        _backend_lost(lambda: self._calibrate(call, response.headers))
         sink = _UsageSink(self, call, reservation, response.headers)
         sync_cls, async_cls = _meter_types(type(response).__module__.split(".")[0])
         # A vcr-recorded response carries an httpx ByteStream, which is both sync and async:
@@ -545,9 +553,28 @@ class _UsageSink:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
             malformed = usage is None and not failed
         charge = call.provider.charge(usage) if usage is not None else call.charge
-        self.reservation.settle(charge)
+        lost = _backend_lost(lambda: self.reservation.settle(charge))
         status = "error" if failed else "ok"
-        self.router._record(call, usage, status, malformed=malformed)
+        self.router._record(call, usage, status, malformed=malformed, error_code=lost)
+
+
+BACKEND_LOST = "LLM_BACKEND_UNAVAILABLE"
+
+
+def _backend_lost(step: Callable[[], object]) -> str | None:
+    """Run a bookkeeping step after the provider answered; a lost backend must not lose the
+    answer: warn, and return the code the call's record carries."""
+    try:
+        step()
+    except BackendUnavailable as exc:
+        warnings.warn(
+            f"pytest-llm-budget: the provider answered but the budget backend was lost before "
+            f"the call's usage was recorded in it: {exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return BACKEND_LOST
+    return None
 
 
 def _meter_stream_iter(inner: Any, sink: _UsageSink) -> Iterator[bytes]:
@@ -656,6 +683,23 @@ def _stream_usage_expected(path: str, body: bytes) -> bool:
         return True
     options = data.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+_PASSABLE: dict[type, type] = {}
+
+
+def _passable(err: LLMBudgetError) -> LLMBudgetError:
+    """The error as an OpenAIError too: openai < 3 turns any other exception of its transport
+    into APIConnectionError (and retries it), which would hide the structured error."""
+    openai = sys.modules.get("openai")
+    base = getattr(openai, "OpenAIError", None)
+    if not isinstance(base, type) or isinstance(err, base):
+        return err
+    cls = type(err)
+    if cls not in _PASSABLE:
+        _PASSABLE[cls] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
+    err.__class__ = _PASSABLE[cls]
+    return err
 
 
 def _final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | None) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import require
 
 from pytest_llm_budget.html_report import render_html
 from pytest_llm_budget.limiter import BucketStats
@@ -209,12 +210,13 @@ def test_write_report_picks_the_format_by_extension(tmp_path: Path) -> None:
 
 def test_chromium_renders_the_page(tmp_path: Path) -> None:
     """A real browser parses the page into the tables we expect (CI: apt-get install chromium)."""
+    chromium = require("chromium", "apt-get install chromium")
     page_file = tmp_path / "report.html"
     page_file.write_text(render_html(_document()), encoding="utf-8")
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
             [
-                "chromium",
+                chromium,
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",

@@ -9,7 +9,7 @@ import pytest
 from redis_server import RedisServer, running_redis
 
 from pytest_llm_budget.emulator import Emulator
-from pytest_llm_budget.redact import mask_text, mask_url
+from pytest_llm_budget.redact import mask_url, redact
 from pytest_llm_budget.settings import Settings
 
 REDIS_PW = "s3cretRedisPw"
@@ -47,7 +47,7 @@ def redis_with_password() -> Iterator[RedisServer]:
 )
 def test_mask_url(url: str, masked: str) -> None:
     assert mask_url(url) == masked
-    assert "pw1" not in mask_text(f"failed: {url!r}; see <{url}>")
+    assert "pw1" not in redact(f"failed: {url!r}; see <{url}>")
 
 
 def test_report_settings_mask_every_url() -> None:

@@ -22,9 +22,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ..errors import BackendUnavailable
 from ..window import Decision, Limits, WindowSnapshot, WindowState
 from .base import StateBackend
-from .redis import BackendUnavailable
 
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
 

@@ -23,15 +23,12 @@ import time
 from importlib import resources
 from typing import Any
 
-from ..redact import mask_text, mask_url
+from ..errors import BackendUnavailable
+from ..redact import mask_url, redact
 from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
 from .base import Backend
 
 __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
-
-
-class BackendUnavailable(RuntimeError):
-    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""
 
 
 def _load_script() -> str:
@@ -225,4 +222,4 @@ def _describe(exc: BaseException | None) -> str:
     """An exception as `Type: message`, for error texts."""
     if exc is None:
         return "no error recorded"
-    return f"{type(exc).__name__}: {mask_text(str(exc))}"
+    return f"{type(exc).__name__}: {redact(str(exc))}"
