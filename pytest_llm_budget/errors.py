@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailable",
     "BudgetWaitTimeout",
+    "CostCapExceeded",
     "LLMBudgetError",
     "QuotaExhausted",
     "RateLimitExhausted",
@@ -48,6 +49,12 @@ class BudgetWaitTimeout(LLMBudgetError):
     """Admission would take longer than `--llm-max-wait` allows."""
 
     code = "LLM_BUDGET_TIMEOUT"
+
+
+class CostCapExceeded(LLMBudgetError):
+    """The call's worst-case cost would take the run (or the test) past its dollar cap: not sent."""
+
+    code = "LLM_COST_CAP"
 
 
 class BackendUnavailable(RuntimeError):

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from .cost import PriceFileError
 from .limiter import BucketStats
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
 from .redact import mask_loggers, redact, redact_report
-from .report import build_report, summary_lines, write_report
+from .report import bucket_costs, build_report, cost_line, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
 
@@ -67,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "tokens it expects to spend (pytest-llm-budget)",
     )
     settings = _settings(config)
+    if settings.prices and settings.sources.get("prices", "").startswith("ini") and config.inipath:
+        settings = replace(settings, prices=str(config.inipath.parent / settings.prices))
     config.add_cleanup(mask_loggers(("httpx2", "httpx")))  # they log each request's URL
     if settings.record_mode == "none":  # replay only: the SDKs need no key (see cassettes.py)
         from .cassettes import use_placeholder_keys
@@ -89,6 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
             shared_dir=shared_dir,
             xdist=workerinput is not None,
         )
+    except PriceFileError as exc:
+        raise pytest.UsageError(f"pytest-llm-budget: {exc}") from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise pytest.UsageError(
             f"pytest-llm-budget: --llm-backend: {redact(str(exc))}"
@@ -213,6 +218,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             budget.calls.totals(),
             budget.bucket_stats(),
             budget.calls.records(),
+            budget.settings.rules,
         )
         for path in budget.settings.reports:
             write_report(path, document)
@@ -227,10 +233,16 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not buckets and not totals.calls:
         return
     terminalreporter.write_sep("=", "LLM budget")
+    records = budget.calls.records()
     for line in summary_lines(
-        buckets, totals, window=budget.settings.window, backend=budget.backend.description
+        buckets,
+        totals,
+        window=budget.settings.window,
+        backend=budget.backend.description,
+        costs=bucket_costs(records, budget.settings.rules),
     ):
         terminalreporter.write_line(line)
+    terminalreporter.write_line(cost_line(totals, records, budget.settings.max_cost))
     for path in budget.settings.reports:
         terminalreporter.write_line(f"LLM budget report: {path}")
 
@@ -442,17 +454,20 @@ def _preflight(session: pytest.Session) -> tuple[str, str | None] | None:
     if not llm_items:
         return None
     from .cassettes import CassettePolicy
-    from .preflight import estimate_item, over_budget_message, project
+    from .preflight import cost_note, estimate_item, over_budget_message, project
 
-    settings = _session(config).settings
+    budget = _session(config)
+    settings = budget.settings
     policy = CassettePolicy.from_settings(settings)
     aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
-    projection = project((estimate_item(i, settings, policy) for i in llm_items), settings, aside)
+    estimates = [estimate_item(i, settings, policy) for i in llm_items]
+    projection = project(estimates, settings, aside)
     if not projection.tests:
         return None
     limit = settings.max_duration
     problem = over_budget_message(projection, limit) if limit else None
-    return projection.line(settings.budget), problem
+    cost = cost_note(estimates, budget.costs.prices, settings.max_cost)
+    return "\n".join(filter(None, (projection.line(settings.budget), cost))), problem
 
 
 # -- Prometheus metrics (metrics.py): --llm-metrics-port, --llm-metrics-textfile, --llm-pushgateway

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cassettes import CassettePolicy, cassette_path
 from .limiter import LimitRule
@@ -19,10 +19,14 @@ from .llm_tests import LLM_FIXTURES, MARKER, is_llm_test
 from .matrix import LLMModel, scenario_of
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .cost import PriceBook
+
 __all__ = [
     "LLM_FIXTURES",
     "Projection",
     "TestEstimate",
+    "cost_note",
     "estimate_item",
     "format_duration",
     "is_llm_test",
@@ -134,6 +138,46 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
         buckets=tuple(buckets),
         aside=aside,
     )
+
+
+def cost_note(
+    tests: Iterable[TestEstimate], prices: PriceBook, max_cost: float | None = None
+) -> str | None:
+    """`LLM budget preflight: worst-case cost $1.234 ...`: live tests' tokens priced as output.
+
+    None when no test runs live. A test's tokens are all priced at its model's output rate (the
+    higher one), an upper bound whatever the split between input and output.
+    """
+    from .cost import usd
+
+    total = 0.0
+    live = unpriced = 0
+    for test in tests:
+        if test.replayed:
+            continue
+        live += 1
+        cost = (
+            prices.worst_case(test.vendor, test.model, 0, test.tokens)
+            if test.vendor and test.model
+            else None
+        )
+        if cost is None:
+            unpriced += 1
+        else:
+            total += float(cost)
+    if not live:
+        return None
+    notes = []
+    if unpriced == live:
+        notes.append("no live test declares a model with a known price: "
+                     "llm_budget(vendor=, model=) or llm_model")
+    elif unpriced:
+        notes.append(f"{unpriced} of {live} live tests of unknown model or price not included")
+    if max_cost is not None:
+        over = ": calls that would pass it are refused" if total > max_cost else ""
+        notes.append(f"--llm-max-cost {usd(max_cost)}{over}")
+    text = f"LLM budget preflight: worst-case cost {usd(total if unpriced < live else None)}"
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def over_budget_message(projection: Projection, max_duration: float) -> str | None:

@@ -105,6 +105,20 @@ def _optional_duration(text: str) -> float | None:
     return parse_duration(text)
 
 
+def _optional_usd(text: str) -> float | None:
+    """Dollars (`5`, `0.50`, `$5`), or None for none/off."""
+    clean = text.strip().lower()
+    if clean in ("", "none", "off", "unlimited"):
+        return None
+    try:
+        value = float(clean.removeprefix("$").replace(",", "").replace("_", ""))
+    except ValueError:
+        raise ValueError("must be an amount in US dollars, e.g. 5 or 0.50") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be an amount in US dollars above 0")
+    return value
+
+
 def _backend(text: str) -> str:
     return validate_backend_spec(text.strip())
 
@@ -366,6 +380,37 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DURATION",
     ),
     Option(
+        "max_cost",
+        _optional_usd,
+        None,
+        "hard cap in USD on the run's LLM spend, shared by workers and hosts; a call whose "
+        "worst case would pass it is not sent (LLM_COST_CAP)",
+        "--llm-max-cost",
+        ("LLM_BUDGET_MAX_COST",),
+        "llm_max_cost",
+        metavar="USD",
+    ),
+    Option(
+        "max_cost_per_test",
+        _optional_usd,
+        None,
+        "hard cap in USD on one test's LLM spend",
+        "--llm-max-cost-per-test",
+        ("LLM_BUDGET_MAX_COST_PER_TEST",),
+        "llm_max_cost_per_test",
+        metavar="USD",
+    ),
+    Option(
+        "prices",
+        str,
+        None,
+        "a TOML file of per-model prices (USD per million tokens) overriding genai-prices",
+        "--llm-prices",
+        ("LLM_BUDGET_PRICES",),
+        "llm_prices",
+        metavar="PATH",
+    ),
+    Option(
         "limits",
         _limit_rules,
         (),
@@ -496,6 +541,9 @@ class Settings:
     reports: tuple[str, ...] = ()
     route: str = "all"
     max_duration: float | None = None
+    max_cost: float | None = None
+    max_cost_per_test: float | None = None
+    prices: str | None = None
     limits: tuple[LimitRule, ...] = ()
     hosts: tuple[str, ...] = ()
     models: tuple[str, ...] = DEFAULT_MODELS

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BackendUnavailable,
+    CostCapExceeded,
     LLMBudgetError,
     QuotaExhausted,
     RateLimitExhausted,
@@ -61,8 +62,9 @@ from .errors import (
 from .records import CallRecord
 
 if TYPE_CHECKING:
+    from .cost import CostHold
     from .limiter import Reservation
-    from .providers import Provider, SSEUsageParser, Usage
+    from .providers import Estimate, Provider, SSEUsageParser, Usage
     from .session import BudgetSession
     from .tokens import EstimatePolicy, TokenCounter
 
@@ -92,6 +94,7 @@ _STATUS_OF = {
     RateLimitExhausted.code: "rate_limited",
     QuotaExhausted.code: "quota",
     RequestTooLarge.code: "too_large",
+    CostCapExceeded.code: "cost_cap",
 }
 
 
@@ -138,6 +141,8 @@ class _Call:
     stream_usage_expected: bool
     model: str = "*"
     charge: int = 0
+    estimate: Estimate | None = None
+    cost: CostHold | None = None
     t: float = field(default_factory=time.time)
     attempts: int = 0
     waited_s: float = 0.0
@@ -183,6 +188,7 @@ class Gate:
         if self.reservation is not None:
             self.reservation.cancel()
             self.reservation = None
+        self.router._release_cost(self.call)
 
 
 class Router:
@@ -303,10 +309,10 @@ class Router:
                 return self._fail(call, request, outcome, (response, body))
 
     # -- admission -----------------------------------------------------------------------------
-    def _estimate(self, call: _Call) -> None:
+    def _estimate(self, call: _Call) -> Estimate:
         """Estimate the call's charge once, on its first admission (mocked calls never pay it)."""
-        if call.charge:
-            return
+        if call.estimate is not None:
+            return call.estimate
         test = self.session.test
         estimate = call.provider.estimate(
             call.path,
@@ -318,16 +324,20 @@ class Router:
         )
         call.model = estimate.model
         call.charge = max(1, call.provider.charge_estimate(estimate))
+        call.estimate = estimate
+        return estimate
 
     def _reserve(self, call: _Call) -> Reservation:
-        self._estimate(call)
+        estimate = self._estimate(call)
+        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
         limiter = self.session.limiter
         reservation = limiter.reserve(call.charge, vendor=call.vendor, model=call.model)
         self._admitted(call, reservation)
         return reservation
 
     async def _areserve(self, call: _Call) -> Reservation:
-        self._estimate(call)
+        estimate = self._estimate(call)
+        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
         reservation = await self.session.limiter.areserve(
             call.charge, vendor=call.vendor, model=call.model
         )
@@ -368,9 +378,16 @@ class Router:
     def _abort(self, call: _Call, gate: Gate) -> None:
         """The send failed after admission (timeout, dropped, cancel): keep the charge, record."""
         if gate.reservation is None:  # never admitted, or it never reached the provider
+            self._release_cost(call)
             return
         gate.reservation.release()
-        self._record(call, None, "error", malformed=False)
+        cost = self.session.costs.settle(call.cost, None) if call.cost else None
+        self._record(call, None, "error", malformed=False, cost_usd=cost)
+
+    def _release_cost(self, call: _Call) -> None:
+        """The attempt was not billed (refused, or never sent): its cost hold is dropped."""
+        if call.cost is not None:
+            self.session.costs.release(call.cost)
 
     def _rejected(
         self, call: _Call, reservation: Reservation, response: Any, body: bytes
@@ -379,6 +396,7 @@ class Router:
         from .providers import RejectionKind
 
         rejection = call.provider.classify(429, response.headers, body, time.time())
+        self._release_cost(call)
         call.rate_limit_events += 1
         limit = f"limit {rejection.limit}" if rejection.limit is not None else "limit unknown"
         where = f"{call.vendor} model {call.model}"
@@ -441,6 +459,7 @@ class Router:
     ) -> Any:
         """End a call with a structured error: raise it, or answer an app's client with a 429."""
         status = _STATUS_OF.get(err.code, "error")
+        self._release_cost(call)
         self._record(call, None, status, malformed=False, error_code=err.code)
         _remember(self.session, call.test, err)
         if self.raise_errors:
@@ -454,6 +473,7 @@ class Router:
         status = int(response.status_code)
         if not 200 <= status < 300:
             lost = _backend_lost(reservation.release)
+            lost = _backend_lost(lambda: self._release_cost(call)) or lost
             self._record(call, None, f"http_{status}", malformed=False, error_code=lost)
             return response
         _backend_lost(lambda: self._calibrate(call, response.headers))
@@ -484,6 +504,7 @@ class Router:
         *,
         malformed: bool,
         error_code: str | None = None,
+        cost_usd: float | None = 0.0,
     ) -> None:
         self.session.record(
             CallRecord(
@@ -501,6 +522,10 @@ class Router:
                 rate_limit_events=call.rate_limit_events,
                 malformed=malformed,
                 error_code=error_code,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                service_tier=usage.service_tier if usage else None,
+                cost_usd=cost_usd,
             )
         )
 
@@ -554,8 +579,14 @@ class _UsageSink:
             malformed = usage is None and not failed
         charge = call.provider.charge(usage) if usage is not None else call.charge
         lost = _backend_lost(lambda: self.reservation.settle(charge))
+        hold, costs = call.cost, self.router.session.costs
+        if hold is not None:
+            lost = _backend_lost(lambda: costs.settle(hold, usage)) or lost
+        cost = hold.cost_usd if hold is not None else None
         status = "error" if failed else "ok"
-        self.router._record(call, usage, status, malformed=malformed, error_code=lost)
+        self.router._record(
+            call, usage, status, malformed=malformed, error_code=lost, cost_usd=cost
+        )
 
 
 BACKEND_LOST = "LLM_BACKEND_UNAVAILABLE"

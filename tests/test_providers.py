@@ -347,7 +347,9 @@ RESPONSE = {
 
 
 def test_openai_usage_from_json() -> None:
-    assert OPENAI.usage_from_json(dumps(CHAT_COMPLETION)) == Usage(19, 10, 29)
+    assert OPENAI.usage_from_json(dumps(CHAT_COMPLETION)) == Usage(
+        19, 10, 29, service_tier="default"
+    )
     assert OPENAI.usage_from_json(dumps(RESPONSE)) == Usage(36, 87, 123)
     embedding = {
         "object": "list",
@@ -797,7 +799,9 @@ GEMINI_RESPONSE = {
 
 
 def test_gemini_usage_from_json() -> None:
-    assert GEMINI.usage_from_json(dumps(GEMINI_RESPONSE)) == Usage(27, 105, 132)
+    assert GEMINI.usage_from_json(dumps(GEMINI_RESPONSE)) == Usage(
+        27, 105, 132, reasoning_tokens=100
+    )
     assert GEMINI.charge(Usage(27, 105, 132)) == 27
     array_stream = [
         {
@@ -806,7 +810,9 @@ def test_gemini_usage_from_json() -> None:
         },
         GEMINI_RESPONSE,
     ]
-    assert GEMINI.usage_from_json(dumps(array_stream)) == Usage(27, 105, 132)
+    assert GEMINI.usage_from_json(dumps(array_stream)) == Usage(
+        27, 105, 132, reasoning_tokens=100
+    )
     no_output = {"usageMetadata": {"promptTokenCount": 4, "totalTokenCount": 4}}
     assert GEMINI.usage_from_json(dumps(no_output)) == Usage(4, 0, 4)
 
@@ -863,7 +869,7 @@ def test_gemini_sse_usage_with_every_split() -> None:
         parser = GEMINI.sse_usage_parser()
         for chunk in chunks:
             parser.feed(chunk)
-        assert parser.usage == Usage(27, 105, 132)
+        assert parser.usage == Usage(27, 105, 132, reasoning_tokens=100)
         assert parser.malformed == 0
 
 
@@ -875,7 +881,7 @@ def test_gemini_sse_usage_with_arbitrary_splits(cuts: list[int]) -> None:
     for point in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
         parser.feed(stream[start:point])
         start = point
-    assert parser.usage == Usage(27, 105, 132)
+    assert parser.usage == Usage(27, 105, 132, reasoning_tokens=100)
 
 
 def test_gemini_sse_malformed_event_is_counted() -> None:

@@ -6,6 +6,7 @@ import abc
 from contextlib import AbstractContextManager
 
 from ..window import Decision, Limits, WindowSnapshot, WindowState
+from .ledger import LedgerAnswer, LedgerState
 
 __all__ = ["Backend", "StateBackend"]
 
@@ -52,6 +53,21 @@ class Backend(abc.ABC):
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
         """The bucket's figures at `now`."""
 
+    # -- cost ledgers (backends/ledger.py): money, not tokens ------------------------------------
+    @abc.abstractmethod
+    def cost_hold(
+        self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
+    ) -> LedgerAnswer:
+        """Hold `amount` nano-dollars unless the ledger would pass `cap`; atomic."""
+
+    @abc.abstractmethod
+    def cost_settle(self, ledger: str, hold_id: str, actual: int, now: float) -> int:
+        """Replace a hold by what the call cost; returns the ledger's spend; atomic."""
+
+    @abc.abstractmethod
+    def cost_state(self, ledger: str, now: float) -> LedgerState:
+        """The ledger's spend, holds and refusals now."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free connections and files."""
 
@@ -62,6 +78,24 @@ class StateBackend(Backend):
     @abc.abstractmethod
     def _state(self, bucket: str, now: float) -> AbstractContextManager[WindowState]:
         """Hold the bucket's state exclusively for one operation, saving it on exit."""
+
+    @abc.abstractmethod
+    def _ledger(self, ledger: str, now: float) -> AbstractContextManager[LedgerState]:
+        """Hold a cost ledger exclusively for one operation, saving it on exit."""
+
+    def cost_hold(
+        self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
+    ) -> LedgerAnswer:
+        with self._ledger(ledger, now) as state:
+            return state.hold(hold_id, amount, cap)
+
+    def cost_settle(self, ledger: str, hold_id: str, actual: int, now: float) -> int:
+        with self._ledger(ledger, now) as state:
+            return state.settle(hold_id, actual)
+
+    def cost_state(self, ledger: str, now: float) -> LedgerState:
+        with self._ledger(ledger, now) as state:
+            return LedgerState(state.spent, dict(state.holds), state.refused, state.touched)
 
     def admit(
         self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str

@@ -27,13 +27,14 @@ from ..errors import BackendUnavailable
 from ..redact import mask_url, redact
 from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
 from .base import Backend
+from .ledger import IDLE_TTL, LedgerAnswer, LedgerState
 
 __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
 
 
-def _load_script() -> str:
-    """The Lua source shipped beside this module."""
-    return resources.files(__package__).joinpath("redis_window.lua").read_text(encoding="utf-8")
+def _load_script(name: str = "redis_window.lua") -> str:
+    """A Lua source shipped beside this module."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 class RedisBackend(Backend):
@@ -65,6 +66,7 @@ class RedisBackend(Backend):
         self.host = socket.gethostname()
         self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
         self._script = client.register_script(_load_script())
+        self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
 
     @classmethod
     def from_url(
@@ -127,18 +129,28 @@ class RedisBackend(Backend):
             repr(float(self.lease_ttl)),
             *[repr(a) if isinstance(a, float) else str(a) for a in args],
         ]
+        return self._call(self._script, self.key(bucket), argv, f"{op} on bucket {bucket!r}")
+
+    def _call(self, script: Any, key: str, argv: list[str], what: str) -> Any:
+        """Run a registered script, retrying lost connections a bounded number of times."""
         last: BaseException | None = None
         for attempt in range(self.tries):
             try:
-                return self._script(keys=[self.key(bucket)], args=argv)
+                return script(keys=[key], args=argv)
             except self._transient as exc:
                 last = exc
                 if attempt + 1 < self.tries:
                     time.sleep(self.backoff * 2**attempt)
         raise BackendUnavailable(
-            f"lost the llm-budget Redis at {self.description}: {op} on bucket {bucket!r} failed "
+            f"lost the llm-budget Redis at {self.description}: {what} failed "
             f"{self.tries} times ({_describe(last)})"
         ) from last
+
+    def _run_ledger(self, op: str, ledger: str, now: float, *args: object) -> Any:
+        """Run one op of the cost-ledger script on `{prefix}:cost:{ledger}`."""
+        argv = [op, repr(float(now)), repr(IDLE_TTL), *[str(a) for a in args]]
+        key = f"{self.prefix}:cost:{ledger}"
+        return self._call(self._ledger_script, key, argv, f"{op} on cost ledger {ledger!r}")
 
     # -- Backend ---------------------------------------------------------------------------
     def admit(
@@ -212,6 +224,23 @@ class RedisBackend(Backend):
             waiting=int(waiting),
             paused_for=float(paused),
         )
+
+    def cost_hold(
+        self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
+    ) -> LedgerAnswer:
+        admitted, spent, held = self._run_ledger(
+            "hold", ledger, now, hold_id, int(amount), -1 if cap is None else int(cap)
+        )
+        return LedgerAnswer(str(admitted) == "1", int(spent), int(held))
+
+    def cost_settle(self, ledger: str, hold_id: str, actual: int, now: float) -> int:
+        spent, _ = self._run_ledger("settle", ledger, now, hold_id, int(actual))
+        return int(spent)
+
+    def cost_state(self, ledger: str, now: float) -> LedgerState:
+        spent, _, refused, touched, *pairs = self._run_ledger("state", ledger, now)
+        holds = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        return LedgerState(int(spent), holds, int(refused), float(touched))
 
     def close(self) -> None:
         """Close the connection pool."""

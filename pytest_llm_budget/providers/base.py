@@ -39,11 +39,17 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Usage:
-    """What the provider reported a request actually used."""
+    """What the provider reported a request actually used (the detail fields price it)."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    #: Part of `prompt_tokens` read from the provider's prompt cache (billed at a lower rate).
+    cached_tokens: int = 0
+    #: Part of `completion_tokens` spent on reasoning / thinking.
+    reasoning_tokens: int = 0
+    #: OpenAI's `service_tier` of the response ("default", "flex", "priority"), when reported.
+    service_tier: str | None = None
 
 
 class RejectionKind(enum.Enum):

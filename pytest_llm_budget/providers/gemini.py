@@ -270,6 +270,13 @@ def _response_usage(response: object) -> Usage | None:
     total = as_int(_get(meta, "totalTokenCount", "total_token_count"))
     if prompt is None and candidates is None and total is None:
         return None
+    cached = as_int(_get(meta, "cachedContentTokenCount", "cached_content_token_count")) or 0
     completion = (candidates or 0) + (thoughts or 0)
     prompt = prompt or 0
-    return Usage(prompt, completion, prompt + completion if total is None else total)
+    return Usage(
+        prompt,
+        completion,
+        prompt + completion if total is None else total,
+        cached_tokens=min(cached, prompt),
+        reasoning_tokens=thoughts or 0,
+    )

@@ -193,7 +193,9 @@ class OpenAIProvider:
     def usage_from_json(self, body: bytes) -> Usage | None:
         """Usage of a chat/completions/embeddings or responses body, or None."""
         data = load_json(body)
-        return _usage(data.get("usage")) if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return None
+        return _usage(data.get("usage"), data.get("service_tier"))
 
     def sse_usage_parser(self) -> SSEUsageParser:
         """Parser for chat chunks carrying `usage` and responses' final `response.*` events."""
@@ -245,8 +247,8 @@ def _number(pattern: re.Pattern[str], message: str) -> int | None:
     return int(match.group(1).replace(",", "")) if match else None
 
 
-def _usage(raw: object) -> Usage | None:
-    """Usage from a chat-style or responses-style usage object."""
+def _usage(raw: object, tier: object = None) -> Usage | None:
+    """Usage from a chat-style or responses-style usage object (with the response's tier)."""
     if not isinstance(raw, Mapping):
         return None
     prompt = as_int(raw.get("prompt_tokens"))
@@ -260,12 +262,36 @@ def _usage(raw: object) -> Usage | None:
     prompt = prompt or 0
     completion = completion or 0
     total = as_int(raw.get("total_tokens"))
-    return Usage(prompt, completion, prompt + completion if total is None else total)
+    cached = _detail(raw, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
+    reasoning = _detail(
+        raw, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
+    )
+    return Usage(
+        prompt,
+        completion,
+        prompt + completion if total is None else total,
+        cached_tokens=min(cached, prompt),
+        reasoning_tokens=min(reasoning, completion),
+        service_tier=tier if isinstance(tier, str) and tier else None,
+    )
+
+
+def _detail(raw: Mapping[str, Any], holders: tuple[str, ...], key: str) -> int:
+    """A count inside the first `*_tokens_details` object that has it, else 0."""
+    for holder in holders:
+        details = raw.get(holder)
+        if isinstance(details, Mapping):
+            value = as_int(details.get(key))
+            if value is not None:
+                return value
+    return 0
 
 
 def _event_usage(event: Mapping[str, Any]) -> Usage | None:
     """Usage in one stream event: a chat chunk's `usage` or a final responses event's."""
     if event.get("type") in _FINAL_RESPONSE_EVENTS:
         response = event.get("response")
-        return _usage(response.get("usage")) if isinstance(response, Mapping) else None
-    return _usage(event.get("usage"))
+        if not isinstance(response, Mapping):
+            return None
+        return _usage(response.get("usage"), response.get("service_tier"))
+    return _usage(event.get("usage"), event.get("service_tier"))
