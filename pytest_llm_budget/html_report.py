@@ -75,6 +75,11 @@ _TEST_COLUMNS = (
 )
 
 #: (JSON key, header, numeric) of the per-call table.
+_OVERSPENT_COLUMNS = (
+    ("test", "test", False),
+    ("declared", "declared tokens", True),
+    ("spent", "spent tokens", True),
+)
 _CALL_COLUMNS = (
     ("t", "time (UTC)", False),
     ("test", "test", False),
@@ -202,6 +207,13 @@ def render_html(document: dict[str, Any]) -> str:
         if calls
         else '<p class="empty">No LLM call was recorded.</p>'
     )
+    overspent = document.get("overspent") or []
+    overspent_html = (
+        "<h2>Tests that spent more than they declared</h2>\n"
+        f"{_table(_OVERSPENT_COLUMNS, overspent, css='overspent')}\n"
+        if overspent
+        else ""
+    )
     backend = settings.get("backend")
     meta = f"{len(calls)} call(s), {len(buckets)} bucket(s)"
     if backend:
@@ -217,6 +229,7 @@ def render_html(document: dict[str, Any]) -> str:
         f'<h2>Totals</h2>\n<dl class="totals">{totals_html}</dl>\n'
         f"<h2>Buckets</h2>\n{buckets_html}\n"
         f"<h2>Tests</h2>\n{tests_html}\n"
+        f"{overspent_html}"
         f"<h2>Calls</h2>\n{calls_html}\n"
         f"<h2>Settings</h2>\n{settings_html}\n"
         "</body></html>\n"

@@ -179,6 +179,7 @@ def _test_context(item: pytest.Item) -> TestContext:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
     session = _session(item.config)
     session.test = _test_context(item)
+    session.calls.declare(item.nodeid, session.test.tokens)
     try:
         return (yield)
     finally:
@@ -208,6 +209,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             {
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
+                "declared": budget.calls.declared(),
                 "spool": config.workerinput.get("llm_budget_spool"),  # type: ignore[attr-defined]
             }
         )
@@ -219,6 +221,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             budget.bucket_stats(),
             budget.calls.records(),
             budget.settings.rules,
+            budget.calls.overspent(),
         )
         for path in budget.settings.reports:
             write_report(path, document)
@@ -240,6 +243,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         window=budget.settings.window,
         backend=budget.backend.description,
         costs=bucket_costs(records, budget.settings.rules),
+        overspent=budget.calls.overspent(),
     ):
         terminalreporter.write_line(line)
     terminalreporter.write_line(cost_line(totals, records, budget.settings.max_cost))
@@ -273,6 +277,7 @@ class XdistHooks:
         """Merge a worker's records: from `workeroutput`, else (it crashed) from its spool."""
         raw = getattr(node, "workeroutput", {}).get("llm_budget")
         budget = _session(node.config)
+        declared = None
         if not raw:
             records, buckets = self.handover.lost(node.workerinput["workerid"])
         else:
@@ -280,8 +285,9 @@ class XdistHooks:
             self.handover.delivered(data.get("spool"))
             records = [CallRecord.from_json(c) for c in data["calls"]]
             buckets = [BucketStats(**b) for b in data["buckets"]]
+            declared = data.get("declared")
         budget.merged_stats.extend(buckets)
-        budget.calls.extend(records)
+        budget.calls.extend(records, declared)
 
     @pytest.hookimpl(tryfirst=True)  # before the reports are written
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -6,7 +6,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["CallLog", "CallRecord", "TestUsage", "Totals"]
+__all__ = ["CallLog", "CallRecord", "Overspend", "TestUsage", "Totals"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,18 @@ class Totals:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Overspend:
+    """A test that spent (provider-reported total tokens, live calls) more than it declared."""
+
+    test: str
+    declared: int
+    spent: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class CallLog:
     """Thread-safe list of this process's call records, with per-test views."""
 
@@ -122,6 +134,31 @@ class CallLog:
         self._lock = threading.Lock()
         self._records: list[CallRecord] = []
         self._by_test: dict[str, TestUsage] = {}
+        self._declared: dict[str, int] = {}
+
+    def declare(self, test: str, tokens: int | None) -> None:
+        """Note what a test's marker says it will spend in total (None: nothing declared)."""
+        if tokens is not None:
+            with self._lock:
+                self._declared[test] = tokens
+
+    def declared(self) -> dict[str, int]:
+        """Every declared test total so far, by test id."""
+        with self._lock:
+            return dict(self._declared)
+
+    def overspent(self) -> list[Overspend]:
+        """Tests whose live calls reported more total tokens than they declared, by first call."""
+        declared = self.declared()
+        spent: dict[str, int] = {}
+        for record in self.records():
+            if record.test in declared and not record.replayed:
+                spent[record.test] = spent.get(record.test, 0) + record.total_tokens
+        return [
+            Overspend(test, declared[test], tokens)
+            for test, tokens in spent.items()
+            if tokens > declared[test]
+        ]
 
     def add(self, record: CallRecord) -> None:
         """Record a finished call."""
@@ -129,10 +166,12 @@ class CallLog:
             self._records.append(record)
             self._by_test.setdefault(record.test, TestUsage()).add(record)
 
-    def extend(self, records: list[CallRecord]) -> None:
-        """Add records from elsewhere (another xdist worker)."""
+    def extend(self, records: list[CallRecord], declared: dict[str, int] | None = None) -> None:
+        """Add records (and declared test totals) from elsewhere (another xdist worker)."""
         for record in records:
             self.add(record)
+        for test, tokens in (declared or {}).items():
+            self.declare(test, tokens)
 
     def usage(self, test: str) -> TestUsage:
         """The live usage object of one test (created empty on first ask)."""

@@ -8,9 +8,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from .limiter import BucketStats, LimitRule
-from .records import CallRecord, Totals
+from .records import CallRecord, Overspend, Totals
 
-__all__ = ["bucket_costs", "build_report", "cost_line", "summary_lines", "write_report"]
+__all__ = [
+    "bucket_costs",
+    "build_report",
+    "cost_line",
+    "overspend_lines",
+    "summary_lines",
+    "write_report",
+]
+
+MAX_OVERSPEND_LINES = 10
 
 _HEADER = (
     "bucket",
@@ -70,6 +79,19 @@ def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | N
     return text
 
 
+def overspend_lines(overspent: Sequence[Overspend]) -> list[str]:
+    """One line per test that spent more than its marker declared (the first ten, then a count)."""
+    lines = [
+        f"overspent: {o.test} declared {o.declared} tokens, spent {o.spent} "
+        f"(+{(o.spent - o.declared) / o.declared:.0%}); raise its llm_budget(tokens=...)"
+        for o in overspent[:MAX_OVERSPEND_LINES]
+    ]
+    if len(overspent) > MAX_OVERSPEND_LINES:
+        rest = len(overspent) - MAX_OVERSPEND_LINES
+        lines.append(f"overspent: {rest} more test(s), listed in the JSON report's `overspent`")
+    return lines
+
+
 def summary_lines(
     buckets: Sequence[BucketStats],
     totals: Totals,
@@ -77,8 +99,9 @@ def summary_lines(
     window: float,
     backend: str,
     costs: dict[str, tuple[float, int]] | None = None,
+    overspent: Sequence[Overspend] = (),
 ) -> list[str]:
-    """Rows of the summary section: one per bucket, then a totals line that says `429s: N`."""
+    """Rows of the summary: one per bucket, a totals line that says `429s: N`, then overspends."""
     costs = costs or {}
     rows = [
         (
@@ -113,7 +136,7 @@ def summary_lines(
         f"waited: {totals.waited_s:.1f}s, errors: {totals.errors}, 429s: {rate_limits}"
         f" [backend {backend}]"
     )
-    return lines
+    return lines + overspend_lines(overspent)
 
 
 def build_report(
@@ -122,8 +145,9 @@ def build_report(
     buckets: Sequence[BucketStats],
     calls: Sequence[CallRecord],
     rules: Sequence[LimitRule] = (),
+    overspent: Sequence[Overspend] = (),
 ) -> dict[str, Any]:
-    """The JSON report's document (README's "Reports and metrics"), with costs per call and test."""
+    """The JSON report's document (README's "Reports and metrics"): costs, tests, overspends."""
     costs = bucket_costs(calls, rules) if rules else {}
     return {
         "settings": settings,
@@ -147,6 +171,7 @@ def build_report(
         ],
         "tests": _tests(calls),
         "calls": [c.to_json() for c in calls],
+        "overspent": [o.to_json() for o in overspent],
     }
 
 

@@ -302,7 +302,8 @@ OPTIONS: tuple[Option, ...] = (
         "est_tokens",
         _positive_int,
         7000,
-        "tokens assumed for a call (or test) that declares no budget",
+        "output budget of a call that declares none (max_tokens...); a test's total in the "
+        "preflight when its marker has no tokens=",
         "--llm-est-tokens",
         ("LLM_BUDGET_EST_TOKENS", "OPENAI_EST_TOKENS_PER_RUN"),
         "llm_est_tokens",
@@ -312,7 +313,8 @@ OPTIONS: tuple[Option, ...] = (
         "safety_margin",
         _non_negative_float,
         0.20,
-        "margin added to input-token estimates",
+        "margin on uncertain input counts only: Gemini inputs (counted with o200k, not Gemini's "
+        "tokenizer) and offline fallback counts; never on OpenAI's character estimate or output",
         "--llm-safety-margin",
         ("LLM_BUDGET_SAFETY_MARGIN",),
         "llm_safety_margin",
@@ -322,7 +324,8 @@ OPTIONS: tuple[Option, ...] = (
         "grounded_overhead",
         _non_negative_float,
         0.15,
-        "extra input-token share for grounded (search) calls",
+        "extra input share of a grounded call where input tokens are charged (Gemini), once per "
+        "call; in the preflight, on --llm-est-tokens of a grounded test without tokens=",
         "--llm-grounded-overhead",
         ("LLM_BUDGET_GROUNDED_OVERHEAD",),
         "llm_grounded_overhead",

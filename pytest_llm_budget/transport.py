@@ -313,14 +313,8 @@ class Router:
         """Estimate the call's charge once, on its first admission (mocked calls never pay it)."""
         if call.estimate is not None:
             return call.estimate
-        test = self.session.test
         estimate = call.provider.estimate(
-            call.path,
-            call.body,
-            self.counter,
-            self.policy,
-            grounded=call.grounded,
-            declared_tokens=test.tokens,
+            call.path, call.body, self.counter, self.policy, grounded=call.grounded
         )
         call.model = estimate.model
         call.charge = max(1, call.provider.charge_estimate(estimate))

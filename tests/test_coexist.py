@@ -236,7 +236,10 @@ def test_a_request_that_cannot_connect_gives_its_charge_back(make_budget: Any) -
 
     budget = make_budget(tpm=7000, window=60.0, max_wait=0.5)
     client = wrap(
-        openai.OpenAI(base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0), budget
+        openai.OpenAI(
+            api_key="sk-test", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0
+        ),
+        budget,
     )
     for _ in range(3):  # 6000 tokens each: a kept charge would make the next one time out
         with pytest.raises(openai.APIConnectionError):

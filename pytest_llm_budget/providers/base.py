@@ -25,7 +25,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a request is expected to cost before it is sent (input with margin, output exact)."""
+    """What a request is expected to cost before it is sent (input, and the output budget)."""
 
     model: str
     input_tokens: int
@@ -113,9 +113,8 @@ class Provider(Protocol):
         policy: EstimatePolicy,
         *,
         grounded: bool = False,
-        declared_tokens: int | None = None,
     ) -> Estimate:
-        """Estimate a request's cost; never raises on a malformed body."""
+        """Estimate a request's admission charge from the request alone; never raises."""
 
     def usage_from_json(self, body: bytes) -> Usage | None:
         """Usage from a non-streamed response body, or None."""
