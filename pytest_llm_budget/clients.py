@@ -8,14 +8,16 @@ base URLs come from the SDKs' own environment variables.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import threading
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .transport import AsyncBudgetTransport, BudgetTransport, router_for
 
 if TYPE_CHECKING:
-    import httpx2
     import openai
     from google import genai
 
@@ -27,6 +29,7 @@ __all__ = [
     "default_session",
     "gemini_client",
     "http_client",
+    "http_library",
     "openai_client",
     "wrap",
 ]
@@ -52,54 +55,75 @@ def default_session() -> BudgetSession:
         return _default
 
 
-def http_client(session: BudgetSession, **kwargs: Any) -> httpx2.Client:
-    """An httpx2 client whose LLM requests are routed (structured errors raised)."""
-    import httpx2
+def http_library(sdk_class: type | None = None) -> ModuleType:
+    """The HTTP library an SDK class is built on (`httpx2` or `httpx`), else the one installed.
 
-    inner = httpx2.HTTPTransport()
-    transport = BudgetTransport(inner, router_for(session, raise_errors=True))
-    return httpx2.Client(transport=transport, **kwargs)  # type: ignore[arg-type]
+    openai >= 3 and google-genai >= 3 use httpx2, older majors httpx: the routed clients must be
+    of the library the SDK isinstance-checks, so the plugin never forces an SDK upgrade.
+    """
+    for cls in getattr(sdk_class, "__mro__", ()):
+        root = (cls.__module__ or "").split(".")[0]
+        if root in ("httpx2", "httpx"):
+            return importlib.import_module(root)
+    for name in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            return importlib.import_module(name)
+    raise ImportError("pytest-llm-budget: routed clients need httpx2 or httpx (pip install httpx2)")
 
 
-def async_http_client(session: BudgetSession, **kwargs: Any) -> httpx2.AsyncClient:
+def http_client(session: BudgetSession, library: ModuleType | None = None, **kwargs: Any) -> Any:
+    """An httpx2 (or `library`) client whose LLM requests are routed (structured errors raised)."""
+    lib = library or http_library()
+    transport = BudgetTransport(lib.HTTPTransport(), router_for(session, raise_errors=True))
+    return lib.Client(transport=transport, **kwargs)
+
+
+def async_http_client(
+    session: BudgetSession, library: ModuleType | None = None, **kwargs: Any
+) -> Any:
     """The async `http_client`."""
-    import httpx2
-
-    inner = httpx2.AsyncHTTPTransport()
-    transport = AsyncBudgetTransport(inner, router_for(session, raise_errors=True))
-    return httpx2.AsyncClient(transport=transport, **kwargs)  # type: ignore[arg-type]
+    lib = library or http_library()
+    transport = AsyncBudgetTransport(
+        lib.AsyncHTTPTransport(), router_for(session, raise_errors=True)
+    )
+    return lib.AsyncClient(transport=transport, **kwargs)
 
 
 def openai_client(session: BudgetSession, **kwargs: Any) -> openai.OpenAI:
     """`openai.OpenAI` with routed transport and the SDK's retries off."""
-    import httpx2
     import openai
 
-    transport = BudgetTransport(httpx2.HTTPTransport(), router_for(session, raise_errors=True))
+    lib = http_library(openai.DefaultHttpxClient)
+    transport = BudgetTransport(lib.HTTPTransport(), router_for(session, raise_errors=True))
     kwargs.setdefault("max_retries", 0)
-    return openai.OpenAI(
-        http_client=openai.DefaultHttpxClient(transport=transport),  # type: ignore[arg-type]
-        **kwargs,
-    )
+    client = openai.DefaultHttpxClient(transport=transport)  # type: ignore[arg-type]
+    return openai.OpenAI(http_client=client, **kwargs)
 
 
 def async_openai_client(session: BudgetSession, **kwargs: Any) -> openai.AsyncOpenAI:
     """`openai.AsyncOpenAI` with routed transport and the SDK's retries off."""
-    import httpx2
     import openai
 
+    lib = http_library(openai.DefaultAsyncHttpxClient)
     transport = AsyncBudgetTransport(
-        httpx2.AsyncHTTPTransport(), router_for(session, raise_errors=True)
+        lib.AsyncHTTPTransport(), router_for(session, raise_errors=True)
     )
     kwargs.setdefault("max_retries", 0)
-    return openai.AsyncOpenAI(
-        http_client=openai.DefaultAsyncHttpxClient(transport=transport),  # type: ignore[arg-type]
-        **kwargs,
+    client = openai.DefaultAsyncHttpxClient(transport=transport)  # type: ignore[arg-type]
+    return openai.AsyncOpenAI(http_client=client, **kwargs)
+
+
+def _genai_library() -> ModuleType:
+    """google-genai >= 3 takes httpx2 clients (and httpx); older majors httpx only."""
+    from google.genai import _api_client
+
+    return http_library() if getattr(_api_client, "httpx2", None) else importlib.import_module(
+        "httpx"
     )
 
 
 def gemini_client(session: BudgetSession, **kwargs: Any) -> genai.Client:
-    """`genai.Client` whose sync and `.aio` paths both use routed httpx2 clients."""
+    """`genai.Client` whose sync and `.aio` paths both use routed httpx2 (or httpx) clients."""
     from google import genai
     from google.genai import types
 
@@ -108,9 +132,10 @@ def gemini_client(session: BudgetSession, **kwargs: Any) -> genai.Client:
         options = types.HttpOptions(**options)
     options = options or types.HttpOptions()
     base_url = os.environ.get("GOOGLE_GEMINI_BASE_URL")
+    lib = _genai_library()
     update: dict[str, Any] = {
-        "httpx_client": http_client(session),
-        "httpx_async_client": async_http_client(session),
+        "httpx_client": http_client(session, lib),
+        "httpx_async_client": async_http_client(session, lib),
     }
     if base_url and not options.base_url:
         update["base_url"] = base_url
@@ -171,7 +196,7 @@ def _wrap_genai(api_client: Any, session: BudgetSession) -> None:
         getattr(current, "_transport", None), AsyncBudgetTransport
     ):
         return
-    routed_async = async_http_client(session)
+    routed_async = async_http_client(session, _genai_library())
     api_client._async_httpx_client = routed_async
     options = getattr(api_client, "_http_options", None)
     if options is not None:

@@ -12,6 +12,15 @@ the newest one routes), so a library user or a test can route into its own sessi
 A request is never routed twice: the plugin's own transports mark their inner send
 (`transport.in_routed_send()`), and the patched methods then pass it straight on.
 
+The connection pools below the transports (`httpcore.ConnectionPool.handle_request`, the async
+twin, and httpcore2's) are patched too: that is where a routed request pays its budget gate
+(`transport.Gate`), so a mock that answers above the pool (respx, pytest-httpx, vcrpy, ...) is
+never paced. The pool methods keep their names and `(self, request)` signature, because respx
+patches over them and calls them for requests it passes through.
+
+google-genai's async client sends through aiohttp whenever aiohttp is importable; while routing
+is installed, `BaseApiClient._use_aiohttp` answers False so that it uses its (routed) httpx client.
+
 Cassettes (vcrpy) note: vcr saves `HTTPTransport.handle_request` when `vcr.patch` is imported
 and installs its stub over the class attribute while a cassette is active. For replayed calls
 to skip the budget, vcr must be OUTSIDE this patch: import `vcr.patch` after `install()` (its
@@ -60,7 +69,12 @@ DEFAULT_HOSTS = (
     "*.openai.azure.com",
 )
 _ENV_URLS = ("OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
-_MODULES = ("httpx2", "httpx")
+_TRANSPORTS = ("httpx2", "httpx")
+_POOLS = ("httpcore2", "httpcore")
+_GENAI = "google.genai._api_client"
+_MODULES = (*_TRANSPORTS, *_POOLS, _GENAI)
+#: Connection failures that prove no byte of the request reached the provider.
+_UNSENT = ("ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "ProxyError")
 
 #: (module name, class name, method name) -> the method before `install()` patched it.
 ORIGINALS: dict[tuple[str, str, str], Callable[..., Any]] = {}
@@ -139,11 +153,13 @@ def patched_methods(
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """`(routed_handle_request, routed_handle_async_request)` around the given originals."""
 
+    from .transport import is_pooled
+
     def routed_handle_request(self: Any, request: Any) -> Any:
         router = _router_for_request(request)
         if router is None:
             return original_sync(self, request)
-        return router.handle(request, lambda r: original_sync(self, r))
+        return router.handle(request, lambda r: original_sync(self, r), pooled=is_pooled(self))
 
     async def routed_handle_async_request(self: Any, request: Any) -> Any:
         router = _router_for_request(request)
@@ -153,25 +169,81 @@ def patched_methods(
         async def send(r: Any) -> Any:
             return await original_async(self, r)
 
-        return await router.ahandle(request, send)
+        return await router.ahandle(request, send, pooled=is_pooled(self))
 
     routed_handle_request.__wrapped__ = original_sync  # type: ignore[attr-defined]
     routed_handle_async_request.__wrapped__ = original_async  # type: ignore[attr-defined]
     return routed_handle_request, routed_handle_async_request
 
 
+def gated_methods(
+    module: ModuleType, original_sync: Callable[..., Any], original_async: Callable[..., Any]
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A connection pool's `(handle_request, handle_async_request)` that pay a pending gate."""
+    from .transport import pending_gate
+
+    unsent = tuple(getattr(module, name) for name in _UNSENT if hasattr(module, name))
+
+    def handle_request(self: Any, request: Any) -> Any:
+        gate = pending_gate()
+        if gate is None:
+            return original_sync(self, request)
+        gate.pay()
+        try:
+            return original_sync(self, request)
+        except unsent:
+            gate.unsent()
+            raise
+
+    async def handle_async_request(self: Any, request: Any) -> Any:
+        gate = pending_gate()
+        if gate is None:
+            return await original_async(self, request)
+        await gate.apay()
+        try:
+            return await original_async(self, request)
+        except unsent:
+            gate.unsent()
+            raise
+
+    handle_request.__wrapped__ = original_sync  # type: ignore[attr-defined]
+    handle_async_request.__wrapped__ = original_async  # type: ignore[attr-defined]
+    return handle_request, handle_async_request
+
+
+def _no_aiohttp(self: Any) -> bool:
+    """google-genai asks whether to send async calls through aiohttp: never while routing."""
+    return False
+
+
 def _patch(module: ModuleType) -> None:
     name = module.__name__
-    if (name, "HTTPTransport", "handle_request") in ORIGINALS:
+    if name == _GENAI:
+        cls = getattr(module, "BaseApiClient", None)
+        if cls is not None and hasattr(cls, "_use_aiohttp"):
+            _replace(name, cls, "_use_aiohttp", lambda original: _no_aiohttp)
         return
-    sync_cls, async_cls = module.HTTPTransport, module.AsyncHTTPTransport
-    original_sync = sync_cls.handle_request
-    original_async = async_cls.handle_async_request
-    ORIGINALS[(name, "HTTPTransport", "handle_request")] = original_sync
-    ORIGINALS[(name, "AsyncHTTPTransport", "handle_async_request")] = original_async
-    routed_sync, routed_async = patched_methods(original_sync, original_async)
-    sync_cls.handle_request = routed_sync
-    async_cls.handle_async_request = routed_async
+    pool = name in _POOLS
+    sync_cls = module.ConnectionPool if pool else module.HTTPTransport
+    async_cls = module.AsyncConnectionPool if pool else module.AsyncHTTPTransport
+    if (name, sync_cls.__name__, "handle_request") in ORIGINALS:
+        return
+    originals = (sync_cls.handle_request, async_cls.handle_async_request)
+    new_sync, new_async = gated_methods(module, *originals) if pool else patched_methods(*originals)
+    _replace(name, sync_cls, "handle_request", lambda original: new_sync)
+    _replace(name, async_cls, "handle_async_request", lambda original: new_async)
+
+
+def _replace(
+    module_name: str, cls: type, attr: str, make: Callable[[Callable[..., Any]], Any]
+) -> None:
+    """Set `cls.attr = make(original)`, remembering the original for `uninstall()`."""
+    key = (module_name, cls.__name__, attr)
+    if key in ORIGINALS:
+        return
+    original = cls.__dict__[attr]
+    ORIGINALS[key] = original
+    setattr(cls, attr, make(original))
 
 
 def _unpatch_all() -> None:

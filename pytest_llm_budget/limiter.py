@@ -144,6 +144,13 @@ class Reservation:
         self.settled = True
         self.limiter._release(self)
 
+    def cancel(self) -> None:
+        """Give the whole charge back: the request never reached the provider (no connection)."""
+        if self.settled:
+            return
+        self.settled = True
+        self.limiter._cancel(self)
+
     def rate_limited(self, retry_after_s: float | None) -> None:
         """Record a 429 for this call: penalty tokens, and a pause when the server named one."""
         self.limiter._rate_limited(self.bucket, self.ticket, retry_after_s)
@@ -315,6 +322,13 @@ class Limiter:
             b.actual += actual
             b.debt += debt
         return debt
+
+    def _cancel(self, r: Reservation) -> None:
+        b = self._buckets[r.bucket]
+        self.backend.cancel(r.bucket, b.limits, r.ticket, self.clock())
+        with self._lock:
+            b.calls -= 1
+            b.estimated -= r.estimate
 
     def _release(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]

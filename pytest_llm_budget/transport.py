@@ -1,5 +1,13 @@
 """Route one LLM HTTP request through the budget: estimate -> reserve -> send -> settle -> retry.
 
+Only requests that really leave the process are paced. The router does not reserve before it
+sends: it hangs a `Gate` on the attempt, and the connection pool below the transport (httpcore /
+httpcore2, patched by `intercept.py`) pays it, estimate included, when the request reaches it. A
+mock above the pool (respx, pytest-httpx, vcrpy, a MockTransport, ...) answers without paying;
+such an answer passes back unchanged: no wait, no record, no retry, no rewrite. A request that
+fails to connect gets its charge back at once. Transports that are not pool-backed (`wrap()` of
+an aiohttp transport, say) pay before sending.
+
 The `Router` is library-agnostic: it duck-types `httpx2` and legacy `httpx` requests and
 responses (same API) and imports neither, so the plugin can import this module cheaply.
 `BudgetTransport` / `AsyncBudgetTransport` wrap any inner transport for the clients the plugin
@@ -60,10 +68,13 @@ __all__ = [
     "REPLAY_CHECKS",
     "AsyncBudgetTransport",
     "BudgetTransport",
+    "Gate",
     "RetryPolicy",
     "Router",
     "errors_for",
     "in_routed_send",
+    "is_pooled",
+    "pending_gate",
     "router_for",
 ]
 
@@ -72,6 +83,7 @@ __all__ = [
 REPLAY_CHECKS: list[Callable[[Any], bool]] = []
 
 _IN_SEND: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_budget_in_send", default=False)
+_GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("llm_budget_gate", default=None)
 _MAX_JSON_BYTES = 16 * 1024 * 1024
 _DROPPED_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 _STATUS_OF = {
@@ -84,6 +96,12 @@ _STATUS_OF = {
 def in_routed_send() -> bool:
     """True inside the send of a routed request (the class patch then passes it straight on)."""
     return _IN_SEND.get()
+
+
+def pending_gate() -> Gate | None:
+    """The unpaid gate of the routed request now entering a connection pool, if any."""
+    gate = _GATE.get()
+    return None if gate is None or gate.taken else gate
 
 
 @dataclass(frozen=True)
@@ -111,14 +129,52 @@ class _Call:
 
     provider: Provider
     vendor: str
-    model: str
-    charge: int
+    path: str
+    body: bytes
     test: str
+    grounded: bool
     stream_usage_expected: bool
+    model: str = "*"
+    charge: int = 0
     t: float = field(default_factory=time.time)
     attempts: int = 0
     waited_s: float = 0.0
     rate_limit_events: int = 0
+
+
+class Gate:
+    """The admission one attempt owes the budget, paid where the request really leaves."""
+
+    def __init__(self, router: Router, call: _Call) -> None:
+        self.router = router
+        self.call = call
+        self.taken = False
+        self.reservation: Reservation | None = None
+        self.error: LLMBudgetError | None = None
+
+    def pay(self) -> None:
+        """Estimate and reserve (blocking); a budget error is kept for the router, then raised."""
+        self.taken = True
+        try:
+            self.reservation = self.router._reserve(self.call)
+        except LLMBudgetError as err:
+            self.error = err
+            raise
+
+    async def apay(self) -> None:
+        """`pay` for event loops."""
+        self.taken = True
+        try:
+            self.reservation = await self.router._areserve(self.call)
+        except LLMBudgetError as err:
+            self.error = err
+            raise
+
+    def unsent(self) -> None:
+        """The request never reached the provider (no connection): give the whole charge back."""
+        if self.reservation is not None:
+            self.reservation.cancel()
+            self.reservation = None
 
 
 class Router:
@@ -147,8 +203,12 @@ class Router:
         self.rng = rng or random.Random()
 
     # -- sync ----------------------------------------------------------------------------------
-    def handle(self, request: Any, send: Callable[[Any], Any]) -> Any:
-        """Send `request` through the budget; `send` is the inner transport's handle_request."""
+    def handle(self, request: Any, send: Callable[[Any], Any], *, pooled: bool = True) -> Any:
+        """Send `request` through the budget; `send` is the inner transport's handle_request.
+
+        `pooled`: the inner transport sends through an httpcore pool, which pays the gate (and a
+        mock above the pool answers without paying); else the gate is paid before sending.
+        """
         provider = self._provider(request)
         if provider is None:
             return send(request)
@@ -157,22 +217,28 @@ class Router:
                 request.read()
         call = self._begin(request, provider)
         while True:
-            try:
-                reservation = self.session.limiter.reserve(
-                    call.charge, vendor=call.vendor, model=call.model
-                )
-            except LLMBudgetError as err:
-                return self._fail(call, request, err, None)
-            call.waited_s += reservation.waited_s
-            call.attempts += 1
-            token = _IN_SEND.set(True)
+            gate = Gate(self, call)
+            if not pooled:
+                with contextlib.suppress(LLMBudgetError):
+                    gate.pay()
+                if gate.error is not None:
+                    return self._fail(call, request, gate.error, None)
+            tokens = (_IN_SEND.set(True), _GATE.set(gate))
             try:
                 response = send(request)
+            except LLMBudgetError as err:
+                if err is not gate.error:
+                    raise
+                return self._fail(call, request, err, None)
             except BaseException:
-                self._abort(call, reservation)
+                self._abort(call, gate)
                 raise
             finally:
-                _IN_SEND.reset(token)
+                _GATE.reset(tokens[1])
+                _IN_SEND.reset(tokens[0])
+            reservation = gate.reservation
+            if reservation is None:  # answered above the network: a mock or a cassette
+                return response
             if response.status_code != 429:
                 return self._deliver(call, reservation, response)
             try:
@@ -184,7 +250,9 @@ class Router:
                 return self._fail(call, request, outcome, (response, body))
 
     # -- async ---------------------------------------------------------------------------------
-    async def ahandle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def ahandle(
+        self, request: Any, send: Callable[[Any], Awaitable[Any]], *, pooled: bool = True
+    ) -> Any:
         """`handle` for async transports: waits with asyncio, never blocking the loop."""
         provider = self._provider(request)
         if provider is None:
@@ -194,22 +262,28 @@ class Router:
                 await request.aread()
         call = self._begin(request, provider)
         while True:
-            try:
-                reservation = await self.session.limiter.areserve(
-                    call.charge, vendor=call.vendor, model=call.model
-                )
-            except LLMBudgetError as err:
-                return self._fail(call, request, err, None)
-            call.waited_s += reservation.waited_s
-            call.attempts += 1
-            token = _IN_SEND.set(True)
+            gate = Gate(self, call)
+            if not pooled:
+                with contextlib.suppress(LLMBudgetError):
+                    await gate.apay()
+                if gate.error is not None:
+                    return self._fail(call, request, gate.error, None)
+            tokens = (_IN_SEND.set(True), _GATE.set(gate))
             try:
                 response = await send(request)
+            except LLMBudgetError as err:
+                if err is not gate.error:
+                    raise
+                return self._fail(call, request, err, None)
             except BaseException:
-                self._abort(call, reservation)
+                self._abort(call, gate)
                 raise
             finally:
-                _IN_SEND.reset(token)
+                _GATE.reset(tokens[1])
+                _IN_SEND.reset(tokens[0])
+            reservation = gate.reservation
+            if reservation is None:
+                return response
             if response.status_code != 429:
                 return self._deliver(call, reservation, response, is_async=True)
             try:
@@ -219,6 +293,43 @@ class Router:
             outcome = self._rejected(call, reservation, response, body)
             if isinstance(outcome, LLMBudgetError):
                 return self._fail(call, request, outcome, (response, body))
+
+    # -- admission -----------------------------------------------------------------------------
+    def _estimate(self, call: _Call) -> None:
+        """Estimate the call's charge once, on its first admission (mocked calls never pay it)."""
+        if call.charge:
+            return
+        test = self.session.test
+        estimate = call.provider.estimate(
+            call.path,
+            call.body,
+            self.counter,
+            self.policy,
+            grounded=call.grounded,
+            declared_tokens=test.tokens,
+        )
+        call.model = estimate.model
+        call.charge = max(1, call.provider.charge_estimate(estimate))
+
+    def _reserve(self, call: _Call) -> Reservation:
+        self._estimate(call)
+        limiter = self.session.limiter
+        reservation = limiter.reserve(call.charge, vendor=call.vendor, model=call.model)
+        self._admitted(call, reservation)
+        return reservation
+
+    async def _areserve(self, call: _Call) -> Reservation:
+        self._estimate(call)
+        reservation = await self.session.limiter.areserve(
+            call.charge, vendor=call.vendor, model=call.model
+        )
+        self._admitted(call, reservation)
+        return reservation
+
+    @staticmethod
+    def _admitted(call: _Call, reservation: Reservation) -> None:
+        call.waited_s += reservation.waited_s
+        call.attempts += 1
 
     # -- steps ---------------------------------------------------------------------------------
     def _provider(self, request: Any) -> Provider | None:
@@ -232,30 +343,25 @@ class Router:
         return provider
 
     def _begin(self, request: Any, provider: Provider) -> _Call:
-        """Estimate an LLM request and open its call state."""
+        """Open an LLM request's call state (its estimate waits until it is admitted)."""
         url = request.url
         body = getattr(request, "_content", None) or b""
         test = self.session.test
-        estimate = provider.estimate(
-            url.path,
-            body,
-            self.counter,
-            self.policy,
-            grounded=test.grounded,
-            declared_tokens=test.tokens,
-        )
         return _Call(
             provider=provider,
             vendor=provider.vendor,
-            model=estimate.model,
-            charge=max(1, provider.charge_estimate(estimate)),
+            path=url.path,
+            body=bytes(body),
             test=test.nodeid,
+            grounded=test.grounded,
             stream_usage_expected=_stream_usage_expected(url.path, body),
         )
 
-    def _abort(self, call: _Call, reservation: Reservation) -> None:
-        """The send itself failed (connection, timeout, cancel): keep the estimate, record it."""
-        reservation.release()
+    def _abort(self, call: _Call, gate: Gate) -> None:
+        """The send failed after admission (timeout, dropped, cancel): keep the charge, record."""
+        if gate.reservation is None:  # never admitted, or it never reached the provider
+            return
+        gate.reservation.release()
         self._record(call, None, "error", malformed=False)
 
     def _rejected(
@@ -611,15 +717,22 @@ def router_for(session: BudgetSession, *, raise_errors: bool) -> Router:
         return routers[raise_errors]
 
 
+def is_pooled(transport: Any) -> bool:
+    """True for an httpx/httpx2 HTTPTransport over an httpcore pool (the pool pays the gate)."""
+    pool = getattr(transport, "_pool", None)
+    return pool is not None and type(pool).__module__.split(".")[0] in ("httpcore", "httpcore2")
+
+
 class BudgetTransport:
     """A sync transport wrapper (httpx2 or httpx): LLM requests go through the session budget."""
 
     def __init__(self, inner: Any, router: Router) -> None:
         self.inner = inner
         self.router = router
+        self.pooled = is_pooled(inner)
 
     def handle_request(self, request: Any) -> Any:
-        return self.router.handle(request, self.inner.handle_request)
+        return self.router.handle(request, self.inner.handle_request, pooled=self.pooled)
 
     def close(self) -> None:
         self.inner.close()
@@ -638,9 +751,12 @@ class AsyncBudgetTransport:
     def __init__(self, inner: Any, router: Router) -> None:
         self.inner = inner
         self.router = router
+        self.pooled = is_pooled(inner)
 
     async def handle_async_request(self, request: Any) -> Any:
-        return await self.router.ahandle(request, self.inner.handle_async_request)
+        return await self.router.ahandle(
+            request, self.inner.handle_async_request, pooled=self.pooled
+        )
 
     async def aclose(self) -> None:
         await self.inner.aclose()

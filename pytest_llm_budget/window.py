@@ -220,6 +220,18 @@ class WindowState:
             self._add([f"{ticket}:debt", now, debt, False])
         return debt
 
+    def cancel(self, ticket: str) -> int:
+        """Take back the charge of a request that never reached the provider; returns it."""
+        self.leases.pop(ticket, None)
+        self.waiters.pop(ticket, None)
+        entry = self._index.pop(ticket, None)
+        if entry is None:
+            return 0
+        self.entries.remove(entry)
+        self._used -= int(entry[2])
+        self._requests -= 1
+        return int(entry[2])
+
     def release(self, ticket: str) -> None:
         """End a call's concurrency lease (also drops it from the queue if it never got in)."""
         self.leases.pop(ticket, None)

@@ -180,6 +180,17 @@ def test_release_takes_a_waiter_out_of_the_queue(backend: Backend) -> None:
     assert backend.snapshot(B, LIMITS, T0 + 2).waiting == 0
 
 
+def test_cancel_takes_back_a_charge_that_never_left(backend: Backend) -> None:
+    limits = Limits(tokens=1000, window=60.0, requests=5, concurrency=2, margin=0.5)
+    admitted(backend.admit(B, limits, "a", 300, T0, "1"))
+    admitted(backend.admit(B, limits, "b", 600, T0 + 1, "1"))
+    assert backend.cancel(B, limits, "a", T0 + 2) == 300
+    snap = backend.snapshot(B, limits, T0 + 2)
+    assert (snap.used_tokens, snap.requests, snap.in_flight) == (600, 1, 1)
+    admitted(backend.admit(B, limits, "c", 400, T0 + 2, "1"))  # room only because "a" is gone
+    assert backend.cancel(B, limits, "a", T0 + 3) == 0  # twice: nothing more to take back
+
+
 def test_buckets_are_independent(backend: Backend) -> None:
     admitted(backend.admit("openai:*", LIMITS, "a", 1000, T0, "1"))
     admitted(backend.admit("gemini:*", LIMITS, "b", 1000, T0, "1"))

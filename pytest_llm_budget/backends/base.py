@@ -29,6 +29,10 @@ class Backend(abc.ABC):
         """Charge what the call really cost and end its lease; returns the debt added."""
 
     @abc.abstractmethod
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        """Take back an admitted charge whose request never left; returns the tokens freed."""
+
+    @abc.abstractmethod
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         """End a lease (or leave the queue) without settling: the estimate stays charged."""
 
@@ -70,6 +74,10 @@ class StateBackend(Backend):
     ) -> int:
         with self._state(bucket, now) as state:
             return state.settle(limits, ticket, estimate, charge, now)
+
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        with self._state(bucket, now) as state:
+            return state.cancel(ticket)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._state(bucket, now) as state:

@@ -210,6 +210,9 @@ class RedisBackend(Backend):
                now: float) -> int:
         return int(self._run("settle", bucket, limits, now, ticket, int(estimate), int(charge)))
 
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        return int(self._run("cancel", bucket, limits, now, ticket))
+
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         self._run("release", bucket, limits, now, ticket)
 

@@ -5,7 +5,7 @@
 -- cjson because cjson rounds numbers to 14 significant digits, which would blur epoch times.
 --
 -- KEYS[1]  the bucket's state key ({prefix}:{bucket}:state)
--- ARGV[1]  op: admit | settle | release | penalize | calibrate | snapshot | reap
+-- ARGV[1]  op: admit | settle | cancel | release | penalize | calibrate | snapshot | reap
 -- ARGV[2]  now (the caller's clock, seconds)      ARGV[3]  '1': use the server's TIME instead
 -- ARGV[4]  span (window + margin, seconds)        ARGV[5]  lease_ttl (seconds, > 0)
 -- ARGV[6…] the op's own arguments (see each op below)
@@ -180,6 +180,21 @@ elseif op == 'settle' then
   end
   save()
   return debt
+elseif op == 'cancel' then
+  -- ARGV[6] ticket: its request never left (connection failed); take its charge back
+  local ticket = ARGV[6]
+  L[ticket] = nil
+  W[ticket] = nil
+  local freed = 0
+  for i, e in ipairs(E) do
+    if e[1] == ticket and e[4] then
+      freed = e[3]
+      table.remove(E, i)
+      break
+    end
+  end
+  save()
+  return freed
 elseif op == 'release' then
   -- ARGV[6] ticket
   L[ARGV[6]] = nil
