@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -129,7 +130,14 @@ def _write(results: dict[str, Any], path: Path) -> None:
         for row in run["rows"]:
             if row["runs"]:
                 row["summary"] = summarize(row["runs"])
-    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    text = json.dumps(results, indent=1, ensure_ascii=False)
+    # one line per innermost list (the request logs), so the file stays readable in a diff
+    text = re.sub(
+        r"\[\n\s+([^\[\]{}]*?)\n\s*\]",
+        lambda m: "[" + re.sub(r",\n\s*", ", ", m[1].strip()) + "]",
+        text,
+    )
+    path.write_text(text + "\n")
     DOC.write_text(markdown(results))
     CHART.write_text(svg(results))
 
@@ -146,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing to render: {a.results} has no runs", file=sys.stderr)
             return 1
         _write(results, a.results)
-        for run in results["runs"].values():
-            print(f"\n{run['label']} ({run['date']}):\n{table(run)}")
+        for saved in results["runs"].values():
+            print(f"\n{saved['label']} ({saved['date']}):\n{table(saved)}")
         return 0
     suite = build_suite(a.seed)
     configs = configurations(suite)
@@ -163,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         configs = [c for c in configs if c.key in wanted]
     repeat = a.repeat or (1 if a.quick else 3)
-    command = "python -m benchmarks.pace " + shlex.join(argv if argv is not None else sys.argv[1:])
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--note" in given:  # the note is on the machine line already
+        at = given.index("--note")
+        del given[at : at + 2]
+    given = [g for g in given if not g.startswith("--note=")]
+    command = "python -m benchmarks.pace " + shlex.join(given)
     signal.signal(signal.SIGTERM, _on_sigterm)
     procs = Processes()
     tmp = tempfile.mkdtemp(prefix="pace-bench-")

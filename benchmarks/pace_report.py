@@ -19,7 +19,7 @@ _PALETTE = ("#8c8c8c", "#2b6cb0", "#2f855a", "#b7791f", "#6b46c1")
 
 def _median(values: Sequence[float | None]) -> float | None:
     xs = [v for v in values if v is not None]
-    return statistics.median(xs) if xs else None
+    return round(statistics.median(xs), 3) if xs else None
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -50,6 +50,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "span": med("span"),
         "oracle": oracle,
         "span_over_oracle": med("span_over_oracle"),
+        "span_over_oracle_range": _range([r.get("span_over_oracle") for r in ok]),
         "span_over_floor": _median(
             [
                 r["span"] / max(r["floor"].values())
@@ -61,6 +62,11 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "peak_over_budget": med("peak_over_budget"),
         "estimate_over_charge": _median(est),
     }
+
+
+def _range(values: Sequence[float | None]) -> list[float] | None:
+    xs = [v for v in values if v is not None]
+    return [min(xs), max(xs)] if len(xs) > 1 else None
 
 
 def _f(x: float | None, fmt: str = "{:.2f}") -> str:
@@ -89,10 +95,12 @@ def table(run: dict[str, Any]) -> str:
         o = s["oracle"]
         oracle = f"{_f(o.get('openai'), '{:.1f}')} / {_f(o.get('gemini'), '{:.1f}')}"
         runs = f" (median of {s['runs']})" if s["runs"] > 1 else ""
+        r = s.get("span_over_oracle_range")
+        spread = f" <sub>{r[0]:.2f}-{r[1]:.2f}</sub>" if r else ""
         lines.append(
             f"| {name}{runs} | {s['passed']} / {s['failed']} | {s['rejected_429']} "
             f"| {_f(s['wall'], '{:.1f}')} | {_f(s['span'], '{:.1f}')} | {oracle} "
-            f"| **{_f(s['span_over_oracle'])}** | {_f(s.get('span_over_floor'))} "
+            f"| **{_f(s['span_over_oracle'])}**{spread} | {_f(s.get('span_over_floor'))} "
             f"| {_f(s['wall_over_floor'])} "
             f"| {_f(s['peak_over_budget'])} | {_f(s['estimate_over_charge'])} |"
         )
@@ -183,6 +191,9 @@ How to read it: the suite's calls are charged by the emulator exactly as it admi
   charged: how much budget its estimates hold back.
 - **429s**: requests the emulator rejected (every failed SDK retry counts); **failed**: tests
   that failed (an SDK ran out of retries).
+- With several runs per row (each against a fresh emulator) the figures are medians, 429s and
+  failures the worst run's, passed the worst run's; the small figures beside span / oracle are
+  the lowest and highest of the runs.
 """
 
 
@@ -230,7 +241,10 @@ def svg(results: dict[str, Any]) -> str:
     left, width, bar, gap = 330, 420, 14, 10
     group = bar * len(runs) + gap
     height = 60 + group * len(keys) + 40
-    x = lambda v: left + v / scale_max * width  # noqa: E731
+
+    def x(v: float) -> float:
+        return left + v / scale_max * width
+
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 130}" '
         f'height="{height}" font-family="sans-serif" font-size="12">',

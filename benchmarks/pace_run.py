@@ -11,7 +11,6 @@ import importlib.util
 import json
 import math
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -23,7 +22,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .pace_oracle import figures
 from .pace_suite import Suite, mean_weight
@@ -168,14 +167,17 @@ class Processes:
             self.stop(proc, timeout=3.0)
 
 
-def _readline(stream: IO[str], timeout: float) -> str:
-    """One line from a child's stdout, or '' after `timeout` seconds."""
-    sel = selectors.DefaultSelector()
-    sel.register(stream, selectors.EVENT_READ)
-    try:
-        return stream.readline() if sel.select(timeout) else ""
-    finally:
-        sel.close()
+def _first_line(path: Path, marker: str, proc: subprocess.Popen[Any], timeout: float) -> str:
+    """The first line of a child's output file that holds `marker` (RuntimeError otherwise)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in path.read_text(errors="replace").splitlines():
+            if marker in line:
+                return line
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"the emulator did not start: {path.read_text(errors='replace')[-500:]!r}")
 
 
 @contextlib.contextmanager
@@ -187,12 +189,11 @@ def emulator(procs: Processes, folder: Path, mode: str) -> Iterator[tuple[str, P
         "--openai-tpm", str(TPM), "--gemini-tpm", str(TPM), "--rpm", "none",
         "--window", f"{WINDOW:g}", "--mode", mode, "--shared-bucket", "--log", str(log),
     ]  # fmt: skip
-    proc = procs.start(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = folder / "emulator.out"  # a file, not a pipe: tracebacks must never block it
+    with open(out, "wb") as fh:
+        proc = procs.start(args, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        assert proc.stdout is not None
-        line = _readline(proc.stdout, 30.0)
-        if "listening on " not in line:
-            raise RuntimeError(f"the emulator did not start: {line!r}")
+        line = _first_line(out, "listening on ", proc, 30.0)
         yield line.split("listening on ", 1)[1].strip(), log
     finally:
         procs.stop(proc)
