@@ -138,8 +138,16 @@ def _write(results: dict[str, Any], path: Path) -> None:
         text,
     )
     path.write_text(text + "\n")
-    DOC.write_text(markdown(results))
-    CHART.write_text(svg(results))
+    doc, chart = _outputs(path)
+    doc.write_text(markdown(results))
+    chart.write_text(svg(results))
+
+
+def _outputs(results: Path) -> tuple[Path, Path]:
+    """BENCHMARKS.md and pace.svg for the default results file; beside any other one."""
+    if results.resolve() == RESULTS:
+        return DOC, CHART
+    return results.with_suffix(".md"), results.with_suffix(".svg")
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -254,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     results["runs"][a.label] = run
     _write(results, a.results)
     print(f"\n{a.label} ({run['date']}), {time.time() - started:.0f} s:\n{table(run)}")
-    print(f"written: {a.results}, {DOC}, {CHART}")
+    print("written: " + ", ".join(str(p) for p in (a.results, *_outputs(a.results))))
     return 0
 
 
