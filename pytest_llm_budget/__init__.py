@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BudgetWaitTimeout,
+    CostCapExceeded,
     LLMBudgetError,
     QuotaExhausted,
     RateLimitExhausted,
@@ -18,6 +19,7 @@ from .settings import Settings
 __all__ = [
     "BudgetSession",
     "BudgetWaitTimeout",
+    "CostCapExceeded",
     "LLMBudgetError",
     "LimitRule",
     "Limiter",

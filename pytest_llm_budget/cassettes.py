@@ -219,6 +219,10 @@ def replayed_record(
         worker=worker,
         rate_limit_events=int(status == 429),
         malformed=usage is None and status < 400,
+        cached_tokens=usage.cached_tokens if usage else 0,
+        reasoning_tokens=usage.reasoning_tokens if usage else 0,
+        service_tier=usage.service_tier if usage else None,
+        cost_usd=0.0,
     )
 
 

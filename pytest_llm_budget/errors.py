@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailable",
     "BudgetWaitTimeout",
+    "CostCapExceeded",
     "LLMBudgetError",
     "QuotaExhausted",
     "RateLimitExhausted",
@@ -47,3 +49,13 @@ class BudgetWaitTimeout(LLMBudgetError):
     """Admission would take longer than `--llm-max-wait` allows."""
 
     code = "LLM_BUDGET_TIMEOUT"
+
+
+class CostCapExceeded(LLMBudgetError):
+    """The call's worst-case cost would take the run (or the test) past its dollar cap: not sent."""
+
+    code = "LLM_COST_CAP"
+
+
+class BackendUnavailable(RuntimeError):
+    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""

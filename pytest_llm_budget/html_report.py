@@ -40,6 +40,10 @@ _TOTALS = (
     ("waited_s", "waited"),
     ("errors", "errors"),
     ("rate_limit_events", "429s"),
+    ("cost_usd", "cost"),
+    ("would_cost_usd", "replayed calls live"),
+    ("cost_unknown", "unpriced calls"),
+    ("cost_refused", "refused by cost cap"),
 )
 
 #: (JSON key, header, numeric) of the per-bucket table.
@@ -54,9 +58,28 @@ _BUCKET_COLUMNS = (
     ("deferrals", "deferrals", True),
     ("waited_s", "waited", True),
     ("rate_limit_events", "429s", True),
+    ("cost_usd", "cost", True),
+)
+
+#: (JSON key, header, numeric) of the per-test table.
+_TEST_COLUMNS = (
+    ("test", "test", False),
+    ("calls", "calls", True),
+    ("replayed", "replayed", True),
+    ("prompt_tokens", "prompt", True),
+    ("completion_tokens", "completion", True),
+    ("cost_usd", "cost", True),
+    ("would_cost_usd", "replayed calls live", True),
+    ("cost_unknown", "unpriced", True),
+    ("cost_refused", "refused (cost cap)", True),
 )
 
 #: (JSON key, header, numeric) of the per-call table.
+_OVERSPENT_COLUMNS = (
+    ("test", "test", False),
+    ("declared", "declared tokens", True),
+    ("spent", "spent tokens", True),
+)
 _CALL_COLUMNS = (
     ("t", "time (UTC)", False),
     ("test", "test", False),
@@ -69,6 +92,7 @@ _CALL_COLUMNS = (
     ("attempts", "attempts", True),
     ("rate_limit_events", "429s", True),
     ("waited_s", "waited", True),
+    ("cost_usd", "cost", True),
     ("replayed", "replayed", False),
     ("worker", "worker", False),
 )
@@ -81,6 +105,10 @@ def _esc(value: object) -> str:
 
 def _fmt(key: str, value: Any) -> str:
     """Display text of one report value: seconds with an `s`, booleans as yes/no, lists joined."""
+    if key.endswith("cost_usd"):
+        from .cost import usd
+
+        return usd(value) if isinstance(value, (int, float)) or value is None else str(value)
     if value is None:
         return "\u2014"
     if isinstance(value, bool):
@@ -128,9 +156,13 @@ def _call_class(row: Mapping[str, Any]) -> str:
 
 def _call_row(call: Mapping[str, Any]) -> dict[str, Any]:
     """A call as displayed: an error code, when there is one, joins the status."""
+    from .cost import usd
+
     row = dict(call)
     if row.get("error_code"):
         row["status"] = f"{row.get('status', '')} ({row['error_code']})"
+    if row.get("replayed") and "would_cost_usd" in row:
+        row["cost_usd"] = f"$0 (live {usd(row['would_cost_usd'])})"
     return row
 
 
@@ -164,10 +196,23 @@ def render_html(document: dict[str, Any]) -> str:
         if buckets
         else '<p class="empty">No live LLM call reserved budget.</p>'
     )
+    tests: Sequence[Mapping[str, Any]] = document.get("tests") or []
+    tests_html = (
+        _table(_TEST_COLUMNS, tests, css="tests")
+        if tests
+        else '<p class="empty">No test made an LLM call.</p>'
+    )
     calls_html = (
         _table(_CALL_COLUMNS, calls, css="calls", row_class=_call_class)
         if calls
         else '<p class="empty">No LLM call was recorded.</p>'
+    )
+    overspent = document.get("overspent") or []
+    overspent_html = (
+        "<h2>Tests that spent more than they declared</h2>\n"
+        f"{_table(_OVERSPENT_COLUMNS, overspent, css='overspent')}\n"
+        if overspent
+        else ""
     )
     backend = settings.get("backend")
     meta = f"{len(calls)} call(s), {len(buckets)} bucket(s)"
@@ -183,6 +228,8 @@ def render_html(document: dict[str, Any]) -> str:
         f'<p class="meta">{_esc(meta)}</p>\n'
         f'<h2>Totals</h2>\n<dl class="totals">{totals_html}</dl>\n'
         f"<h2>Buckets</h2>\n{buckets_html}\n"
+        f"<h2>Tests</h2>\n{tests_html}\n"
+        f"{overspent_html}"
         f"<h2>Calls</h2>\n{calls_html}\n"
         f"<h2>Settings</h2>\n{settings_html}\n"
         "</body></html>\n"

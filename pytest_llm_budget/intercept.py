@@ -53,7 +53,6 @@ __all__ = [
     "active_session",
     "add_host",
     "install",
-    "installed",
     "is_llm_host",
     "patched_methods",
     "remove_host",
@@ -323,8 +322,3 @@ def active_session() -> BudgetSession | None:
     with _lock:
         return _stack[-1][0] if _stack else None
 
-
-def installed() -> bool:
-    """True while some session routes app-built clients."""
-    with _lock:
-        return bool(_stack)

@@ -71,6 +71,7 @@ class BucketStats:
     deferrals: int = 0
     waited_s: float = 0.0
     rate_limit_events: int = 0
+    refunded: int = 0
 
     def merged(self, other: BucketStats) -> BucketStats:
         """Add another process's figures for the same bucket."""
@@ -78,7 +79,10 @@ class BucketStats:
 
 
 #: The additive figures of BucketStats (summed across processes, counted by the limiter).
-COUNTERS = ("calls", "estimated", "actual", "debt", "deferrals", "waited_s", "rate_limit_events")
+COUNTERS = (
+    "calls", "estimated", "actual", "debt", "deferrals", "waited_s", "rate_limit_events",
+    "refunded",
+)
 
 
 class SystemClock:
@@ -110,6 +114,7 @@ class _Bucket:
     deferrals: int = 0
     waited_s: float = 0.0
     rate_limit_events: int = 0
+    refunded: int = 0
 
     def stats(self) -> BucketStats:
         counts = {f: getattr(self, f) for f in COUNTERS}
@@ -118,7 +123,11 @@ class _Bucket:
 
 @dataclass
 class Reservation:
-    """Tokens held for one request; settle it with the real usage, or release it."""
+    """Tokens held for one request; settle it with the real usage, or release it.
+
+    `estimate` is what the window was charged: the requested estimate with its uncertain part
+    scaled by the bucket's learned factor (`requested` and `uncertain` are as asked).
+    """
 
     limiter: Limiter
     bucket: str
@@ -126,16 +135,34 @@ class Reservation:
     estimate: int
     admitted_at: float
     waited_s: float
+    requested: int = -1
+    uncertain: int = 0
     settled: bool = field(default=False, init=False)
     actual: int | None = field(default=None, init=False)
 
-    def settle(self, actual_tokens: int) -> int:
-        """Charge max(estimate, actual) at the reservation's time; returns the debt it added."""
+    def settle(self, actual_tokens: int, *, refund: bool = False) -> int:
+        """Charge what the call cost at the reservation's time; returns the debt it added.
+
+        By default the charge is max(estimate, actual): a provider that charges its estimate at
+        admission (OpenAI: input + max_tokens) keeps it whatever the answer used. `refund=True`
+        is for providers that count the reported usage itself (Gemini: input tokens): the
+        charge becomes exactly `actual`, freeing an over-estimate (returns 0 then, or the debt
+        when actual is above the estimate), and the figure teaches the bucket's factor.
+        """
         if self.settled:
             return 0
         self.settled = True
         self.actual = int(actual_tokens)
-        return self.limiter._settle(self, int(actual_tokens))
+        return self.limiter._settle(self, int(actual_tokens), refund)
+
+    def observe(
+        self, server_limit: int, server_remaining: int, reset_s: float | None = None
+    ) -> int:
+        """Learn from the server's rate-limit figures sent with this request's answer
+        (`x-ratelimit-limit-tokens`, `-remaining-tokens`, `-reset-tokens` in seconds)."""
+        return self.limiter._observe(
+            self.bucket, self.ticket, server_limit, server_remaining, reset_s
+        )
 
     def release(self) -> None:
         """Free the concurrency slot without reporting usage (the estimate stays charged)."""
@@ -200,6 +227,13 @@ class Limiter:
         self.clock = clock or system.now
         self.sleep = sleep or system.sleep
         self.asleep = asleep or system.asleep
+        # A thread of this process that waits for room is woken as soon as another one settles,
+        # releases or cancels (a refund, a waiter leaving the queue or a lease ending can free
+        # room before the computed time); only with the real sleep, never an injected one.
+        self._wakeable = sleep is None
+        self._wake = threading.Condition()
+        self._freed = 0
+        self._sleepers = 0
         self.owner = owner or f"{os.getpid()}"
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
@@ -238,27 +272,42 @@ class Limiter:
         return self._buckets[bucket].limits
 
     # -- reserving -------------------------------------------------------------------------
-    def reserve(self, estimate: int, *, vendor: str = "openai", model: str = "*") -> Reservation:
-        """Block until `estimate` tokens fit in the window of the call's bucket."""
+    def reserve(
+        self, estimate: int, *, vendor: str = "openai", model: str = "*", uncertain: int = 0
+    ) -> Reservation:
+        """Block until `estimate` tokens fit in the window of the call's bucket.
+
+        `uncertain` (default 0: the estimate is charged as it is) names the part of the
+        estimate that is a guess (the input tokens); the bucket scales that part by the factor
+        it learns from the server's figures (`Reservation.observe`, `settle(refund=True)`).
+        """
         bucket, ticket, start = self._begin(estimate, vendor, model)
+        if uncertain:
+            uncertain = min(max(0, int(uncertain)), int(estimate))
         for attempt in itertools.count():
-            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0)
-            if wait is None:
-                break
-            self.sleep(wait)
-        return self._admitted(bucket, ticket, estimate, start)
+            freed = self._freed
+            wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
+            if isinstance(wait, Admitted):
+                return self._admitted(bucket, ticket, estimate, uncertain, start, wait.charge)
+            if self._wakeable:
+                self._nap(wait, freed)
+            else:
+                self.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def areserve(
-        self, estimate: int, *, vendor: str = "openai", model: str = "*"
+        self, estimate: int, *, vendor: str = "openai", model: str = "*", uncertain: int = 0
     ) -> Reservation:
         """`reserve` for event loops: waits with asyncio, never blocking the loop."""
         bucket, ticket, start = self._begin(estimate, vendor, model)
+        if uncertain:
+            uncertain = min(max(0, int(uncertain)), int(estimate))
         for attempt in itertools.count():
-            wait = self._try(bucket, ticket, estimate, start, first=attempt == 0)
-            if wait is None:
-                break
+            wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
+            if isinstance(wait, Admitted):
+                return self._admitted(bucket, ticket, estimate, uncertain, start, wait.charge)
             await self.asleep(wait)
-        return self._admitted(bucket, ticket, estimate, start)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _begin(self, estimate: int, vendor: str, model: str) -> tuple[str, str, float]:
         bucket = self.bucket_for(vendor, model)
@@ -278,16 +327,20 @@ class Limiter:
         return bucket, ticket, self.clock()
 
     def _try(
-        self, bucket: str, ticket: str, estimate: int, start: float, *, first: bool
-    ) -> float | None:
-        """Ask the backend once; None when admitted, else the seconds to sleep."""
+        self, bucket: str, ticket: str, estimate: int, uncertain: int, start: float, *,
+        first: bool,
+    ) -> Admitted | float:
+        """Ask the backend once; the admission, else the seconds to sleep."""
         b = self._buckets[bucket]
         now = self.clock()
-        decision = self.backend.admit(bucket, b.limits, ticket, estimate, now, self.owner)
+        decision = self.backend.admit(
+            bucket, b.limits, ticket, estimate, now, self.owner, uncertain
+        )
         if isinstance(decision, Admitted):
-            return None
+            return decision
         if now + decision.wait - start > self.max_wait:
             self.backend.release(bucket, b.limits, ticket, now)
+            self._room_freed()
             raise BudgetWaitTimeout(
                 f"bucket {bucket}: admitting {estimate} tokens would take "
                 f"{now + decision.wait - start:.1f}s (waiting for {decision.reason}), more than "
@@ -304,24 +357,51 @@ class Limiter:
             listener(bucket, now + decision.wait)
         return decision.wait
 
-    def _admitted(self, bucket: str, ticket: str, estimate: int, start: float) -> Reservation:
+    def _admitted(
+        self, bucket: str, ticket: str, estimate: int, uncertain: int, start: float, charge: int
+    ) -> Reservation:
         b = self._buckets[bucket]
         now = self.clock()
         waited = max(0.0, now - start)
+        charged = estimate if charge < 0 else charge
         with self._lock:
             b.calls += 1
-            b.estimated += estimate
+            b.estimated += charged
             b.waited_s += waited
-        return Reservation(self, bucket, ticket, estimate, now, waited)
+        return Reservation(self, bucket, ticket, charged, now, waited, estimate, uncertain)
+
+    def _nap(self, seconds: float, freed: int) -> None:
+        """Sleep up to `seconds`, unless room was freed in this process since `freed`."""
+        with self._wake:
+            if self._freed != freed:
+                return
+            self._sleepers += 1
+            try:
+                self._wake.wait(seconds)
+            finally:
+                self._sleepers -= 1
+
+    def _room_freed(self) -> None:
+        """Wake this process's sleeping waiters: they ask the backend again."""
+        self._freed += 1
+        if self._sleepers:
+            with self._wake:
+                self._wake.notify_all()
 
     # -- after the call --------------------------------------------------------------------
-    def _settle(self, r: Reservation, actual: int) -> int:
+    def _settle(self, r: Reservation, actual: int, refund: bool = False) -> int:
         b = self._buckets[r.bucket]
-        debt = self.backend.settle(r.bucket, b.limits, r.ticket, r.estimate, actual, self.clock())
+        delta = self.backend.settle(
+            r.bucket, b.limits, r.ticket, r.estimate, actual, self.clock(), refund
+        )
         with self._lock:
             b.actual += actual
-            b.debt += debt
-        return debt
+            if delta > 0:
+                b.debt += delta
+            else:
+                b.refunded -= delta
+        self._room_freed()
+        return max(0, delta)
 
     def _cancel(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]
@@ -329,10 +409,12 @@ class Limiter:
         with self._lock:
             b.calls -= 1
             b.estimated -= r.estimate
+        self._room_freed()
 
     def _release(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]
         self.backend.release(r.bucket, b.limits, r.ticket, self.clock())
+        self._room_freed()
 
     def _rate_limited(self, bucket: str, ticket: str, retry_after_s: float | None) -> None:
         b = self._buckets[bucket]
@@ -347,11 +429,29 @@ class Limiter:
         self._rate_limited(self.bucket_for(vendor, model), f"{self._prefix}-x", retry_after_s)
 
     def calibrate(self, vendor: str, model: str, server_limit: int, server_remaining: int) -> int:
-        """Believe the server's `x-ratelimit-remaining-tokens` when it is lower than ours."""
+        """Believe the server's `x-ratelimit-remaining-tokens` when it is lower than ours.
+
+        Not tied to a request, so it teaches nothing but the gap; `Reservation.observe` is the
+        form that also learns the factor.
+        """
         bucket = self.bucket_for(vendor, model)
         b = self._buckets[bucket]
         server_used = max(0, server_limit - server_remaining)
         return self.backend.calibrate(bucket, b.limits, self._prefix, server_used, self.clock())
+
+    def _observe(
+        self,
+        bucket: str,
+        ticket: str,
+        server_limit: int,
+        server_remaining: int,
+        reset_s: float | None,
+    ) -> int:
+        b = self._buckets[bucket]
+        server_used = max(0, server_limit - server_remaining)
+        return self.backend.observe(
+            bucket, b.limits, ticket, server_limit, server_used, self.clock(), reset_s
+        )
 
     # -- reading ---------------------------------------------------------------------------
     def stats(self) -> list[BucketStats]:

@@ -11,7 +11,16 @@ MARKER = "llm_budget"
 #: The fixtures a test takes to be parametrized over the scenario x model matrix.
 MATRIX_ARGS = ("llm_model", "llm_scenario")
 #: Fixtures that make a test an LLM test (as does the marker).
-LLM_FIXTURES = frozenset({*MATRIX_ARGS, "openai_client", "async_openai_client", "gemini_client"})
+LLM_FIXTURES = frozenset(
+    {
+        *MATRIX_ARGS,
+        "openai_client",
+        "async_openai_client",
+        "gemini_client",
+        "llm_http_client",
+        "llm_async_http_client",
+    }
+)
 
 
 def is_llm_test(item: Any) -> bool:

@@ -8,6 +8,7 @@ set; `prometheus_client` is imported then and only then. They live in a dedicate
   are added up from `CallRecord`s, fed by `BudgetSession.observers` as each call ends; on every
   collection the collector also takes in any record of `session.calls` it has not seen (the
   records xdist workers send the controller), so nothing is missed and nothing counted twice;
+* `cost_usd_total{vendor,model}` is the dollars of live calls (cost.py), fed like the tokens;
 * `window_deferrals_total` is the sum of the buckets' `deferrals` (`session.bucket_stats()`, merged
   across workers: the figure the reports show), read at collection time;
 * `active_concurrency` is the calls in flight in the buckets this process uses, read from the
@@ -72,6 +73,7 @@ class BudgetMetrics:
         self._requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._rate_limits: collections.Counter[str] = collections.Counter()
         self._replayed: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._cost: dict[tuple[str, str], float] = {}
         self._wait_counts = [0] * (len(WAIT_BUCKETS) + 1)  # per bucket (not cumulative), +Inf
         self._wait_sum = 0.0
         self._slots: list[float] = []
@@ -99,6 +101,7 @@ class BudgetMetrics:
         self._tokens[(vendor, model, "prompt")] += record.prompt_tokens
         self._tokens[(vendor, model, "completion")] += record.completion_tokens
         self._tokens[(vendor, model, "estimated")] += record.estimated
+        self._cost[(vendor, model)] = self._cost.get((vendor, model), 0.0) + (record.cost_usd or 0)
         self._rate_limits[vendor] += record.rate_limit_events
         waited = max(0.0, record.waited_s)
         index = next((i for i, b in enumerate(WAIT_BUCKETS) if waited <= b), len(WAIT_BUCKETS))
@@ -221,6 +224,7 @@ class _Collector:
             requests = sorted(m._requests.items())
             rate_limits = sorted(m._rate_limits.items())
             replayed = sorted(m._replayed.items())
+            cost = sorted(m._cost.items())
             wait_counts = list(m._wait_counts)
             wait_sum = m._wait_sum
 
@@ -266,6 +270,14 @@ class _Collector:
         )
         for (vendor, model), count in replayed:
             family.add_metric([vendor, model], count)
+        yield family
+        family = CounterMetricFamily(
+            f"{_P}cost_usd",
+            "US dollars of live LLM calls, priced from their reported usage (unpriced models 0).",
+            labels=["vendor", "model"],
+        )
+        for (vendor, model), dollars in cost:
+            family.add_metric([vendor, model], dollars)
         yield family
         cumulative, running = [], 0
         for bound, count in zip((*WAIT_BUCKETS, math.inf), wait_counts, strict=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -13,10 +14,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from .cost import PriceFileError
 from .limiter import BucketStats
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
-from .report import build_report, summary_lines, write_report
+from .redact import redact_report
+from .report import bucket_costs, build_report, cost_line, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
 
@@ -66,6 +69,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "tokens it expects to spend (pytest-llm-budget)",
     )
     settings = _settings(config)
+    if settings.prices and settings.sources.get("prices", "").startswith("ini") and config.inipath:
+        settings = replace(settings, prices=str(config.inipath.parent / settings.prices))
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     shared_dir = None
     if workerinput is not None:
@@ -83,6 +88,8 @@ def pytest_configure(config: pytest.Config) -> None:
             shared_dir=shared_dir,
             xdist=workerinput is not None,
         )
+    except PriceFileError as exc:
+        raise pytest.UsageError(f"pytest-llm-budget: {exc}") from None
     except (ValueError, OSError, RuntimeError) as exc:
         raise pytest.UsageError(f"pytest-llm-budget: --llm-backend: {exc}") from None
     config.stash[SESSION_KEY] = session
@@ -159,6 +166,7 @@ def _test_context(item: pytest.Item) -> TestContext:
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
     session = _session(item.config)
     session.test = _test_context(item)
+    session.calls.declare(item.nodeid, session.test.tokens)
     try:
         return (yield)
     finally:
@@ -188,6 +196,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             {
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
+                "declared": budget.calls.declared(),
             }
         )
         return
@@ -197,6 +206,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             budget.calls.totals(),
             budget.bucket_stats(),
             budget.calls.records(),
+            budget.settings.rules,
+            budget.calls.overspent(),
         )
         for path in budget.settings.reports:
             write_report(path, document)
@@ -211,10 +222,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not buckets and not totals.calls:
         return
     terminalreporter.write_sep("=", "LLM budget")
+    records = budget.calls.records()
     for line in summary_lines(
-        buckets, totals, window=budget.settings.window, backend=budget.backend.description
+        buckets,
+        totals,
+        window=budget.settings.window,
+        backend=budget.backend.description,
+        costs=bucket_costs(records, budget.settings.rules),
+        overspent=budget.calls.overspent(),
     ):
         terminalreporter.write_line(line)
+    terminalreporter.write_line(cost_line(totals, records, budget.settings.max_cost))
     for path in budget.settings.reports:
         terminalreporter.write_line(f"LLM budget report: {path}")
 
@@ -245,7 +263,7 @@ class XdistHooks:
         data = json.loads(raw)
         budget = _session(node.config)
         budget.merged_stats.extend(BucketStats(**b) for b in data["buckets"])
-        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]])
+        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]], data.get("declared"))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -260,6 +278,11 @@ _CASSETTE_USE_KEY = pytest.StashKey["CassetteUse"]()
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load a configured matrix (models, scenario file) now: a bad one is a usage error."""
     settings = _session(session.config).settings
+    if settings.record_mode != "off" and importlib.util.find_spec("vcr") is None:
+        raise pytest.UsageError(
+            f"pytest-llm-budget: --llm-record-mode={settings.record_mode} needs vcrpy: "
+            "pip install 'pytest-llm-budget[cassettes]'"
+        )
     if settings.scenarios or settings.sources.get("models") != "default":
         _matrix(session.config)
     _start_routing(session.config)  # app-built clients: see the routing section
@@ -403,17 +426,20 @@ def _preflight(session: pytest.Session) -> tuple[str, str | None] | None:
     if not llm_items:
         return None
     from .cassettes import CassettePolicy
-    from .preflight import estimate_item, over_budget_message, project
+    from .preflight import cost_note, estimate_item, over_budget_message, project
 
-    settings = _session(config).settings
+    budget = _session(config)
+    settings = budget.settings
     policy = CassettePolicy.from_settings(settings)
     aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
-    projection = project((estimate_item(i, settings, policy) for i in llm_items), settings, aside)
+    estimates = [estimate_item(i, settings, policy) for i in llm_items]
+    projection = project(estimates, settings, aside)
     if not projection.tests:
         return None
     limit = settings.max_duration
     problem = over_budget_message(projection, limit) if limit else None
-    return projection.line(settings.budget), problem
+    cost = cost_note(estimates, budget.costs.prices, settings.max_cost)
+    return "\n".join(filter(None, (projection.line(settings.budget), cost))), problem
 
 
 # -- Prometheus metrics (metrics.py): --llm-metrics-port, --llm-metrics-textfile, --llm-pushgateway
@@ -476,7 +502,8 @@ def _start_routing(config: pytest.Config) -> None:
 
 
 class _RoutingHooks:
-    """Adds the structured errors that ended a failed test's LLM calls to its report."""
+    """Adds the structured errors that ended a failed test's LLM calls to its report, and takes
+    credentials (a `?key=` in a request URL, say) out of what the report shows and saves."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -489,6 +516,7 @@ class _RoutingHooks:
             errors = errors_for(_session(item.config), item.nodeid)
             if errors:
                 report.sections.append(("LLM budget", "\n".join(str(e) for e in errors)))
+        redact_report(report)
         return report
 
 

@@ -1,9 +1,12 @@
 """Preflight: project a run's tokens and the least time the budget allows, before any call.
 
-Per LLM test: the marker's `tokens=`, else `--llm-est-tokens`, times (1 + grounded overhead) when
-the test is grounded; zero when its cassette replays. Tests go to the bucket of their vendor and
-model (ini `llm_limits`, then `--llm-tpm`); each bucket admits `tpm * (1 - headroom)` tokens per
-window, so the run needs at least `tokens / budget` windows of its busiest bucket. No pytest here.
+Per LLM test: the marker's `tokens=` (the whole test's expected spend, taken as declared), else
+`--llm-est-tokens` times (1 + grounded overhead) when the test is grounded (the overhead once,
+never on a declared total); zero when its cassette replays. Tests go to the bucket of their
+vendor and model (ini `llm_limits`, then `--llm-tpm`); a test that names no vendor goes to the
+default vendor's (that of the first `llm_models` entry). Each bucket admits
+`tpm * (1 - headroom)` tokens per window, so the run needs at least `tokens / budget` windows of
+its busiest bucket. No pytest here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cassettes import CassettePolicy, cassette_path
 from .limiter import LimitRule
@@ -19,17 +22,21 @@ from .llm_tests import LLM_FIXTURES, MARKER, is_llm_test
 from .matrix import LLMModel, scenario_of
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .cost import PriceBook
+
 __all__ = [
     "LLM_FIXTURES",
     "Projection",
     "TestEstimate",
+    "cost_note",
+    "default_vendor",
     "estimate_item",
     "format_duration",
     "is_llm_test",
     "over_budget_message",
     "project",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,12 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def default_vendor(settings: Settings) -> str:
+    """The vendor of a test that names none: the first `llm_models` entry's (else openai)."""
+    first = settings.models[0] if settings.models else ""
+    return first.split(":", 1)[0] if ":" in first else "openai"
+
+
 def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -> Projection:
     """Sum tokens per bucket and the windows each bucket needs."""
     spent: dict[str, tuple[LimitRule, int]] = {}
@@ -117,9 +130,9 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
         if test.replayed:
             replayed += 1
             continue
-        vendor, model = test.vendor or "*", test.model or "*"
+        vendor, model = test.vendor or default_vendor(settings), test.model or "*"
         rule = next((r for r in settings.rules if r.matches(vendor, model)), settings.rules[-1])
-        name = rule.bucket_name(test.vendor or "unknown-vendor")
+        name = rule.bucket_name(vendor)
         spent[name] = (rule, spent.get(name, (rule, 0))[1] + test.tokens)
     buckets = []
     for name, (rule, tokens) in sorted(spent.items()):
@@ -134,6 +147,46 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
         buckets=tuple(buckets),
         aside=aside,
     )
+
+
+def cost_note(
+    tests: Iterable[TestEstimate], prices: PriceBook, max_cost: float | None = None
+) -> str | None:
+    """`LLM budget preflight: worst-case cost $1.234 ...`: live tests' tokens priced as output.
+
+    None when no test runs live. A test's tokens are all priced at its model's output rate (the
+    higher one), an upper bound whatever the split between input and output.
+    """
+    from .cost import usd
+
+    total = 0.0
+    live = unpriced = 0
+    for test in tests:
+        if test.replayed:
+            continue
+        live += 1
+        cost = (
+            prices.worst_case(test.vendor, test.model, 0, test.tokens)
+            if test.vendor and test.model
+            else None
+        )
+        if cost is None:
+            unpriced += 1
+        else:
+            total += float(cost)
+    if not live:
+        return None
+    notes = []
+    if unpriced == live:
+        notes.append("no live test declares a model with a known price: "
+                     "llm_budget(vendor=, model=) or llm_model")
+    elif unpriced:
+        notes.append(f"{unpriced} of {live} live tests of unknown model or price not included")
+    if max_cost is not None:
+        over = ": calls that would pass it are refused" if total > max_cost else ""
+        notes.append(f"--llm-max-cost {usd(max_cost)}{over}")
+    text = f"LLM budget preflight: worst-case cost {usd(total if unpriced < live else None)}"
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def over_budget_message(projection: Projection, max_duration: float) -> str | None:
@@ -162,9 +215,10 @@ def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> Test
     """What one LLM test item is expected to spend live (zero-cost when its cassette replays)."""
     mark = item.get_closest_marker(MARKER)
     kwargs: dict[str, Any] = dict(mark.kwargs) if mark is not None else {}
-    tokens = int(kwargs.get("tokens") or settings.est_tokens)
     scenario = scenario_of(item)
-    if kwargs.get("grounded") or (scenario is not None and scenario.grounded):
+    grounded = kwargs.get("grounded") or (scenario is not None and scenario.grounded)
+    tokens = int(kwargs.get("tokens") or 0) or settings.est_tokens
+    if not kwargs.get("tokens") and grounded:
         tokens = math.ceil(tokens * (1 + settings.grounded_overhead))
     callspec = getattr(item, "callspec", None)
     model = callspec.params.get("llm_model") if callspec is not None else None

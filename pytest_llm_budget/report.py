@@ -7,10 +7,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .limiter import BucketStats
-from .records import CallRecord, Totals
+from .limiter import BucketStats, LimitRule
+from .records import CallRecord, Overspend, Totals
 
-__all__ = ["build_report", "summary_lines", "write_report"]
+__all__ = [
+    "bucket_costs",
+    "build_report",
+    "cost_line",
+    "overspend_lines",
+    "summary_lines",
+    "write_report",
+]
+
+MAX_OVERSPEND_LINES = 10
 
 _HEADER = (
     "bucket",
@@ -22,13 +31,78 @@ _HEADER = (
     "deferrals",
     "waited",
     "429s",
+    "cost",
 )
 
 
+def bucket_costs(
+    records: Sequence[CallRecord], rules: Sequence[LimitRule]
+) -> dict[str, tuple[float, int]]:
+    """Dollars of each bucket's live calls, and how many of them have no known price."""
+    out: dict[str, tuple[float, int]] = {}
+    for r in records:
+        if r.replayed:
+            continue
+        rule = next((x for x in rules if x.matches(r.vendor, r.model)), rules[-1])
+        name = rule.bucket_name(r.vendor)
+        cost, unknown = out.get(name, (0.0, 0))
+        out[name] = (cost + (r.cost_usd or 0.0), unknown + int(r.cost_usd is None))
+    return {name: (round(cost, 12), unknown) for name, (cost, unknown) in out.items()}
+
+
+def _cost_cell(cost: float, unknown: int) -> str:
+    """`$0.01234`, `unknown`, or `$0.01234 + 2 unknown`."""
+    from .cost import usd
+
+    if not unknown:
+        return usd(cost)
+    return "unknown" if not cost else f"{usd(cost)} + {unknown} unknown"
+
+
+def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | None) -> str:
+    """The summary's cost line: spend, replayed calls' live price, unpriced models, refusals."""
+    from .cost import usd
+
+    sent = totals.calls - totals.replayed - totals.cost_refused
+    plural = "" if sent == 1 else "s"
+    text = f"cost: {_cost_cell(totals.cost_usd, totals.cost_unknown)} ({sent} live call{plural})"
+    if totals.replayed:
+        text += f", replayed calls cost $0 (live they would have cost {usd(totals.would_cost_usd)})"
+    unpriced = sorted({f"{r.vendor}:{r.model}" for r in records if r.cost_unknown})
+    if unpriced:
+        text += f"; no price for {', '.join(unpriced)}"
+    if max_cost is not None:
+        text += f"; cap {usd(max_cost)}"
+    if totals.cost_refused:
+        plural = "" if totals.cost_refused == 1 else "s"
+        text += f"; {totals.cost_refused} call{plural} refused by the cost cap (LLM_COST_CAP)"
+    return text
+
+
+def overspend_lines(overspent: Sequence[Overspend]) -> list[str]:
+    """One line per test that spent more than its marker declared (the first ten, then a count)."""
+    lines = [
+        f"overspent: {o.test} declared {o.declared} tokens, spent {o.spent} "
+        f"(+{(o.spent - o.declared) / o.declared:.0%}); raise its llm_budget(tokens=...)"
+        for o in overspent[:MAX_OVERSPEND_LINES]
+    ]
+    if len(overspent) > MAX_OVERSPEND_LINES:
+        rest = len(overspent) - MAX_OVERSPEND_LINES
+        lines.append(f"overspent: {rest} more test(s), listed in the JSON report's `overspent`")
+    return lines
+
+
 def summary_lines(
-    buckets: Sequence[BucketStats], totals: Totals, *, window: float, backend: str
+    buckets: Sequence[BucketStats],
+    totals: Totals,
+    *,
+    window: float,
+    backend: str,
+    costs: dict[str, tuple[float, int]] | None = None,
+    overspent: Sequence[Overspend] = (),
 ) -> list[str]:
-    """Rows of the summary section: one per bucket, then a totals line that says `429s: N`."""
+    """Rows of the summary: one per bucket, a totals line that says `429s: N`, then overspends."""
+    costs = costs or {}
     rows = [
         (
             b.name,
@@ -40,6 +114,7 @@ def summary_lines(
             str(b.deferrals),
             f"{b.waited_s:.1f}s",
             str(b.rate_limit_events),
+            _cost_cell(*costs.get(b.name, (0.0, 0))),
         )
         for b in buckets
     ]
@@ -61,7 +136,7 @@ def summary_lines(
         f"waited: {totals.waited_s:.1f}s, errors: {totals.errors}, 429s: {rate_limits}"
         f" [backend {backend}]"
     )
-    return lines
+    return lines + overspend_lines(overspent)
 
 
 def build_report(
@@ -69,8 +144,11 @@ def build_report(
     totals: Totals,
     buckets: Sequence[BucketStats],
     calls: Sequence[CallRecord],
+    rules: Sequence[LimitRule] = (),
+    overspent: Sequence[Overspend] = (),
 ) -> dict[str, Any]:
-    """The JSON report's document (DESIGN.md section 4)."""
+    """The JSON report's document (README's "Reports and metrics"): costs, tests, overspends."""
+    costs = bucket_costs(calls, rules) if rules else {}
     return {
         "settings": settings,
         "totals": totals.to_json(),
@@ -86,11 +164,47 @@ def build_report(
                 "deferrals": b.deferrals,
                 "waited_s": round(b.waited_s, 3),
                 "rate_limit_events": b.rate_limit_events,
+                "cost_usd": costs.get(b.name, (0.0, 0))[0],
+                "cost_unknown": costs.get(b.name, (0.0, 0))[1],
             }
             for b in buckets
         ],
+        "tests": _tests(calls),
         "calls": [c.to_json() for c in calls],
+        "overspent": [o.to_json() for o in overspent],
     }
+
+
+def _tests(calls: Sequence[CallRecord]) -> list[dict[str, Any]]:
+    """Per-test sums, in first-call order: calls, tokens and dollars."""
+    tests: dict[str, dict[str, Any]] = {}
+    for c in calls:
+        t = tests.setdefault(
+            c.test,
+            {
+                "test": c.test,
+                "calls": 0,
+                "replayed": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost_usd": 0.0,
+                "would_cost_usd": 0.0,
+                "cost_unknown": 0,
+                "cost_refused": 0,
+            },
+        )
+        t["calls"] += 1
+        t["replayed"] += int(c.replayed)
+        t["prompt_tokens"] += c.prompt_tokens
+        t["completion_tokens"] += c.completion_tokens
+        t["cost_usd"] += c.cost_usd or 0.0
+        t["would_cost_usd"] += c.would_cost_usd or 0.0
+        t["cost_unknown"] += int(c.cost_unknown)
+        t["cost_refused"] += int(c.error_code == "LLM_COST_CAP")
+    for t in tests.values():
+        t["cost_usd"] = round(t["cost_usd"], 12)
+        t["would_cost_usd"] = round(t["would_cost_usd"], 12)
+    return list(tests.values())
 
 
 def write_report(path: str, document: dict[str, Any]) -> None:

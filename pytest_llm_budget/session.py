@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backends import Backend, open_backend
+from .cost import CostGuard
 from .limiter import BucketStats, Limiter, Reservation
 from .records import CallLog, CallRecord, TestUsage
 from .settings import Settings
@@ -69,6 +70,8 @@ class BudgetSession:
             sleep=sleep,
             owner=f"{os.getpid()}:{worker}",
         )
+        #: Prices and dollar caps (cost.py): the router holds and settles every call here.
+        self.costs = CostGuard(settings, self.backend)
         self.calls = CallLog()
         self.merged_stats: list[BucketStats] = []
         #: Set by the plugin around each test; one process runs one test at a time, so a plain
@@ -112,7 +115,8 @@ class BudgetSession:
         )
 
     def record(self, record: CallRecord) -> None:
-        """Log one finished call and tell the observers."""
+        """Log one finished call (a replayed one priced as if live) and tell the observers."""
+        record = self.costs.complete(record)
         self.calls.add(record)
         for observer in list(self.observers):
             try:

@@ -104,6 +104,20 @@ def _optional_duration(text: str) -> float | None:
     return parse_duration(text)
 
 
+def _optional_usd(text: str) -> float | None:
+    """Dollars (`5`, `0.50`, `$5`), or None for none/off."""
+    clean = text.strip().lower()
+    if clean in ("", "none", "off", "unlimited"):
+        return None
+    try:
+        value = float(clean.removeprefix("$").replace(",", "").replace("_", ""))
+    except ValueError:
+        raise ValueError("must be an amount in US dollars, e.g. 5 or 0.50") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be an amount in US dollars above 0")
+    return value
+
+
 def _backend(text: str) -> str:
     return validate_backend_spec(text.strip())
 
@@ -278,7 +292,8 @@ OPTIONS: tuple[Option, ...] = (
         "est_tokens",
         _positive_int,
         7000,
-        "tokens assumed for a call (or test) that declares no budget",
+        "output budget of a call that declares none (max_tokens...); a test's total in the "
+        "preflight when its marker has no tokens=",
         "--llm-est-tokens",
         ("LLM_BUDGET_EST_TOKENS", "OPENAI_EST_TOKENS_PER_RUN"),
         "llm_est_tokens",
@@ -288,7 +303,8 @@ OPTIONS: tuple[Option, ...] = (
         "safety_margin",
         _non_negative_float,
         0.20,
-        "margin added to input-token estimates",
+        "margin on uncertain input counts only: Gemini inputs (counted with o200k, not Gemini's "
+        "tokenizer) and offline fallback counts; never on OpenAI's character estimate or output",
         "--llm-safety-margin",
         ("LLM_BUDGET_SAFETY_MARGIN",),
         "llm_safety_margin",
@@ -298,7 +314,8 @@ OPTIONS: tuple[Option, ...] = (
         "grounded_overhead",
         _non_negative_float,
         0.15,
-        "extra input-token share for grounded (search) calls",
+        "extra input share of a grounded call where input tokens are charged (Gemini), once per "
+        "call; in the preflight, on --llm-est-tokens of a grounded test without tokens=",
         "--llm-grounded-overhead",
         ("LLM_BUDGET_GROUNDED_OVERHEAD",),
         "llm_grounded_overhead",
@@ -354,6 +371,37 @@ OPTIONS: tuple[Option, ...] = (
         ("LLM_BUDGET_MAX_DURATION",),
         "llm_max_duration",
         metavar="DURATION",
+    ),
+    Option(
+        "max_cost",
+        _optional_usd,
+        None,
+        "hard cap in USD on the run's LLM spend, shared by workers and hosts; a call whose "
+        "worst case would pass it is not sent (LLM_COST_CAP)",
+        "--llm-max-cost",
+        ("LLM_BUDGET_MAX_COST",),
+        "llm_max_cost",
+        metavar="USD",
+    ),
+    Option(
+        "max_cost_per_test",
+        _optional_usd,
+        None,
+        "hard cap in USD on one test's LLM spend",
+        "--llm-max-cost-per-test",
+        ("LLM_BUDGET_MAX_COST_PER_TEST",),
+        "llm_max_cost_per_test",
+        metavar="USD",
+    ),
+    Option(
+        "prices",
+        str,
+        None,
+        "a TOML file of per-model prices (USD per million tokens) overriding genai-prices",
+        "--llm-prices",
+        ("LLM_BUDGET_PRICES",),
+        "llm_prices",
+        metavar="PATH",
     ),
     Option(
         "limits",
@@ -477,6 +525,9 @@ class Settings:
     reports: tuple[str, ...] = ()
     route: str = "all"
     max_duration: float | None = None
+    max_cost: float | None = None
+    max_cost_per_test: float | None = None
+    prices: str | None = None
     limits: tuple[LimitRule, ...] = ()
     hosts: tuple[str, ...] = ()
     models: tuple[str, ...] = DEFAULT_MODELS

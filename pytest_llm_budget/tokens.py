@@ -1,16 +1,19 @@
-"""Token estimation: tiktoken counts with an offline cache seeded from bpe-openai, and a fallback.
+"""Token estimation: admission-charge rules, tiktoken counts loaded offline, and a fallback.
 
-Counting never needs the network to fail fast: an encoding is loaded only from a cache file whose
-sha256 matches tiktoken's expected hash, or downloaded with a bounded timeout into that cache.
-When no encoding can be had, counts fall back to the UTF-8 byte length of the text. Every BPE
-token of a byte-level encoding covers at least one byte, so that fallback is a hard upper bound
-on the real count for any language or code (about 4x for English); the first fallback of a
-counter emits one `LLMBudgetWarning` (a `warnings.warn`, so pytest shows it in its summary).
+OpenAI admits a request on a character estimate, ceil(characters / 4), of the text it carries
+(`chars_tokens`), so OpenAI estimates never need a tokenizer. Gemini charges its own tokenizer's
+input count; o200k_base stands in for it (`TokenCounter`). Encodings are never downloaded: they
+come from a tiktoken cache file whose sha256 matches tiktoken's expected hash, else from the
+`bpe-openai` package (same hash check), and the encoding is built from those verified bytes, so
+tiktoken's own downloader is never reached. When neither is available, counts fall back to
+`fallback_tokens`, a character-class estimate, and the counter warns once (`LLMBudgetWarning`).
 """
 
 from __future__ import annotations
 
 import ast
+import base64
+import contextlib
 import gzip
 import hashlib
 import importlib.util
@@ -20,7 +23,7 @@ import os
 import re
 import tempfile
 import threading
-import urllib.request
+import types
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,9 +42,12 @@ __all__ = [
     "TextMeasure",
     "TiktokenSeedError",
     "TokenCounter",
+    "chars_tokens",
     "default_counter",
     "encoding_name_for",
+    "fallback_tokens",
     "iter_message_texts",
+    "load_encoding",
     "seed_tiktoken_cache",
 ]
 
@@ -91,10 +97,18 @@ class TextMeasure:
     chars: int
 
 
+def chars_tokens(chars: int) -> int:
+    """OpenAI's admission estimate of an input: ceil(characters / 4), no tokenizer involved."""
+    return math.ceil(chars / 4)
+
+
 @dataclass(frozen=True)
 class EstimatePolicy:
-    """How raw counts become reservations: margin on the uncertain input, exact output budget."""
+    """How counts become reservations: a margin only on input counts that are uncertain."""
 
+    # safety_margin: on an input counted by a tokenizer that is not the provider's (o200k for
+    # Gemini) or by the fallback; never on OpenAI's character estimate or output budgets.
+    # grounded_overhead: on a grounded call's input where input tokens are charged (Gemini).
     safety_margin: float = 0.20
     grounded_overhead: float = 0.15
     default_output_tokens: int = 7000
@@ -105,9 +119,9 @@ class EstimatePolicy:
         if self.default_output_tokens < 0:
             raise ValueError("default_output_tokens must be >= 0")
 
-    def input_tokens(self, counted: int, chars: int, *, grounded: bool = False) -> int:
+    def counted_input(self, counted: int, chars: int, *, grounded: bool = False) -> int:
         """Return ceil(max(counted, ceil(chars/4)) * (1 + margin) * (1 + grounded overhead))."""
-        raw = max(counted, math.ceil(chars / 4))
+        raw = max(counted, chars_tokens(chars))
         factor = (1 + self.safety_margin) * (1 + self.grounded_overhead if grounded else 1)
         return math.ceil(round(raw * factor, 6))
 
@@ -263,18 +277,100 @@ def iter_message_texts(message: Mapping[str, Any]) -> Iterator[str | None]:
             yield json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-class TokenCounter:
-    """Thread-safe token counter with a lazy per-encoding cache and a conservative fallback."""
+_PIECE = re.compile(r"(\d+)|([^\W\d_]+)|(\s+)|([^\w\s]+|_+)")
 
-    def __init__(
-        self,
-        *,
-        allow_download: bool = True,
-        download_timeout_s: float = 10.0,
-        non_text_part_tokens: int = NON_TEXT_PART_TOKENS,
-    ) -> None:
-        self.allow_download = allow_download
-        self.download_timeout_s = download_timeout_s
+
+def _char_weight(char: str, letter: bool) -> float:
+    """Tokens one character is taken to cost in the fallback (see `fallback_tokens`)."""
+    code = ord(char)
+    if code < 128:
+        return 0.25 if letter else 0.5
+    if code >= 0x10000:
+        return 2.0
+    return 1.0 if code >= 0x2E80 else 0.5
+
+
+def fallback_tokens(text: str) -> int:
+    """Estimate o200k tokens without an encoding, from the classes of the text's characters."""
+    # Pieces as o200k's pre-tokenizer cuts them: ASCII letters cost 1/4 a character, other
+    # letters (accented Latin, Cyrillic, Arabic, Indic) 1/2, CJK and kana (U+2E80 up) 1, astral
+    # characters (emoji, rare ideographs) 2; digits one per group of three; punctuation 1/2 a
+    # character (ASCII); every piece at least 1; whitespace 1 per run but for one space before a
+    # word. On English, German, French, Japanese, Chinese, Korean and code this is 1.2-1.6x the
+    # o200k count (UTF-8 bytes were 2.7-5.3x); it falls short only on random base64 (0.6x) and
+    # rare kanji (0.8x), which the safety margin partly covers.
+    total = 0
+    for match in _PIECE.finditer(text):
+        digits, letters, space, other = match.groups()
+        if digits:
+            total += math.ceil(len(digits) / 3)
+        elif space:
+            next_char = text[match.end() : match.end() + 1]
+            total += 0 if space == " " and next_char.isalpha() else 1
+        else:
+            piece = letters or other or ""
+            total += max(1, math.ceil(sum(_char_weight(c, bool(letters)) for c in piece)))
+    return total
+
+
+def _verified_bytes(encoding: str) -> bytes:
+    """An encoding's BPE file from tiktoken's cache, else from bpe-openai; sha256-checked."""
+    url, sha256 = _blob_source(encoding)
+    cache_dir = _tiktoken_cache_dir()
+    target = _cache_path(cache_dir, url) if cache_dir else None
+    if target is not None:
+        with contextlib.suppress(OSError):
+            data = target.read_bytes()
+            if hashlib.sha256(data).hexdigest() == sha256:
+                return data
+    archive = _bpe_openai_data_dir() / f"{encoding}.tiktoken.gz"
+    try:
+        data = gzip.decompress(archive.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise TiktokenSeedError(f"cannot read {archive}: {exc}") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise TiktokenSeedError(f"{archive} has sha256 {actual}, tiktoken expects {sha256}")
+    if target is not None:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next process
+            _write_atomically(target, data)
+    return data
+
+
+def load_encoding(encoding: str) -> tiktoken.Encoding:
+    """Build a tiktoken encoding from verified local bytes; tiktoken never goes to the network."""
+    # tiktoken_ext's own constructor supplies the split pattern and special tokens; it runs with
+    # a loader handing over the verified ranks instead of tiktoken's (downloading) file reader.
+    import tiktoken
+    import tiktoken_ext.openai_public as public
+
+    url, sha256 = _blob_source(encoding)
+    ranks: dict[bytes, int] = {}
+    for line in _verified_bytes(encoding).splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+
+    def offline_loader(path: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        if (path, expected_hash) != (url, sha256):
+            raise TiktokenSeedError(f"{encoding} wants {path} ({expected_hash}), not {url}")
+        return ranks
+
+    constructor = getattr(public, encoding)
+    offline = types.FunctionType(
+        constructor.__code__,
+        {**constructor.__globals__, "load_tiktoken_bpe": offline_loader},
+        constructor.__name__,
+        constructor.__defaults__,
+        constructor.__closure__,
+    )
+    return tiktoken.Encoding(**offline())
+
+
+class TokenCounter:
+    """Thread-safe token counter with a lazy per-encoding cache and a fallback estimate."""
+
+    def __init__(self, *, non_text_part_tokens: int = NON_TEXT_PART_TOKENS) -> None:
         self.non_text_part_tokens = non_text_part_tokens
         self._lock = threading.Lock()
         self._encodings: dict[str, tiktoken.Encoding | None] = {}
@@ -282,7 +378,7 @@ class TokenCounter:
 
     @property
     def fallback_used(self) -> bool:
-        """True once some count had to use the byte-length fallback."""
+        """True once some count had to use the fallback estimate."""
         return any(enc is None for enc in self._encodings.values())
 
     def encoding_for(self, model: str) -> tiktoken.Encoding | None:
@@ -299,15 +395,15 @@ class TokenCounter:
             return 0
         encoding = self.encoding_for(model)
         if encoding is None:
-            return len(text.encode("utf-8"))
+            return fallback_tokens(text)
         return len(encoding.encode_ordinary(text))
 
     def count_messages(self, messages: Sequence[Mapping[str, Any]], model: str) -> int:
-        """Count chat messages with the cookbook overhead (3/message, +1/name, +3 reply priming)."""
+        """Count chat messages as OpenAI reports prompt_tokens (cookbook overhead included)."""
         return self.measure_messages(messages, model).tokens
 
     def measure_messages(self, messages: Sequence[Mapping[str, Any]], model: str) -> TextMeasure:
-        """Count chat messages with overhead, and the characters of their text."""
+        """Count chat messages with overhead (3/message, +1/name, +3), and their characters."""
         tokens = REPLY_PRIMING_TOKENS
         chars = 0
         for message in messages:
@@ -334,33 +430,12 @@ class TokenCounter:
         return TextMeasure(tokens, chars)
 
     def _load(self, name: str) -> tiktoken.Encoding | None:
-        """Load an encoding from a hash-valid cache file (downloading with a timeout if allowed)."""
+        """Load an encoding from verified local bytes; None (and one warning) when impossible."""
         try:
-            if name in _KNOWN_SOURCES:
-                self._ensure_cached(name)
-            import tiktoken
-
-            return tiktoken.get_encoding(name)
+            return load_encoding(name)
         except Exception as exc:
             self._warn_once(name, exc)
             return None
-
-    def _ensure_cached(self, name: str) -> None:
-        """Make sure tiktoken will find a valid cache file, so it never goes to the network."""
-        url, sha256 = _blob_source(name)
-        cache_dir = _tiktoken_cache_dir()
-        if not cache_dir:
-            raise LookupError("TIKTOKEN_CACHE_DIR is empty (caching disabled)")
-        target = _cache_path(cache_dir, url)
-        if _has_valid_file(target, sha256):
-            return
-        if not self.allow_download:
-            raise LookupError(f"no valid {name} file in {cache_dir} and downloads are disabled")
-        with urllib.request.urlopen(url, timeout=self.download_timeout_s) as response:
-            data: bytes = response.read()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"downloaded {url} does not match sha256 {sha256}")
-        _write_atomically(target, data)
 
     def _warn_once(self, name: str, exc: BaseException) -> None:
         """Warn the first time this counter falls back, naming the cause and the cure."""
@@ -368,9 +443,11 @@ class TokenCounter:
             return
         self._warned = True
         warnings.warn(
-            f"tiktoken encoding {name} unavailable ({type(exc).__name__}: {exc}); token estimates "
-            "fall back to UTF-8 byte counts (safe, ~4x high for English). Seed a cache with "
-            "pytest_llm_budget.tokens.seed_tiktoken_cache(dir) and set TIKTOKEN_CACHE_DIR=dir.",
+            f"tiktoken encoding {name} unavailable ({type(exc).__name__}: {exc}); Gemini input "
+            "estimates use a character-class estimate instead (about 1.2-1.6x the real count, "
+            "plus --llm-safety-margin). Install bpe-openai (a dependency of pytest-llm-budget), "
+            "or seed a cache with pytest_llm_budget.tokens.seed_tiktoken_cache(dir) and set "
+            "TIKTOKEN_CACHE_DIR=dir.",
             LLMBudgetWarning,
             stacklevel=4,
         )

@@ -44,6 +44,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 import weakref
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -51,6 +52,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    BackendUnavailable,
+    CostCapExceeded,
     LLMBudgetError,
     QuotaExhausted,
     RateLimitExhausted,
@@ -59,8 +62,9 @@ from .errors import (
 from .records import CallRecord
 
 if TYPE_CHECKING:
+    from .cost import CostHold
     from .limiter import Reservation
-    from .providers import Provider, SSEUsageParser, Usage
+    from .providers import Estimate, Provider, SSEUsageParser, Usage
     from .session import BudgetSession
     from .tokens import EstimatePolicy, TokenCounter
 
@@ -90,6 +94,7 @@ _STATUS_OF = {
     RateLimitExhausted.code: "rate_limited",
     QuotaExhausted.code: "quota",
     RequestTooLarge.code: "too_large",
+    CostCapExceeded.code: "cost_cap",
 }
 
 
@@ -136,6 +141,8 @@ class _Call:
     stream_usage_expected: bool
     model: str = "*"
     charge: int = 0
+    estimate: Estimate | None = None
+    cost: CostHold | None = None
     t: float = field(default_factory=time.time)
     attempts: int = 0
     waited_s: float = 0.0
@@ -160,6 +167,9 @@ class Gate:
         except LLMBudgetError as err:
             self.error = err
             raise
+        except BackendUnavailable:
+            self.router._record(self.call, None, "backend_error", malformed=False)
+            raise
 
     async def apay(self) -> None:
         """`pay` for event loops."""
@@ -169,12 +179,16 @@ class Gate:
         except LLMBudgetError as err:
             self.error = err
             raise
+        except BackendUnavailable:
+            self.router._record(self.call, None, "backend_error", malformed=False)
+            raise
 
     def unsent(self) -> None:
         """The request never reached the provider (no connection): give the whole charge back."""
         if self.reservation is not None:
             self.reservation.cancel()
             self.reservation = None
+        self.router._release_cost(self.call)
 
 
 class Router:
@@ -295,33 +309,33 @@ class Router:
                 return self._fail(call, request, outcome, (response, body))
 
     # -- admission -----------------------------------------------------------------------------
-    def _estimate(self, call: _Call) -> None:
+    def _estimate(self, call: _Call) -> Estimate:
         """Estimate the call's charge once, on its first admission (mocked calls never pay it)."""
-        if call.charge:
-            return
-        test = self.session.test
+        if call.estimate is not None:
+            return call.estimate
         estimate = call.provider.estimate(
-            call.path,
-            call.body,
-            self.counter,
-            self.policy,
-            grounded=call.grounded,
-            declared_tokens=test.tokens,
+            call.path, call.body, self.counter, self.policy, grounded=call.grounded
         )
         call.model = estimate.model
         call.charge = max(1, call.provider.charge_estimate(estimate))
+        call.estimate = estimate
+        return estimate
 
     def _reserve(self, call: _Call) -> Reservation:
-        self._estimate(call)
+        estimate = self._estimate(call)
+        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
         limiter = self.session.limiter
-        reservation = limiter.reserve(call.charge, vendor=call.vendor, model=call.model)
+        reservation = limiter.reserve(
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
+        )
         self._admitted(call, reservation)
         return reservation
 
     async def _areserve(self, call: _Call) -> Reservation:
-        self._estimate(call)
+        estimate = self._estimate(call)
+        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
         reservation = await self.session.limiter.areserve(
-            call.charge, vendor=call.vendor, model=call.model
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
         )
         self._admitted(call, reservation)
         return reservation
@@ -360,9 +374,16 @@ class Router:
     def _abort(self, call: _Call, gate: Gate) -> None:
         """The send failed after admission (timeout, dropped, cancel): keep the charge, record."""
         if gate.reservation is None:  # never admitted, or it never reached the provider
+            self._release_cost(call)
             return
         gate.reservation.release()
-        self._record(call, None, "error", malformed=False)
+        cost = self.session.costs.settle(call.cost, None) if call.cost else None
+        self._record(call, None, "error", malformed=False, cost_usd=cost)
+
+    def _release_cost(self, call: _Call) -> None:
+        """The attempt was not billed (refused, or never sent): its cost hold is dropped."""
+        if call.cost is not None:
+            self.session.costs.release(call.cost)
 
     def _rejected(
         self, call: _Call, reservation: Reservation, response: Any, body: bytes
@@ -371,6 +392,7 @@ class Router:
         from .providers import RejectionKind
 
         rejection = call.provider.classify(429, response.headers, body, time.time())
+        self._release_cost(call)
         call.rate_limit_events += 1
         limit = f"limit {rejection.limit}" if rejection.limit is not None else "limit unknown"
         where = f"{call.vendor} model {call.model}"
@@ -433,10 +455,11 @@ class Router:
     ) -> Any:
         """End a call with a structured error: raise it, or answer an app's client with a 429."""
         status = _STATUS_OF.get(err.code, "error")
+        self._release_cost(call)
         self._record(call, None, status, malformed=False, error_code=err.code)
         _remember(self.session, call.test, err)
         if self.raise_errors:
-            raise err
+            raise _passable(err)
         return _final_429(request, err, rejected)
 
     def _deliver(
@@ -445,10 +468,11 @@ class Router:
         """Pass a non-429 answer on; a 2xx one is metered and settled when its body ends."""
         status = int(response.status_code)
         if not 200 <= status < 300:
-            reservation.release()
-            self._record(call, None, f"http_{status}", malformed=False)
+            lost = _backend_lost(reservation.release)
+            lost = _backend_lost(lambda: self._release_cost(call)) or lost
+            self._record(call, None, f"http_{status}", malformed=False, error_code=lost)
             return response
-        self._calibrate(call, response.headers)
+        _backend_lost(lambda: self._calibrate(call, response.headers, reservation))
         sink = _UsageSink(self, call, reservation, response.headers)
         sync_cls, async_cls = _meter_types(type(response).__module__.split(".")[0])
         # A vcr-recorded response carries an httpx ByteStream, which is both sync and async:
@@ -459,14 +483,21 @@ class Router:
             response.stream = sync_cls(response.stream, sink)
         return response
 
-    def _calibrate(self, call: _Call, headers: Any) -> None:
-        """Believe `x-ratelimit-remaining-tokens` when the server has less left than we think."""
+    def _calibrate(
+        self, call: _Call, headers: Any, reservation: Reservation | None = None
+    ) -> None:
+        """Learn from `x-ratelimit-*-tokens`: a gap is charged, the estimate factor corrected."""
         from .providers.base import as_int
+        from .providers.retry_hints import parse_go_duration
 
         limit = as_int(headers.get("x-ratelimit-limit-tokens"))
         remaining = call.provider.remaining_tokens(headers)
         if limit is not None and remaining is not None:
-            self.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
+            if reservation is not None:
+                reset = parse_go_duration(str(headers.get("x-ratelimit-reset-tokens", "")))
+                reservation.observe(limit, remaining, reset)
+            else:
+                self.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
 
     def _record(
         self,
@@ -476,6 +507,7 @@ class Router:
         *,
         malformed: bool,
         error_code: str | None = None,
+        cost_usd: float | None = 0.0,
     ) -> None:
         self.session.record(
             CallRecord(
@@ -493,6 +525,10 @@ class Router:
                 rate_limit_events=call.rate_limit_events,
                 malformed=malformed,
                 error_code=error_code,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                service_tier=usage.service_tier if usage else None,
+                cost_usd=cost_usd,
             )
         )
 
@@ -545,9 +581,37 @@ class _UsageSink:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
             malformed = usage is None and not failed
         charge = call.provider.charge(usage) if usage is not None else call.charge
-        self.reservation.settle(charge)
+        # Gemini's TPM counts the reported input tokens, so an over-estimate is refunded; an
+        # OpenAI call keeps its admission charge (input estimate + max_tokens) whatever it used.
+        refund = usage is not None and call.vendor == "gemini"
+        lost = _backend_lost(lambda: self.reservation.settle(charge, refund=refund))
+        hold, costs = call.cost, self.router.session.costs
+        if hold is not None:
+            lost = _backend_lost(lambda: costs.settle(hold, usage)) or lost
+        cost = hold.cost_usd if hold is not None else None
         status = "error" if failed else "ok"
-        self.router._record(call, usage, status, malformed=malformed)
+        self.router._record(
+            call, usage, status, malformed=malformed, error_code=lost, cost_usd=cost
+        )
+
+
+BACKEND_LOST = "LLM_BACKEND_UNAVAILABLE"
+
+
+def _backend_lost(step: Callable[[], object]) -> str | None:
+    """Run a bookkeeping step after the provider answered; a lost backend must not lose the
+    answer: warn, and return the code the call's record carries."""
+    try:
+        step()
+    except BackendUnavailable as exc:
+        warnings.warn(
+            f"pytest-llm-budget: the provider answered but the budget backend was lost before "
+            f"the call's usage was recorded in it: {exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return BACKEND_LOST
+    return None
 
 
 def _meter_stream_iter(inner: Any, sink: _UsageSink) -> Iterator[bytes]:
@@ -656,6 +720,23 @@ def _stream_usage_expected(path: str, body: bytes) -> bool:
         return True
     options = data.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+_PASSABLE: dict[type, type] = {}
+
+
+def _passable(err: LLMBudgetError) -> LLMBudgetError:
+    """The error as an OpenAIError too: openai < 3 turns any other exception of its transport
+    into APIConnectionError (and retries it), which would hide the structured error."""
+    openai = sys.modules.get("openai")
+    base = getattr(openai, "OpenAIError", None)
+    if not isinstance(base, type) or isinstance(err, base):
+        return err
+    cls = type(err)
+    if cls not in _PASSABLE:
+        _PASSABLE[cls] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
+    err.__class__ = _PASSABLE[cls]
+    return err
 
 
 def _final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | None) -> Any:

@@ -12,9 +12,8 @@ import pytest
 from pytest_llm_budget.tokens import seed_tiktoken_cache
 
 # -- offline tiktoken ------------------------------------------------------------------------
-# tiktoken downloads its encodings on first use; CI has no network. Seed a cache from the
-# bpe-openai package (hashes checked) before anything counts tokens, and let subprocesses
-# (pytester, xdist workers) inherit it through the environment.
+# The plugin loads encodings from bpe-openai when tiktoken's cache lacks them; seeding one cache
+# up front (hashes checked) spares every subprocess (pytester, xdist workers) that step.
 if not os.environ.get("TIKTOKEN_CACHE_DIR"):
     _cache = Path(tempfile.gettempdir()) / "pytest-llm-budget-tiktoken"
     seed_tiktoken_cache(_cache)

@@ -12,12 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port", "redis_server", "running_redis"]
+__all__ = ["RedisServer", "free_port", "redis_server", "require", "running_redis"]
 
-MISSING = (
-    "redis-server is not on PATH; the Redis backend tests need a real server "
-    "(apt-get install redis-server, or brew install redis)"
-)
+def require(program: str, install: str) -> str:
+    """The path of a service's program; without it, skip in one line (fail when CI is set)."""
+    exe = shutil.which(program)
+    if exe is not None:
+        return exe
+    import pytest
+
+    message = f"{program} is not installed: {install}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI installs every service)", pytrace=False)
+    pytest.skip(message)
 
 
 def free_port() -> int:
@@ -31,10 +38,7 @@ class RedisServer:
     """One redis-server process: no persistence, its own directory, stopped by `stop()`."""
 
     def __init__(self, directory: str | os.PathLike[str], password: str | None = None) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError(MISSING)
-        self.exe = exe
+        self.exe = require("redis-server", "apt-get install redis-server")
         self.dir = Path(directory)
         self.password = password
         self.port = 0
@@ -123,8 +127,7 @@ else:
 
     @pytest.fixture(scope="session")
     def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-        """A redis-server for the whole session; fails (never skips) when it is not installed."""
-        if shutil.which("redis-server") is None:
-            pytest.fail(MISSING, pytrace=False)
+        """A redis-server for the whole session (skips, or fails under CI, when not installed)."""
+        require("redis-server", "apt-get install redis-server")
         with running_redis(tmp_path_factory.mktemp("redis")) as server:
             yield server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -195,6 +196,124 @@ def test_buckets_are_independent(backend: Backend) -> None:
     admitted(backend.admit("openai:*", LIMITS, "a", 1000, T0, "1"))
     admitted(backend.admit("gemini:*", LIMITS, "b", 1000, T0, "1"))
     assert backend.snapshot("gemini:*", LIMITS, T0).used_tokens == 1000
+
+
+def test_a_newcomer_overtakes_a_waiter_only_when_it_delays_no_one(backend: Backend) -> None:
+    admitted(backend.admit(B, LIMITS, "a", 500, T0, "1"))
+    big = deferred(backend.admit(B, LIMITS, "big", 800, T0, "1"), "tokens")
+    assert big.wait == pytest.approx(SPAN)
+    admitted(backend.admit(B, LIMITS, "small", 200, T0 + 1, "1"))  # 800 + 200 fit at T0 + span
+    late = deferred(backend.admit(B, LIMITS, "late", 100, T0 + 2, "1"), "tokens")
+    assert late.wait == pytest.approx(SPAN - 1)  # after "big" and once "small" has left
+    deferred(backend.admit(B, LIMITS, "big", 800, T0 + SPAN - 0.01, "1"), "tokens")
+    admitted(backend.admit(B, LIMITS, "big", 800, T0 + SPAN, "1"))
+    admitted(backend.admit(B, LIMITS, "late", 100, T0 + 2 + late.wait, "1"))
+
+
+def test_a_queued_waiter_can_be_overtaken_later_but_not_delayed(backend: Backend) -> None:
+    admitted(backend.admit(B, LIMITS, "a", 600, T0, "1"))
+    admitted(backend.admit(B, LIMITS, "b", 300, T0 + 10, "1"))
+    first = deferred(backend.admit(B, LIMITS, "first", 700, T0 + 11, "1"), "tokens")
+    assert first.wait == pytest.approx(SPAN - 11)  # once "a" left: 300 + 700
+    # 200 fits alone once "a" has left, but not beside "first" until "b" leaves too.
+    small = deferred(backend.admit(B, LIMITS, "small", 200, T0 + 12, "1"), "tokens")
+    assert small.wait == pytest.approx(SPAN + 10 - 12)
+
+
+def test_an_early_answer_drops_the_margin(backend: Backend) -> None:
+    admitted(backend.admit(B, LIMITS, "a", 600, T0, "1"))
+    backend.settle(B, LIMITS, "a", 600, 600, T0 + 0.1)  # reached the server by T0 + 0.1
+    admitted(backend.admit(B, LIMITS, "b", 300, T0 + 1, "1"))
+    backend.observe(B, LIMITS, "b", 0, 0, T0 + 1.2)
+    admitted(backend.admit(B, LIMITS, "c", 100, T0 + 2, "1"))
+    backend.settle(B, LIMITS, "c", 100, 100, T0 + 3)  # later than the margin: kept as it was
+    d = deferred(backend.admit(B, LIMITS, "d", 600, T0 + 10, "1"), "tokens")
+    assert d.wait == pytest.approx(0.1 + 60 - 10)  # "a" leaves one window after its answer
+    backend.release(B, LIMITS, "d", T0 + 10)
+    d = deferred(backend.admit(B, LIMITS, "e", 800, T0 + 10, "1"), "tokens")
+    assert d.wait == pytest.approx(1.2 + 60 - 10)  # so does "b"
+
+
+def test_settle_with_refund_charges_exactly_the_reported_figure(backend: Backend) -> None:
+    admitted(backend.admit(B, LIMITS, "a", 500, T0, "1"))
+    assert backend.settle(B, LIMITS, "a", 500, 200, T0 + 1, refund=True) == -300
+    assert backend.snapshot(B, LIMITS, T0 + 1).used_tokens == 200
+    admitted(backend.admit(B, LIMITS, "b", 800, T0 + 2, "1"))  # the 300 freed are usable now
+    assert backend.settle(B, LIMITS, "b", 800, 900, T0 + 3, refund=True) == 100  # debt
+    assert backend.snapshot(B, LIMITS, T0 + 3).used_tokens == 1100
+    # A call longer than the window: only the overrun counts, from now.
+    admitted(backend.admit(B, LIMITS, "c", 100, T0 + 200, "1"))
+    assert backend.settle(B, LIMITS, "c", 100, 40, T0 + 300, refund=True) == 0
+    assert backend.settle(B, LIMITS, "c", 100, 40, T0 + 300, refund=True) == 0  # retried
+    admitted(backend.admit(B, LIMITS, "d", 100, T0 + 400, "1"))
+    assert backend.settle(B, LIMITS, "d", 100, 150, T0 + 500, refund=True) == 50
+    assert backend.snapshot(B, LIMITS, T0 + 500).used_tokens == 50
+
+
+def test_the_uncertain_part_is_scaled_by_the_learned_factor(backend: Backend) -> None:
+    # Server charged 100 fixed + 0.5 x 200 uncertain: the factor steps 30% toward the bound.
+    assert admitted(backend.admit(B, LIMITS, "a", 300, T0, "1", uncertain=200)).charge == 300
+    assert backend.observe(B, LIMITS, "a", 1200, 200, T0) == 0
+    factor = backend.snapshot(B, LIMITS, T0).factor
+    assert factor == pytest.approx(1 - 0.3 * (1 - 0.5))
+    b = admitted(backend.admit(B, LIMITS, "b", 300, T0 + 1, "1", uncertain=200))
+    assert b.charge == 100 + math.ceil(200 * factor)
+    assert admitted(backend.admit(B, LIMITS, "c", 300, T0 + 1, "1")).charge == 300  # no part
+
+
+def test_requests_in_flight_never_teach_a_lower_factor(backend: Backend) -> None:
+    admitted(backend.admit(B, LIMITS, "a", 300, T0, "1", uncertain=200))
+    admitted(backend.admit(B, LIMITS, "b", 300, T0, "1", uncertain=200))
+    # "b" reached the server first and "a" is still on its way: the server holds only "b".
+    assert backend.observe(B, LIMITS, "b", 1200, 300, T0 + 0.01) == 0
+    assert backend.observe(B, LIMITS, "a", 1200, 600, T0 + 0.02) == 0
+    assert backend.snapshot(B, LIMITS, T0 + 0.02).factor == 1.0
+    # Answers seen before a request left count for it: 3 x 200 at the server for 3 x 300 here.
+    admitted(backend.admit(B, LIMITS, "c", 300, T0 + 0.03, "1", uncertain=200))
+    backend.observe(B, LIMITS, "c", 1200, 600, T0 + 0.03)
+    drain = 1200 / 60 * 0.03
+    assert backend.snapshot(B, LIMITS, T0 + 0.03).factor == pytest.approx(
+        1 - 0.3 * (1 - (600 + drain - 300) / 600)
+    )
+
+
+def test_a_server_counting_more_raises_the_factor_at_once(backend: Backend) -> None:
+    admitted(backend.admit(B, LIMITS, "a", 300, T0, "1", uncertain=200))
+    assert backend.observe(B, LIMITS, "a", 1200, 400, T0 + 0.1) == 100  # charged as a gap too
+    assert backend.snapshot(B, LIMITS, T0 + 0.1).factor == pytest.approx(1.5)
+    admitted(backend.admit(B, LIMITS, "b", 300, T0 + 0.2, "1", uncertain=200))
+    assert backend.observe(B, LIMITS, "b", 1200, 2000, T0 + 0.2) > 0
+    assert backend.snapshot(B, LIMITS, T0 + 0.2).factor == LIMITS.factor_cap
+
+
+def test_refund_settles_teach_the_factor_both_ways(backend: Backend) -> None:
+    ROOMY = Limits(tokens=10_000, window=60.0, margin=0.5)
+    admitted(backend.admit(B, ROOMY, "a", 400, T0, "1", uncertain=400))
+    backend.settle(B, ROOMY, "a", 400, 200, T0 + 1, refund=True)  # counted half
+    assert backend.snapshot(B, ROOMY, T0 + 1).factor == pytest.approx(0.85)
+    for i in range(10):
+        t, at = f"x{i}", T0 + 2 + i
+        charge = admitted(backend.admit(B, ROOMY, t, 400, at, "1", uncertain=400)).charge
+        assert charge < 400
+        backend.settle(B, ROOMY, t, charge, 200, at, refund=True)
+    assert backend.snapshot(B, ROOMY, T0 + 20).factor == pytest.approx(0.5, abs=0.02)
+    charge = admitted(backend.admit(B, ROOMY, "big", 400, T0 + 30, "1", uncertain=400)).charge
+    backend.settle(B, ROOMY, "big", charge, 480, T0 + 30, refund=True)  # 1.2x: up at once
+    assert backend.snapshot(B, ROOMY, T0 + 30).factor == pytest.approx(1.2)
+
+
+def test_the_factor_stays_within_floor_and_cap(backend: Backend) -> None:
+    limits = Limits(tokens=1000, window=60.0, margin=0.5, factor_floor=0.7, factor_cap=1.1)
+    for i in range(8):
+        admitted(backend.admit(B, limits, f"a{i}", 100, T0, "1", uncertain=100))
+        backend.settle(B, limits, f"a{i}", 100, 1, T0, refund=True)
+    assert backend.snapshot(B, limits, T0).factor == pytest.approx(0.7)
+    admitted(backend.admit(B, limits, "b", 100, T0, "1", uncertain=100))
+    backend.settle(B, limits, "b", 70, 900, T0, refund=True)
+    assert backend.snapshot(B, limits, T0).factor == pytest.approx(1.1)
+    # A corrected charge never exceeds the window's budget.
+    c = admitted(backend.admit(B, limits, "c", 1000, T0 + 100, "1", uncertain=900))
+    assert c.charge == 1000
 
 
 # -- file backend ------------------------------------------------------------------------------

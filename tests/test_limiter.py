@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from pytest_llm_budget import BudgetWaitTimeout, LimitRule, RequestTooLarge
 from pytest_llm_budget.backends import MemoryBackend
-from pytest_llm_budget.limiter import Limiter
+from pytest_llm_budget.limiter import Limiter, Reservation
+from pytest_llm_budget.window import Admitted, Deferred
 
 W = 60.0
 
@@ -164,7 +165,7 @@ def test_overrun_becomes_debt_seen_by_later_reservations(clock: FakeClock) -> No
     r = limiter.reserve(2000)
     assert r.settle(9000) == 7000  # 7000 tokens of debt at the reservation's time
     later = limiter.reserve(2000)
-    assert later.admitted_at == pytest.approx(r.admitted_at + W + 0.5)
+    assert later.admitted_at - r.admitted_at == pytest.approx(W + 0.5)
     stats = limiter.stats()[0]
     assert (stats.debt, stats.actual, stats.estimated) == (7000, 9000, 4000)
 
@@ -218,18 +219,36 @@ def test_wait_longer_than_max_wait_fails_without_sleeping(clock: FakeClock) -> N
     limiter.reserve(500)
 
 
-def test_waiters_are_served_in_arrival_order(clock: FakeClock) -> None:
-    backend = MemoryBackend()
-    limits_limiter = make(clock)
-    limits = limits_limiter.limits(limits_limiter.bucket_for("openai", "m"))
-    state_admit = backend.admit
-    assert state_admit("b", limits, "t0", 9000, clock.now(), "p").__class__.__name__ == "Admitted"
-    big = state_admit("b", limits, "big", 5000, clock.now(), "p")
-    small = state_admit("b", limits, "small", 1000, clock.now(), "p")
-    assert big.__class__.__name__ == "Deferred"
-    # small fits now, but only by jumping the big waiter when there is no room for both.
-    assert small.__class__.__name__ == "Deferred"
-    assert small.wait >= big.wait  # type: ignore[union-attr]
+def test_a_small_request_goes_first_only_when_it_delays_no_waiter(clock: FakeClock) -> None:
+    limiter = make(clock)
+    limits = limiter.limits(limiter.bucket_for("openai", "m"))
+    backend, t0 = limiter.backend, clock.now()
+    assert isinstance(backend.admit("b", limits, "a", 5000, t0, "p"), Admitted)
+    big = backend.admit("b", limits, "big", 8000, t0, "p")
+    assert isinstance(big, Deferred) and big.wait == pytest.approx(W + 0.5)
+    # Fits now, and at the big one's time there is still room for both: it goes first.
+    assert isinstance(backend.admit("b", limits, "small", 2000, t0 + 1, "p"), Admitted)
+    # Fits now too, but would still hold 1000 when "big" is due: it waits until after "big".
+    late = backend.admit("b", limits, "late", 1000, t0 + 2, "p")
+    assert isinstance(late, Deferred) and late.wait == pytest.approx(W + 0.5 - 1)
+    assert isinstance(backend.admit("b", limits, "big", 8000, t0 + W + 0.5, "p"), Admitted)
+    assert isinstance(backend.admit("b", limits, "late", 1000, t0 + 2 + late.wait, "p"), Admitted)
+
+
+def test_a_sleeping_waiter_wakes_when_a_refund_frees_its_room(clock: FakeClock) -> None:
+    """The real (interruptible) sleep; the fake clock never moves, so only a wake admits B."""
+    limiter = Limiter(MemoryBackend(), [LimitRule(tpm=10_000)], window=W, headroom=0.0,
+                      margin=0.5, clock=clock.now)
+    held = limiter.reserve(9000, uncertain=9000)
+    got: list[Reservation] = []
+    waiter = threading.Thread(target=lambda: got.append(limiter.reserve(5000)))
+    waiter.start()
+    while not limiter._sleepers and waiter.is_alive():  # until B sleeps its ~60 s wait
+        time.sleep(0.001)
+    held.settle(1000, refund=True)  # Gemini-like: the server counted 1000
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    assert got[0].admitted_at == clock.now() and got[0].waited_s == 0.0
 
 
 def test_buckets_per_rule_and_vendor(clock: FakeClock) -> None:

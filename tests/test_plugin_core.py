@@ -75,7 +75,7 @@ def test_reserve_settle_and_snapshot_through_the_fixture(pytester: pytest.Pytest
         ]
     )
     report = json.loads((pytester.path / "out.json").read_text())
-    assert set(report) == {"settings", "totals", "buckets", "calls"}
+    assert set(report) == {"settings", "totals", "buckets", "tests", "calls", "overspent"}
     assert report["settings"]["tpm"] == 2000
     openai = next(b for b in report["buckets"] if b["name"] == "openai:*")
     assert (openai["calls"], openai["estimated"], openai["actual"]) == (1, 1000, 1200)
@@ -108,3 +108,21 @@ def test_disabled_with_p_no(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("-p", "no:llm_budget", "--llm-tpm=abc")
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # the option no longer exists
     assert "unrecognized arguments: --llm-tpm" in result.stderr.str()
+
+
+def test_every_llm_client_fixture_makes_an_llm_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_sync(llm_http_client):
+            pass
+
+        def test_async(llm_async_http_client):
+            pass
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*LLM budget preflight: 2 LLM tests*"])

@@ -7,6 +7,7 @@ import pytest
 from pytest_llm_budget.limiter import LimitRule
 from pytest_llm_budget.preflight import (
     TestEstimate,
+    default_vendor,
     format_duration,
     over_budget_message,
     project,
@@ -52,6 +53,19 @@ def test_buckets_per_vendor_and_rules_replays_count_zero() -> None:
     )
 
 
+def test_a_test_naming_no_vendor_goes_to_the_default_vendor_bucket() -> None:
+    tests = [TestEstimate("a", 1000), TestEstimate("b", 2000, "gemini")]
+    assert [(b.name, b.tokens) for b in project(tests, Settings()).buckets] == [
+        ("gemini:*", 2000),
+        ("openai:*", 1000),
+    ]
+    gemini_first = Settings(models=("gemini:gemini-2.5-pro", "openai:gpt-5"))
+    assert default_vendor(gemini_first) == "gemini"
+    assert [(b.name, b.tokens) for b in project(tests, gemini_first).buckets] == [
+        ("gemini:*", 3000)
+    ]
+
+
 def test_guard_message_says_by_how_much_and_what_to_change() -> None:
     tests = [TestEstimate(f"t{i}", 7000, "openai") for i in range(24)]
     projection = project(tests, Settings())
@@ -85,9 +99,14 @@ def test_not_llm():
 def test_header_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_s=SUITE)
     result = pytester.runpytest_inprocess("-q")
-    # 8 ungrounded x 7000 + 16 grounded x 8050 + 1000 + 1150; busiest: a vendor bucket (92400)
+    # 8 ungrounded x 7000 + 16 grounded x 8050, + 1000 + 1000 (a declared total never gets the
+    # grounded overhead); the marked tests name no vendor: the default vendor's bucket (openai,
+    # the first llm_models entry) is the busiest with 92400 + 2000
     result.stdout.fnmatch_lines(
-        ["LLM budget preflight: 26 LLM tests, ~186950 tokens, at least 3m38s at 25500 tokens/60s*"]
+        [
+            "LLM budget preflight: 26 LLM tests, ~186800 tokens, at least 3m43s at 25500 "
+            "tokens/60s (busiest bucket openai:* of 2)"
+        ]
     )
     result.assert_outcomes(passed=27)
 
@@ -96,7 +115,7 @@ def test_duration_guard_stops_before_any_test(pytester: pytest.Pytester) -> None
     pytester.makepyfile(test_s=SUITE)
     result = pytester.runpytest_inprocess("--llm-max-duration", "2m")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*LLM_BATCH_RATE_LIMITED*1m38s over --llm-max-duration=2m0s*"])
+    result.stderr.fnmatch_lines(["*LLM_BATCH_RATE_LIMITED*1m43s over --llm-max-duration=2m0s*"])
     assert "passed" not in result.stdout.str()
     ok = pytester.runpytest_inprocess("--llm-max-duration", "2m", "-k", "gemini and NONE or marked")
     ok.assert_outcomes(passed=5)
@@ -116,8 +135,8 @@ def test_preflight_and_guard_under_xdist(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_s=SUITE)
     stopped = pytester.runpytest_subprocess("-n", "2", "--llm-max-duration", "2m")
     assert stopped.ret == pytest.ExitCode.USAGE_ERROR
-    stopped.stderr.fnmatch_lines(["*LLM_BATCH_RATE_LIMITED*1m38s over --llm-max-duration=2m0s*"])
+    stopped.stderr.fnmatch_lines(["*LLM_BATCH_RATE_LIMITED*1m43s over --llm-max-duration=2m0s*"])
     assert "passed" not in stopped.stdout.str()
     ran = pytester.runpytest_subprocess("-n", "2", "--llm-max-duration", "10m")
-    ran.stdout.fnmatch_lines(["*LLM budget preflight: 26 LLM tests, ~186950 tokens*"])
+    ran.stdout.fnmatch_lines(["*LLM budget preflight: 26 LLM tests, ~186800 tokens*"])
     ran.assert_outcomes(passed=27)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import require
 
 from pytest_llm_budget.html_report import render_html
 from pytest_llm_budget.limiter import BucketStats
@@ -31,6 +32,7 @@ CALL_HEADERS = [
     "attempts",
     "429s",
     "waited",
+    "cost",
     "replayed",
     "worker",
 ]
@@ -141,11 +143,12 @@ def test_html_escapes_every_text_and_round_trips_the_call_rows() -> None:
         "3",
         "2",
         "12.3s",
+        "$0",
         "no",
         "gw1",
     ]
     assert calls[2][1:4] == ["tests/test_y.py::test_plain", "gemini", "gemini-2.5-pro"]
-    assert calls[2][7] == "error (LLM_QUOTA_EXHAUSTED)" and calls[2][11] == "yes"
+    assert calls[2][7] == "error (LLM_QUOTA_EXHAUSTED)" and calls[2][12] == "yes"
     assert len(calls) == 3
 
 
@@ -161,11 +164,15 @@ def test_html_shows_totals_buckets_and_settings() -> None:
         "waited_s": "12.3s",
         "errors": "1",
         "rate_limit_events": "2",
+        "cost_usd": "$0",
+        "would_cost_usd": "$0",
+        "cost_unknown": "0",
+        "cost_refused": "0",
     }
     assert page.tables["buckets"][0][:3] == ["bucket", "rule", "budget"]
-    assert page.tables["buckets"][0][-1] == "429s"
+    assert page.tables["buckets"][0][-2:] == ["429s", "cost"]
     assert page.tables["buckets"][1] == [
-        "openai:*", "*:* tpm=30000", "25500", "1", "1200", "1021", "0", "4", "12.3s", "2"
+        "openai:*", "*:* tpm=30000", "25500", "1", "1200", "1021", "0", "4", "12.3s", "2", "$0"
     ]
     settings = dict((row[0], row[1]) for row in page.tables["settings"][1:])
     assert settings["tpm"] == "30000" and settings["reports"] == "a.html"
@@ -209,12 +216,13 @@ def test_write_report_picks_the_format_by_extension(tmp_path: Path) -> None:
 
 def test_chromium_renders_the_page(tmp_path: Path) -> None:
     """A real browser parses the page into the tables we expect (CI: apt-get install chromium)."""
+    chromium = require("chromium", "apt-get install chromium")
     page_file = tmp_path / "report.html"
     page_file.write_text(render_html(_document()), encoding="utf-8")
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
             [
-                "chromium",
+                chromium,
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
@@ -280,7 +288,7 @@ def test_a_run_writes_the_json_and_html_reports(pytester: pytest.Pytester) -> No
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*LLM budget*", "*429s: 1*", "LLM budget report: out/report.html"])
     document = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert list(document) == ["settings", "totals", "buckets", "calls"]
+    assert list(document) == ["settings", "totals", "buckets", "tests", "calls", "overspent"]
     assert document["settings"]["tpm"] == 10000 and document["settings"]["headroom"] == 0
     totals = document["totals"]
     assert {"calls", "replayed", "prompt_tokens", "completion_tokens", "total_tokens",

@@ -113,13 +113,13 @@ INNER = """
 import openai, pytest
 
 @pytest.mark.llm_budget(tokens=400)
-def test_fixture(openai_client, llm_usage):
+def test_fixture(llm_emulator, openai_client, llm_usage):
     for _ in range(2):
         openai_client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
     assert llm_usage.calls == 2 and llm_usage.attempts == 2
     assert llm_usage.total_tokens == llm_usage.prompt_tokens + llm_usage.completion_tokens > 0
-    assert [r.estimated for r in llm_usage.records] == [400, 400]
+    assert [r.estimated for r in llm_usage.records] == [21, 21]  # own estimate, no floor
 
 def test_app_client(llm_emulator, llm_usage):
     llm_emulator.queue_fault("rate_limit_no_hint", count=1)

@@ -1,12 +1,10 @@
-"""Token counting against the real encodings (seeded offline), the fallback, and the policy."""
+"""Token counting against the real encodings (loaded offline), the fallback, and the policy."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import importlib.util
-import math
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,9 @@ from pytest_llm_budget.tokens import (
     LLMBudgetWarning,
     TiktokenSeedError,
     TokenCounter,
+    chars_tokens,
     encoding_name_for,
+    fallback_tokens,
     seed_tiktoken_cache,
 )
 
@@ -81,7 +81,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def counter(cache_dir: Path) -> TokenCounter:
     """A counter that can only use the seeded cache."""
-    return TokenCounter(allow_download=False)
+    return TokenCounter()
 
 
 @pytest.fixture
@@ -97,7 +97,6 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
     monkeypatch.setattr(tiktoken.load, "read_file", no_network)
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     return attempts
 
 
@@ -185,17 +184,15 @@ def test_count_text_matches_real_encodings(counter: TokenCounter, model: str, ki
 
 
 @pytest.mark.parametrize("kind", sorted(TEXTS))
-@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4"])
-def test_input_estimate_is_at_least_chars_over_4_and_tiktoken(
-    counter: TokenCounter, model: str, kind: str
+def test_counted_input_is_at_least_chars_over_4_and_tiktoken(
+    counter: TokenCounter, kind: str
 ) -> None:
     text = TEXTS[kind]
-    measure = counter.measure_texts([text], model)
-    estimate = EstimatePolicy().input_tokens(measure.tokens, measure.chars)
-    assert estimate >= math.ceil(len(text) / 4)
-    assert estimate >= EXPECTED[(model, kind)]
+    measure = counter.measure_texts([text], "gemini-2.5-flash")
+    estimate = EstimatePolicy(safety_margin=0).counted_input(measure.tokens, measure.chars)
+    assert estimate == max(chars_tokens(len(text)), EXPECTED[("gpt-4o", kind)])
     if kind == "japanese":
-        assert estimate > math.ceil(len(text) / 4) * 2
+        assert estimate > chars_tokens(len(text)) * 2
 
 
 def test_message_overhead_follows_cookbook(counter: TokenCounter) -> None:
@@ -244,70 +241,115 @@ def test_tool_calls_are_counted(counter: TokenCounter) -> None:
     assert counter.count_messages([call], "gpt-4o") > 3 + 3 + 10
 
 
-def test_offline_empty_cache_falls_back_and_warns_once(empty_cache: list[str]) -> None:
-    offline = TokenCounter(allow_download=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def test_empty_cache_and_no_network_still_loads_from_bpe_openai(
+    empty_cache: list[str], tmp_path: Path
+) -> None:
+    offline = TokenCounter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         counts = {
             (model, kind): offline.count_text(text, model)
             for model in ("gpt-4o", "gpt-4")
             for kind, text in TEXTS.items()
         }
-        offline.count_text("again", "gpt-4o")
-    budget_warnings = [w for w in caught if issubclass(w.category, LLMBudgetWarning)]
-    assert len(budget_warnings) == 1
-    assert "seed_tiktoken_cache" in str(budget_warnings[0].message)
-    assert offline.fallback_used
+    assert counts == EXPECTED
+    assert not offline.fallback_used
     assert empty_cache == []
-    for key, real in EXPECTED.items():
-        assert counts[key] >= real
+    assert (tmp_path / "empty" / hashlib.sha1(O200K_URL.encode()).hexdigest()).is_file()
 
 
-def test_download_is_attempted_with_a_timeout_then_falls_back(
+def test_disabled_cache_loads_from_bpe_openai_in_memory(
     empty_cache: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    timeouts: list[float] = []
-
-    def refuse(url: str, timeout: float) -> Any:
-        timeouts.append(timeout)
-        raise OSError("offline")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    online = TokenCounter(download_timeout_s=0.5)
-    with pytest.warns(LLMBudgetWarning, match="OSError: offline"):
-        assert online.count_text("hello world", "gpt-4o") == len("hello world")
-    assert timeouts == [0.5]
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken would download on every load
+    assert TokenCounter().count_text(TEXTS["japanese"], "gpt-4o") == 48
     assert empty_cache == []
 
 
-def test_corrupt_cache_file_is_not_trusted(
+def test_without_bpe_openai_falls_back_and_warns_once(
+    empty_cache: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    offline = TokenCounter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counts = {kind: offline.count_text(text, "gpt-4o") for kind, text in TEXTS.items()}
+        offline.count_text("again", "gpt-4")
+    budget_warnings = [w for w in caught if issubclass(w.category, LLMBudgetWarning)]
+    assert len(budget_warnings) == 1
+    assert "bpe-openai" in str(budget_warnings[0].message)
+    assert offline.fallback_used
+    assert empty_cache == []
+    assert counts == {kind: fallback_tokens(text) for kind, text in TEXTS.items()}
+
+
+def test_corrupt_cache_file_is_replaced_from_bpe_openai(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_cache: list[str]
 ) -> None:
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    (tmp_path / hashlib.sha1(O200K_URL.encode()).hexdigest()).write_bytes(b"garbage")
-    with pytest.warns(LLMBudgetWarning):
-        assert TokenCounter(allow_download=False).count_text("héllo", "gpt-4o") == 6
+    cached = tmp_path / hashlib.sha1(O200K_URL.encode()).hexdigest()
+    cached.write_bytes(b"garbage")
+    assert TokenCounter().count_text("héllo", "gpt-4o") == 2
+    assert cached.stat().st_size > 1_000_000
     assert empty_cache == []
 
 
-def test_fallback_is_never_below_real_counts_on_hard_texts(
-    counter: TokenCounter, empty_cache: list[str]
+def test_tampered_bpe_openai_data_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_cache: list[str]
 ) -> None:
-    offline = TokenCounter(allow_download=False)
-    with pytest.warns(LLMBudgetWarning):
-        for text in [*TEXTS.values(), *EXTRA_TEXTS]:
-            for model in ("gpt-4o", "gpt-4"):
-                assert offline.count_text(text, model) >= counter.count_text(text, model)
+    fake = tmp_path / "data"
+    fake.mkdir()
+    (fake / "o200k_base.tiktoken.gz").write_bytes(gzip.compress(b"aGk= 0\n"))
+    monkeypatch.setattr(tokens, "_bpe_openai_data_dir", lambda: fake)
+    with pytest.warns(LLMBudgetWarning, match="sha256"):
+        assert TokenCounter().count_text("hello", "gpt-4o") == fallback_tokens("hello") == 2
+    assert empty_cache == []
 
 
-def test_policy_input_rule() -> None:
+HARD_TEXTS = {
+    "english": TEXTS["english"],
+    "german": TEXTS["german"],
+    "japanese": TEXTS["japanese"],
+    "code": TEXTS["code"],
+    "chinese": "根据东京都的天气预报，明天上午开始下雨，下午将有伴随雷电的大雨。",  # noqa: RUF001
+    "korean": "서울의 날씨는 내일 오전부터 비가 내리고 오후에는 천둥을 동반한 강한 비가 옵니다.",
+    "russian": EXTRA_TEXTS[3],
+    "emoji": EXTRA_TEXTS[1],
+    "punctuation": EXTRA_TEXTS[2],
+    "json": EXTRA_TEXTS[4],
+    "hex": "4f3a9c2e7b1d8f6a0c5e9b2d4a7f1e3c8b6d0a9e2f5c7b1d4e8a3f6c9b2e5d7a",
+    "numbers": "3.14159265358979323846 2718281828 1234567890 42 7",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HARD_TEXTS))
+def test_fallback_is_a_far_better_bound_than_bytes(counter: TokenCounter, kind: str) -> None:
+    """Stated margin: at least the o200k count, at most 2x it (bytes were up to 5x here)."""
+    text = HARD_TEXTS[kind]
+    real = counter.count_text(text, "gpt-4o")
+    estimate = fallback_tokens(text)
+    assert real <= estimate <= 2 * real
+    assert estimate <= len(text.encode("utf-8"))
+
+
+def test_fallback_pieces() -> None:
+    assert fallback_tokens("") == 0
+    assert fallback_tokens("hello world") == 4  # two ASCII words of 5 letters
+    assert fallback_tokens("1234567") == 3  # digits go by three
+    assert fallback_tokens("東京") == 2  # one per CJK character
+    assert fallback_tokens("🙂") == 2  # astral characters count two
+    assert fallback_tokens("a  \n b") == 3
+
+
+def test_policy_counted_input_rule() -> None:
     policy = EstimatePolicy()
-    assert policy.input_tokens(100, 100) == 120
-    assert policy.input_tokens(10, 400) == 120
-    assert policy.input_tokens(10, 401) == 122
-    assert policy.input_tokens(100, 0, grounded=True) == 138
-    assert policy.input_tokens(0, 0) == 0
-    assert EstimatePolicy(safety_margin=0).input_tokens(7, 0) == 7
+    assert policy.counted_input(100, 100) == 120
+    assert policy.counted_input(10, 400) == 120
+    assert policy.counted_input(10, 401) == 122
+    assert policy.counted_input(100, 0, grounded=True) == 138
+    assert policy.counted_input(0, 0) == 0
+    assert EstimatePolicy(safety_margin=0).counted_input(7, 0) == 7
+    assert chars_tokens(401) == 101 and chars_tokens(0) == 0
 
 
 def test_policy_output_is_exact_or_default() -> None:
@@ -324,12 +366,15 @@ def test_policy_rejects_negative_values() -> None:
         EstimatePolicy(default_output_tokens=-1)
 
 
-def test_tiktoken_is_imported_lazily() -> None:
+def test_tiktoken_is_imported_lazily_and_never_for_openai() -> None:
     import subprocess
     import sys
 
     code = (
-        "import sys, pytest_llm_budget.tokens, pytest_llm_budget.providers; "
+        "import sys, pytest_llm_budget.tokens as t, pytest_llm_budget.providers as p; "
+        "body = b'{\"model\": \"gpt-5\", \"messages\": [{\"content\": \"hi\"}]}'; "
+        "e = p.OpenAIProvider().estimate('/v1/chat/completions', body, t.TokenCounter(), "
+        "t.EstimatePolicy()); assert e.total == 7001, e; "
         "bad = {'tiktoken', 'openai', 'google.genai', 'httpx', 'httpx2'} & set(sys.modules); "
         "assert not bad, bad"
     )

@@ -6,6 +6,7 @@ import abc
 from contextlib import AbstractContextManager
 
 from ..window import Decision, Limits, WindowSnapshot, WindowState
+from .ledger import LedgerAnswer, LedgerState
 
 __all__ = ["Backend", "StateBackend"]
 
@@ -18,15 +19,31 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int = 0,
     ) -> Decision:
-        """Admit the ticket's estimate now, or say how long to wait before asking again."""
+        """Admit the ticket's estimate (its `uncertain` part scaled by the bucket's learned
+        factor) now, or say how long to wait before asking again."""
 
     @abc.abstractmethod
     def settle(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        charge: int,
+        now: float,
+        refund: bool = False,
     ) -> int:
-        """Charge what the call really cost and end its lease; returns the debt added."""
+        """Charge what the call really cost and end its lease; returns the change in tokens
+        (max(estimate, charge) without `refund`; exactly `charge`, learning from it, with)."""
 
     @abc.abstractmethod
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
@@ -49,8 +66,37 @@ class Backend(abc.ABC):
         """Raise the bucket's usage to what the server reports; returns tokens added."""
 
     @abc.abstractmethod
+    def observe(
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        server_limit: int,
+        server_used: int,
+        now: float,
+        reset_s: float | None = None,
+    ) -> int:
+        """Learn from the server's figures after it admitted `ticket` (`reset_s`: its
+        `x-ratelimit-reset-tokens`, when sent); returns tokens added."""
+
+    @abc.abstractmethod
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
         """The bucket's figures at `now`."""
+
+    # -- cost ledgers (backends/ledger.py): money, not tokens ------------------------------------
+    @abc.abstractmethod
+    def cost_hold(
+        self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
+    ) -> LedgerAnswer:
+        """Hold `amount` nano-dollars unless the ledger would pass `cap`; atomic."""
+
+    @abc.abstractmethod
+    def cost_settle(self, ledger: str, hold_id: str, actual: int, now: float) -> int:
+        """Replace a hold by what the call cost; returns the ledger's spend; atomic."""
+
+    @abc.abstractmethod
+    def cost_state(self, ledger: str, now: float) -> LedgerState:
+        """The ledger's spend, holds and refusals now."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free connections and files."""
@@ -63,21 +109,53 @@ class StateBackend(Backend):
     def _state(self, bucket: str, now: float) -> AbstractContextManager[WindowState]:
         """Hold the bucket's state exclusively for one operation, saving it on exit."""
 
+    @abc.abstractmethod
+    def _ledger(self, ledger: str, now: float) -> AbstractContextManager[LedgerState]:
+        """Hold a cost ledger exclusively for one operation, saving it on exit."""
+
+    def cost_hold(
+        self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
+    ) -> LedgerAnswer:
+        with self._ledger(ledger, now) as state:
+            return state.hold(hold_id, amount, cap)
+
+    def cost_settle(self, ledger: str, hold_id: str, actual: int, now: float) -> int:
+        with self._ledger(ledger, now) as state:
+            return state.settle(hold_id, actual)
+
+    def cost_state(self, ledger: str, now: float) -> LedgerState:
+        with self._ledger(ledger, now) as state:
+            return LedgerState(state.spent, dict(state.holds), state.refused, state.touched)
+
     def admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int = 0,
     ) -> Decision:
         with self._state(bucket, now) as state:
-            return state.admit(limits, ticket, estimate, now, owner)
+            return state.admit(limits, ticket, estimate, now, owner, uncertain)
 
     def settle(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        charge: int,
+        now: float,
+        refund: bool = False,
     ) -> int:
         with self._state(bucket, now) as state:
-            return state.settle(limits, ticket, estimate, charge, now)
+            return state.settle(limits, ticket, estimate, charge, now, refund)
 
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
         with self._state(bucket, now) as state:
-            return state.cancel(ticket)
+            return state.cancel(ticket, limits, now)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._state(bucket, now) as state:
@@ -94,6 +172,19 @@ class StateBackend(Backend):
     ) -> int:
         with self._state(bucket, now) as state:
             return state.calibrate(limits, server_used, now, ticket)
+
+    def observe(
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        server_limit: int,
+        server_used: int,
+        now: float,
+        reset_s: float | None = None,
+    ) -> int:
+        with self._state(bucket, now) as state:
+            return state.observe(limits, ticket, server_limit, server_used, now, reset_s)
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
         with self._state(bucket, now) as state:

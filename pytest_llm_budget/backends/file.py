@@ -22,9 +22,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ..errors import BackendUnavailable
 from ..window import Decision, Limits, WindowSnapshot, WindowState
 from .base import StateBackend
-from .redis import BackendUnavailable
+from .ledger import LedgerState
 
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
 
@@ -258,7 +259,10 @@ class FileBackend(StateBackend):
             old_text, buckets, clocks = self._read()
             now = max(float(now), clocks.get(bucket, float("-inf")))
             clocks[bucket] = now
-            yield buckets.setdefault(bucket, WindowState()), now
+            state = buckets.get(bucket)
+            if state is None:
+                state = buckets[bucket] = WindowState()
+            yield state, now
             self._write(buckets, clocks, old_text)
 
     @contextmanager
@@ -266,20 +270,71 @@ class FileBackend(StateBackend):
         with self._clocked(bucket, now) as (state, _):
             yield state
 
+    @contextmanager
+    def _ledger(self, ledger: str, now: float) -> Iterator[LedgerState]:
+        """A cost ledger, kept in `<path>.cost.json` under the same lock as the windows.
+
+        Written in place in one padded write, as `_write` does (a rename costs milliseconds).
+        """
+        path = f"{self.path}.cost.json"
+        with self._locked():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                blob = b""
+                while chunk := os.read(fd, 65536):
+                    blob += chunk
+                ledgers: dict[str, Any] = {}
+                try:
+                    ledgers = dict(json.loads(blob)) if blob.strip() else {}
+                except (ValueError, TypeError) as exc:
+                    warnings.warn(
+                        f"llm-budget cost ledger {path} is unreadable ({exc}); starting from $0",
+                        StateFileWarning,
+                        stacklevel=4,
+                    )
+                raw = ledgers.get(ledger)
+                state = LedgerState.from_json(raw) if isinstance(raw, dict) else LedgerState()
+                state.expire(now)
+                yield state
+                ledgers[ledger] = state.to_json()
+                text = json.dumps(ledgers, separators=(",", ":")).encode("utf-8")
+                os.pwrite(fd, text + b" " * max(0, len(blob) - len(text)), 0)
+                os.ftruncate(fd, len(text))
+            finally:
+                os.close(fd)
+
     # -- rules (as StateBackend's, on the bucket's monotonic clock) ------------------------
     def admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int = 0,
     ) -> Decision:
         """Reap leases of dead processes, then admit as `WindowState.admit` does."""
         with self._clocked(bucket, now) as (state, now):
             reap_dead_owners(state, now, self.lease_ttl)
-            return state.admit(limits, ticket, estimate, now, owner)
+            return state.admit(limits, ticket, estimate, now, owner, uncertain)
 
     def settle(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int, now: float
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        charge: int,
+        now: float,
+        refund: bool = False,
     ) -> int:
         with self._clocked(bucket, now) as (state, now):
-            return state.settle(limits, ticket, estimate, charge, now)
+            return state.settle(limits, ticket, estimate, charge, now, refund)
+
+    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        with self._clocked(bucket, now) as (state, now):
+            return state.cancel(ticket, limits, now)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._clocked(bucket, now) as (state, now):
@@ -296,6 +351,19 @@ class FileBackend(StateBackend):
     ) -> int:
         with self._clocked(bucket, now) as (state, now):
             return state.calibrate(limits, server_used, now, ticket)
+
+    def observe(
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        server_limit: int,
+        server_used: int,
+        now: float,
+        reset_s: float | None = None,
+    ) -> int:
+        with self._clocked(bucket, now) as (state, now):
+            return state.observe(limits, ticket, server_limit, server_used, now, reset_s)
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
         with self._clocked(bucket, now) as (state, now):
@@ -321,5 +389,9 @@ class FileBackend(StateBackend):
 def _idle(state: WindowState, now: float) -> bool:
     """A bucket with nothing in it need not be stored."""
     return (
-        not state.entries and not state.leases and not state.waiters and state.paused_until <= now
+        not state.entries
+        and not state.leases
+        and not state.waiters
+        and state.paused_until <= now
+        and state.factor == 1.0
     )

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from ..window import WindowState
 from .base import StateBackend
+from .ledger import LedgerState
 
 __all__ = ["MemoryBackend"]
 
@@ -20,8 +21,19 @@ class MemoryBackend(StateBackend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, WindowState] = {}
+        self._ledgers: dict[str, LedgerState] = {}
 
     @contextmanager
     def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
         with self._lock:
-            yield self._states.setdefault(bucket, WindowState())
+            state = self._states.get(bucket)
+            if state is None:  # not setdefault: building a WindowState per call costs ~1 us
+                state = self._states[bucket] = WindowState()
+            yield state
+
+    @contextmanager
+    def _ledger(self, ledger: str, now: float) -> Iterator[LedgerState]:
+        with self._lock:
+            state = self._ledgers.setdefault(ledger, LedgerState())
+            state.expire(now)
+            yield state

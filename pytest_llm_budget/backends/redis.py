@@ -24,14 +24,12 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..errors import BackendUnavailable
 from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
 from .base import Backend
+from .ledger import IDLE_TTL, LedgerAnswer, LedgerState
 
 __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
-
-
-class BackendUnavailable(RuntimeError):
-    """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""
 
 
 def mask_url(url: str) -> str:
@@ -52,9 +50,9 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _load_script() -> str:
-    """The Lua source shipped beside this module."""
-    return resources.files(__package__).joinpath("redis_window.lua").read_text(encoding="utf-8")
+def _load_script(name: str = "redis_window.lua") -> str:
+    """A Lua source shipped beside this module."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 class RedisBackend(Backend):
@@ -86,6 +84,7 @@ class RedisBackend(Backend):
         self.host = socket.gethostname()
         self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
         self._script = client.register_script(_load_script())
+        self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
 
     @classmethod
     def from_url(
@@ -146,35 +145,62 @@ class RedisBackend(Backend):
             "1" if self.use_server_time else "0",
             repr(float(limits.span)),
             repr(float(self.lease_ttl)),
+            repr(float(limits.window)),
             *[repr(a) if isinstance(a, float) else str(a) for a in args],
         ]
+        return self._call(self._script, self.key(bucket), argv, f"{op} on bucket {bucket!r}")
+
+    def _call(self, script: Any, key: str, argv: list[str], what: str) -> Any:
+        """Run a registered script, retrying lost connections a bounded number of times."""
         last: BaseException | None = None
         for attempt in range(self.tries):
             try:
-                return self._script(keys=[self.key(bucket)], args=argv)
+                return script(keys=[key], args=argv)
             except self._transient as exc:
                 last = exc
                 if attempt + 1 < self.tries:
                     time.sleep(self.backoff * 2**attempt)
         raise BackendUnavailable(
-            f"lost the llm-budget Redis at {self.description}: {op} on bucket {bucket!r} failed "
+            f"lost the llm-budget Redis at {self.description}: {what} failed "
             f"{self.tries} times ({_describe(last)})"
         ) from last
 
+    def _run_ledger(self, op: str, ledger: str, now: float, *args: object) -> Any:
+        """Run one op of the cost-ledger script on `{prefix}:cost:{ledger}`."""
+        argv = [op, repr(float(now)), repr(IDLE_TTL), *[str(a) for a in args]]
+        key = f"{self.prefix}:cost:{ledger}"
+        return self._call(self._ledger_script, key, argv, f"{op} on cost ledger {ledger!r}")
+
     # -- Backend ---------------------------------------------------------------------------
     def admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int = 0,
     ) -> Decision:
         """Admit or defer in one script run; when blocked by dead local leases, reap and retry."""
-        decision, owners = self._admit(bucket, limits, ticket, estimate, now, owner)
+        decision, owners = self._admit(bucket, limits, ticket, estimate, now, owner, uncertain)
         if isinstance(decision, Deferred) and decision.reason == "concurrency":
             dead = self._dead_local(owners)
             if dead and self._run("reap", bucket, limits, now, *dead):
-                decision, _ = self._admit(bucket, limits, ticket, estimate, now, owner)
+                decision, _ = self._admit(
+                    bucket, limits, ticket, estimate, now, owner, uncertain
+                )
         return decision
 
     def _admit(
-        self, bucket: str, limits: Limits, ticket: str, estimate: int, now: float, owner: str
+        self,
+        bucket: str,
+        limits: Limits,
+        ticket: str,
+        estimate: int,
+        now: float,
+        owner: str,
+        uncertain: int,
     ) -> tuple[Decision, list[str]]:
         reply = self._run(
             "admit",
@@ -189,9 +215,10 @@ class RedisBackend(Backend):
             -1 if limits.concurrency is None else int(limits.concurrency),
             float(limits.poll),
             float(limits.waiter_grace),
+            int(uncertain),
         )
         if str(reply[0]) == "1":
-            return Admitted(ticket, float(reply[1])), []
+            return Admitted(ticket, float(reply[1]), int(reply[2])), []
         return Deferred(float(reply[1]), str(reply[2])), [str(o) for o in reply[3:]]
 
     def _dead_local(self, owners: list[str]) -> list[str]:
@@ -207,8 +234,12 @@ class RedisBackend(Backend):
         return sorted(dead)
 
     def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
-               now: float) -> int:
-        return int(self._run("settle", bucket, limits, now, ticket, int(estimate), int(charge)))
+               now: float, refund: bool = False) -> int:
+        return int(self._run(
+            "settle", bucket, limits, now, ticket, int(estimate), int(charge),
+            "1" if refund else "0", float(limits.factor_floor), float(limits.factor_cap),
+            int(limits.tokens),
+        ))
 
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
         return int(self._run("cancel", bucket, limits, now, ticket))
@@ -222,17 +253,45 @@ class RedisBackend(Backend):
 
     def calibrate(self, bucket: str, limits: Limits, ticket: str, server_used: int,
                   now: float) -> int:
-        return int(self._run("calibrate", bucket, limits, now, ticket, int(server_used)))
+        return self.observe(bucket, limits, ticket, 0, server_used, now)
+
+    def observe(self, bucket: str, limits: Limits, ticket: str, server_limit: int,
+                server_used: int, now: float, reset_s: float | None = None) -> int:
+        return int(self._run(
+            "observe", bucket, limits, now, ticket, int(server_used), int(server_limit),
+            float(limits.window), float(limits.factor_floor), float(limits.factor_cap),
+            "" if reset_s is None else float(reset_s), int(limits.tokens),
+        ))
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
-        used, requests, in_flight, waiting, paused = self._run("snapshot", bucket, limits, now)
+        used, requests, in_flight, waiting, paused, factor = self._run(
+            "snapshot", bucket, limits, now
+        )
         return WindowSnapshot(
             used_tokens=int(used),
             requests=int(requests),
             in_flight=int(in_flight),
             waiting=int(waiting),
             paused_for=float(paused),
+            factor=float(factor),
         )
+
+    def cost_hold(
+        self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
+    ) -> LedgerAnswer:
+        admitted, spent, held = self._run_ledger(
+            "hold", ledger, now, hold_id, int(amount), -1 if cap is None else int(cap)
+        )
+        return LedgerAnswer(str(admitted) == "1", int(spent), int(held))
+
+    def cost_settle(self, ledger: str, hold_id: str, actual: int, now: float) -> int:
+        spent, _ = self._run_ledger("settle", ledger, now, hold_id, int(actual))
+        return int(spent)
+
+    def cost_state(self, ledger: str, now: float) -> LedgerState:
+        spent, _, refused, touched, *pairs = self._run_ledger("state", ledger, now)
+        holds = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        return LedgerState(int(spent), holds, int(refused), float(touched))
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -25,7 +25,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Estimate:
-    """What a request is expected to cost before it is sent (input with margin, output exact)."""
+    """What a request is expected to cost before it is sent (input, and the output budget)."""
 
     model: str
     input_tokens: int
@@ -39,11 +39,17 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Usage:
-    """What the provider reported a request actually used."""
+    """What the provider reported a request actually used (the detail fields price it)."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    #: Part of `prompt_tokens` read from the provider's prompt cache (billed at a lower rate).
+    cached_tokens: int = 0
+    #: Part of `completion_tokens` spent on reasoning / thinking.
+    reasoning_tokens: int = 0
+    #: OpenAI's `service_tier` of the response ("default", "flex", "priority"), when reported.
+    service_tier: str | None = None
 
 
 class RejectionKind(enum.Enum):
@@ -107,9 +113,8 @@ class Provider(Protocol):
         policy: EstimatePolicy,
         *,
         grounded: bool = False,
-        declared_tokens: int | None = None,
     ) -> Estimate:
-        """Estimate a request's cost; never raises on a malformed body."""
+        """Estimate a request's admission charge from the request alone; never raises."""
 
     def usage_from_json(self, body: bytes) -> Usage | None:
         """Usage from a non-streamed response body, or None."""

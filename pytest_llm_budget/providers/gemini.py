@@ -2,7 +2,10 @@
 
 Gemini's TPM quota counts input tokens only: `charge` and `charge_estimate` are input-only, while
 `Estimate.output_tokens` still carries `maxOutputTokens` (times `candidateCount`) for reports.
-Token counts use o200k_base as a proxy for Gemini's tokenizer, floored at chars/4 with the margin.
+The input is counted with o200k_base, a proxy for Gemini's tokenizer, floored at characters / 4,
+times (1 + safety margin), and (1 + grounded overhead) for a grounded call: the text of the
+contents' parts and the system instruction, the JSON of function calls and responses, tools and
+tool config, and an allowance per inline or file part; no per-turn overhead, no role names.
 `countTokens` is handled (its 429s deserve retries) but costs nothing against TPM; embeddings
 cost input only. A 429 is QUOTA, not retryable, when its quota is per day (a QuotaFailure
 `quotaId` or message naming a per-day quota) or its limit is 0 (the model has no quota on this
@@ -27,7 +30,6 @@ from pytest_llm_budget.providers.base import (
     load_json,
     lower_headers,
 )
-from pytest_llm_budget.providers.openai import apply_declared_floor, estimate_unparsable
 from pytest_llm_budget.providers.retry_hints import (
     parse_gemini_retry_info,
     parse_retry_hint_in_message,
@@ -73,32 +75,37 @@ def _get(mapping: Mapping[str, Any], camel: str, snake: str) -> Any:
     return mapping.get(snake) if value is None else value
 
 
-def _as_part(part: object) -> Mapping[str, Any]:
-    """A Gemini part as a chat content part: text, a non-text allowance, or JSON text."""
+def _part_text(part: object) -> tuple[str | None, bool]:
+    """A part's text (None for inline/file data) and whether it is plain text (counted chars)."""
     if not isinstance(part, Mapping):
-        return {"type": "text", "text": str(part)}
+        return str(part), True
     text = part.get("text")
     if isinstance(text, str):
-        return {"type": "text", "text": text}
+        return text, True
     if _get(part, "inlineData", "inline_data") is not None:
-        return {"type": "inline_data"}
+        return None, False
     if _get(part, "fileData", "file_data") is not None:
-        return {"type": "file_data"}
-    return {"type": "text", "text": json.dumps(part, ensure_ascii=False, separators=(",", ":"))}
+        return None, False
+    return json.dumps(part, ensure_ascii=False, separators=(",", ":")), False
 
 
-def _as_message(content: object, role: str) -> Mapping[str, Any]:
-    """A Gemini Content ({role, parts}) as a chat message for the shared counter."""
+def _content_texts(content: object) -> list[tuple[str | None, bool]]:
+    """The texts of one Content ({role, parts}) or plain string."""
     if isinstance(content, str):
-        return {"role": role, "content": content}
+        return [(content, True)]
     if not isinstance(content, Mapping):
-        return {"role": role, "content": None}
+        return []
     parts = content.get("parts")
-    listed = parts if isinstance(parts, list) else []
-    return {
-        "role": str(content.get("role") or role),
-        "content": [_as_part(p) for p in listed],
-    }
+    return [_part_text(p) for p in (parts if isinstance(parts, list) else [])]
+
+
+def _measure(
+    texts: list[tuple[str | None, bool]], model: str, counter: TokenCounter
+) -> TextMeasure:
+    """Tokens of every text (non-text parts get the allowance); characters of plain text."""
+    tokens = counter.measure_texts([t for t, _ in texts], model).tokens
+    chars = sum(len(t) for t, plain in texts if plain and t is not None)
+    return TextMeasure(tokens, chars)
 
 
 class GeminiProvider:
@@ -118,64 +125,49 @@ class GeminiProvider:
         policy: EstimatePolicy,
         *,
         grounded: bool = False,
-        declared_tokens: int | None = None,
     ) -> Estimate:
         """Estimate input (counted, with margin) and output (maxOutputTokens) of a request."""
         model = gemini_model(path) or "unknown"
         method = gemini_method(path)
         data = load_json(body) if body else {}
         if not isinstance(data, dict):
-            return apply_declared_floor(
-                estimate_unparsable(body, model, policy, grounded), declared_tokens
-            )
+            return Estimate(model, len(body), policy.output_tokens(None))  # bytes >= tokens
         if method == "countTokens":
-            return apply_declared_floor(Estimate(model, 0, 0), declared_tokens)
+            return Estimate(model, 0, 0)
         try:
             if method in _EMBED:
-                measure = counter.measure_messages(self._embed_messages(data), model)
+                measure = _measure(self._embed_texts(data), model, counter)
                 output = 0
             else:
-                measure = self._measure_generate(data, model, counter)
+                measure = _measure(self._generate_texts(data), model, counter)
                 output = policy.output_tokens(self._declared_output(data))
         except (TypeError, ValueError, AttributeError):
-            return apply_declared_floor(
-                estimate_unparsable(body, model, policy, grounded), declared_tokens
-            )
-        estimate = Estimate(
-            model, policy.input_tokens(measure.tokens, measure.chars, grounded=grounded), output
-        )
-        return apply_declared_floor(estimate, declared_tokens)
+            return Estimate(model, len(body), policy.output_tokens(None))
+        tokens = policy.counted_input(measure.tokens, measure.chars, grounded=grounded)
+        return Estimate(model, tokens, output)
 
-    def _measure_generate(
-        self, data: Mapping[str, Any], model: str, counter: TokenCounter
-    ) -> TextMeasure:
+    def _generate_texts(self, data: Mapping[str, Any]) -> list[tuple[str | None, bool]]:
         """Contents, system instruction, tools and tool config of a generateContent body."""
-        messages: list[Mapping[str, Any]] = []
-        system = _get(data, "systemInstruction", "system_instruction")
-        if system is not None:
-            messages.append(_as_message(system, "system"))
+        texts = _content_texts(_get(data, "systemInstruction", "system_instruction"))
         contents = data.get("contents")
-        if isinstance(contents, list):
-            messages.extend(_as_message(c, "user") for c in contents)
-        elif contents is not None:
-            messages.append(_as_message(contents, "user"))
-        measure = counter.measure_messages(messages, model)
-        extras = [
-            json.dumps(v, ensure_ascii=False, separators=(",", ":"))
-            for v in (data.get("tools"), _get(data, "toolConfig", "tool_config"))
-            if v
-        ]
-        more = counter.measure_texts(extras, model)
-        return TextMeasure(measure.tokens + more.tokens, measure.chars + more.chars)
+        for content in contents if isinstance(contents, list) else [contents]:
+            texts += _content_texts(content)
+        for extra in (data.get("tools"), _get(data, "toolConfig", "tool_config")):
+            if extra:
+                texts.append((json.dumps(extra, ensure_ascii=False, separators=(",", ":")), False))
+        return texts
 
-    def _embed_messages(self, data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    def _embed_texts(self, data: Mapping[str, Any]) -> list[tuple[str | None, bool]]:
         """embedContent's `content`, or every request of batchEmbedContents."""
         requests = data.get("requests")
         if isinstance(requests, list):
             return [
-                _as_message(r.get("content"), "user") for r in requests if isinstance(r, Mapping)
+                t
+                for r in requests
+                if isinstance(r, Mapping)
+                for t in _content_texts(r.get("content"))
             ]
-        return [_as_message(data.get("content"), "user")]
+        return _content_texts(data.get("content"))
 
     def _declared_output(self, data: Mapping[str, Any]) -> int | None:
         """generationConfig.maxOutputTokens times candidateCount, when declared."""
@@ -270,6 +262,13 @@ def _response_usage(response: object) -> Usage | None:
     total = as_int(_get(meta, "totalTokenCount", "total_token_count"))
     if prompt is None and candidates is None and total is None:
         return None
+    cached = as_int(_get(meta, "cachedContentTokenCount", "cached_content_token_count")) or 0
     completion = (candidates or 0) + (thoughts or 0)
     prompt = prompt or 0
-    return Usage(prompt, completion, prompt + completion if total is None else total)
+    return Usage(
+        prompt,
+        completion,
+        prompt + completion if total is None else total,
+        cached_tokens=min(cached, prompt),
+        reasoning_tokens=thoughts or 0,
+    )

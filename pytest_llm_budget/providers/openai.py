@@ -1,16 +1,18 @@
 """OpenAI wire knowledge: chat/responses/completions/embeddings estimates, usage, 429 meaning.
 
-`declared_tokens` (the `llm_budget(tokens=...)` marker) is a floor on `Estimate.total`; any
-shortfall is added to the input side, since the output budget is exact and the input is the
-uncertain part. A 429's retry delay comes from `retry-after-ms`, then `retry-after`, then the
-message's "Please try again in 1.5s", then the `x-ratelimit-reset-*` headers. A body that is not
-a JSON object is estimated as its byte length (an upper bound on its tokens) with the policy's
-margin, the default output budget and model "unknown".
+OpenAI admits a request on ceil(characters / 4) of the text it carries plus its declared output
+budget (`max_completion_tokens` / `max_tokens` / `max_output_tokens`, times `n`), and the
+estimate is exactly that: no tokenizer, no margin. The characters are those of the text parts
+the provider reads (`request_chars`): message content and text parts, names, instructions,
+Responses input items' text, function-call arguments and tool outputs; images, audio and files
+count none, nor do tool schemas or the roles. A request with no declared output budget gets
+`--llm-est-tokens`. A body that is not a JSON object is estimated from its byte length (at least
+its characters). A 429's retry delay comes from `retry-after-ms`, then `retry-after`, then the
+message's "Please try again in 1.5s", then the `x-ratelimit-reset-*` headers.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,9 +32,9 @@ from pytest_llm_budget.providers.retry_hints import (
     retry_delay_from_headers,
 )
 from pytest_llm_budget.providers.sse import JSONEventUsageParser
-from pytest_llm_budget.tokens import EstimatePolicy, TextMeasure, TokenCounter
+from pytest_llm_budget.tokens import EstimatePolicy, TokenCounter, chars_tokens
 
-__all__ = ["OpenAIProvider", "apply_declared_floor", "estimate_unparsable"]
+__all__ = ["OpenAIProvider", "request_chars"]
 
 UNKNOWN_MODEL = "unknown"
 _ENDPOINTS = ("chat/completions", "responses", "completions", "embeddings")
@@ -53,34 +55,23 @@ def _endpoint(path: str) -> str | None:
     return None
 
 
-def _json_text(value: object) -> str:
-    """Compact JSON of a structured field, as a stand-in for the text the model receives."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+_TEXT_KEYS = frozenset(
+    {"content", "text", "input", "instructions", "arguments", "output", "parts", "name"}
+)
+_NON_TEXT_TYPES = frozenset({"image_url", "input_image", "input_file", "input_audio", "file"})
 
 
-def _add(*measures: TextMeasure) -> TextMeasure:
-    """Sum token and character counts."""
-    return TextMeasure(sum(m.tokens for m in measures), sum(m.chars for m in measures))
-
-
-def apply_declared_floor(estimate: Estimate, declared_tokens: int | None) -> Estimate:
-    """Raise the input side so that `total` is at least the user's declared tokens."""
-    if declared_tokens is None or declared_tokens <= estimate.total:
-        return estimate
-    return Estimate(
-        estimate.model, declared_tokens - estimate.output_tokens, estimate.output_tokens
-    )
-
-
-def estimate_unparsable(
-    body: bytes, model: str, policy: EstimatePolicy, grounded: bool, output: int | None = None
-) -> Estimate:
-    """Safe estimate of a body we cannot read: its byte length bounds its token count."""
-    return Estimate(
-        model,
-        policy.input_tokens(len(body), len(body), grounded=grounded),
-        policy.output_tokens(output),
-    )
+def request_chars(value: object) -> int:
+    """Characters of the text OpenAI's admission estimate reads in a request fragment."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(request_chars(v) for v in value)
+    if isinstance(value, Mapping):
+        if value.get("type") in _NON_TEXT_TYPES:
+            return 0
+        return sum(request_chars(v) for k, v in value.items() if k in _TEXT_KEYS)
+    return 0
 
 
 def _declared_output(body: Mapping[str, Any], *keys: str) -> int | None:
@@ -110,28 +101,25 @@ class OpenAIProvider:
         policy: EstimatePolicy,
         *,
         grounded: bool = False,
-        declared_tokens: int | None = None,
     ) -> Estimate:
-        """Estimate input (counted, with margin) and output (declared budget) of a request."""
+        """Admission charge: ceil(characters / 4) plus the declared output budget, exactly."""
+        # No tokenizer (`counter` unused) and no grounded overhead: OpenAI charges what the
+        # request carries, whatever a search adds later.
         data = load_json(body) if body else {}
         if not isinstance(data, dict):
-            return apply_declared_floor(
-                estimate_unparsable(body, UNKNOWN_MODEL, policy, grounded), declared_tokens
-            )
+            return Estimate(UNKNOWN_MODEL, chars_tokens(len(body)), policy.output_tokens(None))
         model = self._model(path, data)
         endpoint = _endpoint(path)
-        try:
-            measure, output = self._measure(endpoint, data, model, counter)
-        except (TypeError, ValueError, AttributeError):
-            return apply_declared_floor(
-                estimate_unparsable(body, model, policy, grounded), declared_tokens
-            )
-        estimate = Estimate(
-            model,
-            policy.input_tokens(measure.tokens, measure.chars, grounded=grounded),
-            0 if endpoint == "embeddings" else policy.output_tokens(output),
-        )
-        return apply_declared_floor(estimate, declared_tokens)
+        if endpoint == "responses":
+            chars = request_chars([data.get("input"), data.get("instructions")])
+            output = _declared_output(data, "max_output_tokens")
+        elif endpoint in ("completions", "embeddings"):
+            key = "prompt" if endpoint == "completions" else "input"
+            return self._prompt_estimate(model, endpoint, data.get(key), data, policy)
+        else:
+            chars = request_chars(data.get("messages"))
+            output = _declared_output(data, "max_completion_tokens", "max_tokens")
+        return Estimate(model, chars_tokens(chars), policy.output_tokens(output))
 
     def _model(self, path: str, data: Mapping[str, Any]) -> str:
         """Model from the body, else the Azure deployment name, else "unknown"."""
@@ -141,59 +129,30 @@ class OpenAIProvider:
         deployment = _AZURE_DEPLOYMENT.search(path)
         return deployment.group(1) if deployment else UNKNOWN_MODEL
 
-    def _measure(
-        self, endpoint: str | None, data: Mapping[str, Any], model: str, counter: TokenCounter
-    ) -> tuple[TextMeasure, int | None]:
-        """Input measure and declared output budget for one endpoint's body shape."""
-        extras = counter.measure_texts(
-            [_json_text(data[k]) for k in _JSON_FIELDS_COUNTED if data.get(k)], model
-        )
-        if endpoint == "responses":
-            measure = _add(self._responses_input(data, model, counter), extras)
-            return measure, _declared_output(data, "max_output_tokens")
-        if endpoint in ("completions", "embeddings"):
-            key = "prompt" if endpoint == "completions" else "input"
-            measure = _add(self._prompt_input(data.get(key), model, counter), extras)
-            return measure, _declared_output(data, "max_tokens")
-        messages = data.get("messages")
-        listed = messages if isinstance(messages, list) else []
-        measure = _add(counter.measure_messages(listed, model), extras)
-        return measure, _declared_output(data, "max_completion_tokens", "max_tokens")
-
-    def _responses_input(
-        self, data: Mapping[str, Any], model: str, counter: TokenCounter
-    ) -> TextMeasure:
-        """Responses API: `instructions` plus `input` (a string or a list of items)."""
-        messages: list[Mapping[str, Any]] = []
-        instructions = data.get("instructions")
-        if isinstance(instructions, str) and instructions:
-            messages.append({"role": "developer", "content": instructions})
-        items = data.get("input")
-        if isinstance(items, str):
-            messages.append({"role": "user", "content": items})
-        elif isinstance(items, list):
-            for item in items:
-                if isinstance(item, Mapping):
-                    messages.append({k: v for k, v in item.items() if k not in ("id", "status")})
-                elif isinstance(item, str):
-                    messages.append({"role": "user", "content": item})
-        return counter.measure_messages(messages, model)
-
-    def _prompt_input(self, prompt: object, model: str, counter: TokenCounter) -> TextMeasure:
-        """Completions `prompt` / embeddings `input`: string, strings, or token-id arrays."""
-        if isinstance(prompt, str):
-            return counter.measure_texts([prompt], model)
-        if not isinstance(prompt, list):
-            return TextMeasure(0, 0)
-        if all(isinstance(t, int) for t in prompt):
-            return TextMeasure(len(prompt), 4 * len(prompt))
-        measures = [self._prompt_input(item, model, counter) for item in prompt]
-        return _add(*measures)
+    def _prompt_estimate(
+        self,
+        model: str,
+        endpoint: str,
+        prompt: object,
+        data: Mapping[str, Any],
+        policy: EstimatePolicy,
+    ) -> Estimate:
+        """Completions `prompt` / embeddings `input`: strings by characters, token ids as given."""
+        items = prompt if isinstance(prompt, list) else [prompt]
+        ids = [i for i in items if isinstance(i, list) and all(isinstance(t, int) for t in i)]
+        if items and all(isinstance(t, int) for t in items):
+            ids, items = [items], []
+        tokens = chars_tokens(request_chars(items)) + sum(len(i) for i in ids)
+        if endpoint == "embeddings":
+            return Estimate(model, tokens, 0)
+        return Estimate(model, tokens, policy.output_tokens(_declared_output(data, "max_tokens")))
 
     def usage_from_json(self, body: bytes) -> Usage | None:
         """Usage of a chat/completions/embeddings or responses body, or None."""
         data = load_json(body)
-        return _usage(data.get("usage")) if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return None
+        return _usage(data.get("usage"), data.get("service_tier"))
 
     def sse_usage_parser(self) -> SSEUsageParser:
         """Parser for chat chunks carrying `usage` and responses' final `response.*` events."""
@@ -245,8 +204,8 @@ def _number(pattern: re.Pattern[str], message: str) -> int | None:
     return int(match.group(1).replace(",", "")) if match else None
 
 
-def _usage(raw: object) -> Usage | None:
-    """Usage from a chat-style or responses-style usage object."""
+def _usage(raw: object, tier: object = None) -> Usage | None:
+    """Usage from a chat-style or responses-style usage object (with the response's tier)."""
     if not isinstance(raw, Mapping):
         return None
     prompt = as_int(raw.get("prompt_tokens"))
@@ -260,12 +219,36 @@ def _usage(raw: object) -> Usage | None:
     prompt = prompt or 0
     completion = completion or 0
     total = as_int(raw.get("total_tokens"))
-    return Usage(prompt, completion, prompt + completion if total is None else total)
+    cached = _detail(raw, ("prompt_tokens_details", "input_tokens_details"), "cached_tokens")
+    reasoning = _detail(
+        raw, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
+    )
+    return Usage(
+        prompt,
+        completion,
+        prompt + completion if total is None else total,
+        cached_tokens=min(cached, prompt),
+        reasoning_tokens=min(reasoning, completion),
+        service_tier=tier if isinstance(tier, str) and tier else None,
+    )
+
+
+def _detail(raw: Mapping[str, Any], holders: tuple[str, ...], key: str) -> int:
+    """A count inside the first `*_tokens_details` object that has it, else 0."""
+    for holder in holders:
+        details = raw.get(holder)
+        if isinstance(details, Mapping):
+            value = as_int(details.get(key))
+            if value is not None:
+                return value
+    return 0
 
 
 def _event_usage(event: Mapping[str, Any]) -> Usage | None:
     """Usage in one stream event: a chat chunk's `usage` or a final responses event's."""
     if event.get("type") in _FINAL_RESPONSE_EVENTS:
         response = event.get("response")
-        return _usage(response.get("usage")) if isinstance(response, Mapping) else None
-    return _usage(event.get("usage"))
+        if not isinstance(response, Mapping):
+            return None
+        return _usage(response.get("usage"), response.get("service_tier"))
+    return _usage(event.get("usage"), event.get("service_tier"))
