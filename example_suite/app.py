@@ -2,8 +2,8 @@
 
 The scenario's vantage policy goes into the system prompt; grounding turns on the vendor's search
 tool (OpenAI Responses `web_search`, Gemini `google_search`). Base URLs and keys come from the
-environment (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `GOOGLE_GEMINI_BASE_URL`, `GEMINI_API_KEY`)
-with dummy defaults, so replaying cassettes needs no key.
+environment (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `GOOGLE_GEMINI_BASE_URL`, `GEMINI_API_KEY`),
+as the SDKs read them; replaying cassettes needs none of them (the plugin sees to that).
 """
 
 from __future__ import annotations
@@ -47,10 +47,7 @@ def ask_openai(question: str, model: str, vantage: str, grounding: str) -> Answe
     """Ask OpenAI: chat completions when ungrounded, Responses with web_search when grounded."""
     import openai
 
-    client = openai.OpenAI(
-        api_key=os.environ.get("OPENAI_API_KEY", "sk-example-dummy"),
-        base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-    )
+    client = openai.OpenAI()
     system = _system_prompt(vantage, grounding)
     if grounding == "off":
         chat = client.chat.completions.create(
@@ -94,12 +91,7 @@ def ask_gemini(question: str, model: str, vantage: str, grounding: str) -> Answe
     from google.genai import types
 
     client = genai.Client(
-        api_key=os.environ.get("GEMINI_API_KEY", "gemini-example-dummy"),
-        http_options=types.HttpOptions(
-            base_url=os.environ.get(
-                "GOOGLE_GEMINI_BASE_URL", "https://generativelanguage.googleapis.com/"
-            )
-        ),
+        http_options=types.HttpOptions(base_url=os.environ.get("GOOGLE_GEMINI_BASE_URL"))
     )
     tools = [types.Tool(google_search=types.GoogleSearch())] if grounding != "off" else None
     result = client.models.generate_content(

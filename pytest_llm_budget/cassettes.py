@@ -18,16 +18,18 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .records import CallRecord
+from .redact import mask_loggers, mask_url
 from .settings import Settings
 
 __all__ = [
+    "PLACEHOLDER_KEYS",
     "REPLAYING_MODES",
     "SECRET_HEADERS",
     "SECRET_QUERY",
@@ -36,7 +38,9 @@ __all__ = [
     "Cassettes",
     "cassette_name",
     "cassette_path",
+    "placeholder_key",
     "replayed_record",
+    "use_placeholder_keys",
 ]
 
 #: Request headers never written to a cassette (plus ini `llm_filter_headers`).
@@ -54,10 +58,36 @@ SECRET_HEADERS = (
 SECRET_RESPONSE_HEADERS = ("set-cookie", "openai-organization", "openai-project")
 #: Query parameters never written to a cassette (plus ini `llm_filter_query_parameters`).
 SECRET_QUERY = ("key",)
+#: Keys the SDKs find in replay-only mode when none is set: a cassette answers every LLM request
+#: of an LLM test, so these are never sent (and request key headers never reach a cassette).
+PLACEHOLDER_KEYS = {
+    "OPENAI_API_KEY": "sk-llm-budget-replay-placeholder",
+    "GEMINI_API_KEY": "llm-budget-replay-placeholder",
+}
 #: Record modes in which an existing cassette is replayed.
 REPLAYING_MODES = ("once", "none", "new_episodes")
 MAX_NAME = 120
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
+
+
+def placeholder_key(variable: str, environ: Mapping[str, str]) -> str | None:
+    """The placeholder for a key variable the SDKs would find missing, else None."""
+    same = ("GEMINI_API_KEY", "GOOGLE_API_KEY") if variable == "GEMINI_API_KEY" else (variable,)
+    return None if any(environ.get(name) for name in same) else PLACEHOLDER_KEYS[variable]
+
+
+def use_placeholder_keys(environ: MutableMapping[str, str]) -> Callable[[], None]:
+    """Set the placeholder of every missing key variable (replay-only mode); returns the undo."""
+    added = [v for v in PLACEHOLDER_KEYS if placeholder_key(v, environ)]
+    for variable in added:
+        environ[variable] = PLACEHOLDER_KEYS[variable]
+
+    def undo() -> None:
+        for variable in added:
+            if environ.get(variable) == PLACEHOLDER_KEYS[variable]:
+                del environ[variable]
+
+    return undo
 
 
 def cassette_name(test_id: str) -> str:
@@ -94,6 +124,7 @@ class CassettePolicy:
     filter_response_headers: tuple[str, ...] = SECRET_RESPONSE_HEADERS
     filter_query: tuple[str, ...] = SECRET_QUERY
     hosts: tuple[str, ...] = ()
+    match_host: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CassettePolicy:
@@ -105,7 +136,14 @@ class CassettePolicy:
             filter_response_headers=_unique(SECRET_RESPONSE_HEADERS + extra),
             filter_query=_unique(SECRET_QUERY + tuple(settings.filter_query)),
             hosts=tuple(h.lower() for h in settings.hosts),
+            match_host=settings.match_host,
         )
+
+    @property
+    def match_on(self) -> tuple[str, ...]:
+        """vcr matchers: method, host (unless `llm_match_host = false`), path, query, body."""
+        host = ("host",) if self.match_host else ()
+        return ("method", *host, "path", "query", "llm_body")
 
     @property
     def active(self) -> bool:
@@ -258,7 +296,7 @@ class Cassettes:
 
         recorder = vcr.VCR(
             record_mode=policy.mode,
-            match_on=("method", "host", "path", "query", "llm_body"),
+            match_on=policy.match_on,
             filter_headers=list(policy.filter_headers),
             filter_query_parameters=list(policy.filter_query),
             decode_compressed_response=True,
@@ -266,6 +304,7 @@ class Cassettes:
             before_record_response=before_record_response,
         )
         recorder.register_matcher("llm_body", _body_matcher)
+        _mask_vcr_logs()
         return recorder
 
     @staticmethod
@@ -324,6 +363,8 @@ class Cassettes:
         def can_play_response_for(request: Any) -> Any:
             found = can_play(request)
             if not found and cassette.write_protected and cassette.filter_request(request):
+                # vcr raises next, quoting the request: let its message carry no credential
+                request.uri = mask_url(request.uri)
                 miss = f"{request.method} {request.uri}"
                 if miss not in use.misses:
                     use.misses.append(miss)
@@ -339,6 +380,15 @@ class Cassettes:
         cassette.play_response = play_response
         cassette.can_play_response_for = can_play_response_for
         return will_replay
+
+
+#: vcr's loggers that quote request URLs (with any `?key=`) at INFO and DEBUG.
+_VCR_LOGGERS = ("vcr.request", "vcr.cassette", "vcr.stubs", "vcr.stubs.httpx_stubs")
+
+
+def _mask_vcr_logs() -> None:
+    """Mask URLs in vcr's log records (for the rest of the process: vcr stays imported)."""
+    mask_loggers(_VCR_LOGGERS)
 
 
 @contextlib.contextmanager

@@ -89,10 +89,21 @@ def async_http_client(
     return lib.AsyncClient(transport=transport, **kwargs)
 
 
+def _replay_key(session: BudgetSession, variable: str, kwargs: dict[str, Any]) -> None:
+    """In replay-only mode, give a client with no key a placeholder (cassettes answer it)."""
+    if session.settings.record_mode == "none" and "api_key" not in kwargs:
+        from .cassettes import placeholder_key
+
+        key = placeholder_key(variable, os.environ)
+        if key is not None:
+            kwargs["api_key"] = key
+
+
 def openai_client(session: BudgetSession, **kwargs: Any) -> openai.OpenAI:
     """`openai.OpenAI` with routed transport and the SDK's retries off."""
     import openai
 
+    _replay_key(session, "OPENAI_API_KEY", kwargs)
     lib = http_library(openai.DefaultHttpxClient)
     transport = BudgetTransport(lib.HTTPTransport(), router_for(session, raise_errors=True))
     kwargs.setdefault("max_retries", 0)
@@ -104,6 +115,7 @@ def async_openai_client(session: BudgetSession, **kwargs: Any) -> openai.AsyncOp
     """`openai.AsyncOpenAI` with routed transport and the SDK's retries off."""
     import openai
 
+    _replay_key(session, "OPENAI_API_KEY", kwargs)
     lib = http_library(openai.DefaultAsyncHttpxClient)
     transport = AsyncBudgetTransport(
         lib.AsyncHTTPTransport(), router_for(session, raise_errors=True)
@@ -143,6 +155,8 @@ def gemini_client(session: BudgetSession, **kwargs: Any) -> genai.Client:
         key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
         if key:
             kwargs["api_key"] = key
+        else:
+            _replay_key(session, "GEMINI_API_KEY", kwargs)
     return genai.Client(http_options=options.model_copy(update=update), **kwargs)
 
 

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Generator
 from dataclasses import asdict, replace
@@ -19,7 +18,7 @@ from .limiter import BucketStats
 from .live import LiveHooks, calls_by_bucket
 from .llm_tests import MARKER, MATRIX_ARGS, is_llm_test
 from .records import CallRecord, TestUsage
-from .redact import redact_report
+from .redact import mask_loggers, redact, redact_report
 from .report import bucket_costs, build_report, cost_line, summary_lines, write_report
 from .session import BudgetSession, TestContext
 from .settings import OPTIONS, Settings, SettingsError
@@ -67,7 +66,7 @@ def _settings(config: pytest.Config) -> Settings:
     try:
         return Settings.resolve(cli, os.environ, ini)
     except SettingsError as exc:
-        raise pytest.UsageError(f"pytest-llm-budget: {exc}") from None
+        raise pytest.UsageError(f"pytest-llm-budget: {redact(str(exc))}") from None
 
 
 @pytest.hookimpl(trylast=True)
@@ -85,6 +84,11 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _settings(config)
     if settings.prices and settings.sources.get("prices", "").startswith("ini") and config.inipath:
         settings = replace(settings, prices=str(config.inipath.parent / settings.prices))
+    config.add_cleanup(mask_loggers(("httpx2", "httpx")))  # they log each request's URL
+    if settings.record_mode == "none":  # replay only: the SDKs need no key (see cassettes.py)
+        from .cassettes import use_placeholder_keys
+
+        config.add_cleanup(use_placeholder_keys(os.environ))
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     shared_dir = None
     if workerinput is not None:
@@ -105,8 +109,17 @@ def pytest_configure(config: pytest.Config) -> None:
     except PriceFileError as exc:
         raise pytest.UsageError(f"pytest-llm-budget: {exc}") from None
     except (ValueError, OSError, RuntimeError) as exc:
-        raise pytest.UsageError(f"pytest-llm-budget: --llm-backend: {exc}") from None
+        raise pytest.UsageError(
+            f"pytest-llm-budget: --llm-backend: {redact(str(exc))}"
+        ) from None
     config.stash[SESSION_KEY] = session
+    if workerinput is not None and shared_dir:  # a crashed worker's finished calls still count
+        from .shared_dir import RecordSpool
+
+        spool = RecordSpool(shared_dir, session.worker, session.limiter.stats)
+        session.observers.append(spool)
+        config.add_cleanup(spool.close)
+        workerinput["llm_budget_spool"] = spool.name
     distributing = workerinput is not None or config.getoption("dist", "no") not in (None, "no")
     live = LiveHooks(config, session, shared_dir if distributing else None)
     config.stash[LIVE_KEY] = live
@@ -215,6 +228,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 "buckets": [asdict(b) for b in budget.limiter.stats()],
                 "calls": [r.to_json() for r in budget.calls.records()],
                 "declared": budget.calls.declared(),
+                "spool": config.workerinput.get("llm_budget_spool"),  # type: ignore[attr-defined]
                 "backend": budget.backend.description,
             }
         )
@@ -266,7 +280,10 @@ class XdistHooks:
     """Controller-side xdist hooks, registered only when xdist is present."""
 
     def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="llm-budget-")
+        from .shared_dir import Handover, make_shared_dir
+
+        self.dir = make_shared_dir()  # stale folders of dead controllers are removed first
+        self.handover = Handover(self.dir)
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["llm_budget_dir"] = self.dir
@@ -282,16 +299,31 @@ class XdistHooks:
             _report_preflight(node.config, *preflight)
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """Merge a worker's records: from `workeroutput`, else (it crashed) from its spool."""
         raw = getattr(node, "workeroutput", {}).get("llm_budget")
-        if not raw:
-            return
-        data = json.loads(raw)
         budget = _session(node.config)
+        declared = None
         live = node.config.stash[LIVE_KEY]
-        live.worker_backend = data.get("backend", live.worker_backend)
+        if not raw:
+            records, buckets = self.handover.lost(node.workerinput["workerid"])
+        else:
+            data = json.loads(raw)
+            self.handover.delivered(data.get("spool"))
+            records = [CallRecord.from_json(c) for c in data["calls"]]
+            buckets = [BucketStats(**b) for b in data["buckets"]]
+            declared = data.get("declared")
+            live.worker_backend = data.get("backend", live.worker_backend)
         live.workers += 1
-        budget.merged_stats.extend(BucketStats(**b) for b in data["buckets"])
-        budget.calls.extend([CallRecord.from_json(c) for c in data["calls"]], data.get("declared"))
+        budget.merged_stats.extend(buckets)
+        budget.calls.extend(records, declared)
+
+    @pytest.hookimpl(tryfirst=True)  # before the reports are written
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Merge the spools of workers that never reported (crashed, never replaced)."""
+        records, buckets = self.handover.lost()
+        budget = _session(session.config)
+        budget.merged_stats.extend(buckets)
+        budget.calls.extend(records)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -405,7 +437,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     use = item.stash.get(_CASSETTE_USE_KEY, None)
     if report.when == "call" and use is not None and use.misses:
         report.outcome = "failed"
-        report.longrepr = use.miss_message() + (f"\n\n{report.longrepr}" if report.longrepr else "")
+        # vcr's frames show the request (and any `?key=`) among their arguments: masked here
+        rest = f"\n\n{redact(str(report.longrepr))}" if report.longrepr else ""
+        report.longrepr = use.miss_message() + rest
     return report
 
 
@@ -481,6 +515,7 @@ class LLMBudgetMetricsWarning(UserWarning):
 
 def _metrics_warning(config: pytest.Config, message: str) -> None:
     """Warn about a metrics problem; when warnings are errors, print it instead of failing."""
+    message = redact(message)
     try:
         warnings.warn(LLMBudgetMetricsWarning(f"pytest-llm-budget: {message}"), stacklevel=2)
     except Warning:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .backends import validate_backend_spec
 from .limiter import LimitRule
+from .redact import mask_url, redact
 
 __all__ = ["OPTIONS", "RECORD_MODES", "Option", "Settings", "SettingsError", "parse_duration"]
 
@@ -126,6 +127,15 @@ def _optional_usd(text: str) -> float | None:
 
 def _backend(text: str) -> str:
     return validate_backend_spec(text.strip())
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -468,6 +478,15 @@ OPTIONS: tuple[Option, ...] = (
         "llm_cassette_dir",
     ),
     Option(
+        "match_host",
+        _bool,
+        True,
+        "cassettes: match a request's host too (false: replay under any base URL)",
+        None,
+        ("LLM_BUDGET_MATCH_HOST",),
+        "llm_match_host",
+    ),
+    Option(
         "filter_headers",
         _lines,
         (),
@@ -550,6 +569,7 @@ class Settings:
     models: tuple[str, ...] = DEFAULT_MODELS
     scenarios: str | None = None
     cassette_dir: str = "cassettes"
+    match_host: bool = True
     filter_headers: tuple[str, ...] = ()
     filter_query: tuple[str, ...] = ()
     metrics_port: int | None = None
@@ -573,7 +593,7 @@ class Settings:
         return int(self.tpm * (1 - self.headroom))
 
     def public(self) -> dict[str, Any]:
-        """The settings as plain JSON for reports (backend URL passwords masked)."""
+        """The settings as plain JSON for reports (passwords and keys in URLs masked)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name == "sources":
@@ -582,9 +602,10 @@ class Settings:
             if f.name == "limits":
                 value = [str(rule) for rule in value]
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [mask_url(v) if isinstance(v, str) else v for v in value]
+            elif isinstance(value, str):
+                value = mask_url(value)
             out[f.name] = value
-        out["backend"] = mask_url(self.backend)
         return out
 
     @classmethod
@@ -607,7 +628,7 @@ class Settings:
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 raise SettingsError(
-                    f"{option.label}={raw!r} (from {source}): {exc}"
+                    f"{option.label}={mask_url(raw)!r} (from {source}): {redact(str(exc))}"
                 ) from None
             sources[option.name] = source
         settings = cls(**values, sources=sources)
@@ -642,11 +663,6 @@ def _as_text(value: Any, option: Option) -> str:
     if isinstance(value, (list, tuple)):
         return ("\n" if option.ini_type == "linelist" else " ").join(str(v) for v in value)
     return str(value)
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of `scheme://user:password@host`."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def cli_values(getter: Callable[[str], Any], options: Sequence[Option] = OPTIONS) -> dict[str, Any]:

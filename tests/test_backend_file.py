@@ -547,3 +547,37 @@ def test_a_killed_lease_holder_does_not_block_the_others(tmp_path: Path) -> None
     assert b.snapshot(B, limits, time.time()).in_flight == 1  # the dead child's lease
     admitted(b.admit(B, limits, "next", 1, time.time(), f"{os.getpid()}:gw0"))
     assert b.snapshot(B, limits, time.time()).in_flight == 1
+
+
+def test_state_dated_in_the_future_is_dropped_with_a_warning(tmp_path: Path) -> None:
+    """Defect 7: a state an hour ahead (fast clock, copied file) froze the budget, silently."""
+    path = tmp_path / "s.json"
+    now = time.time()
+    fast = now + 3600  # written by a machine whose clock is an hour fast
+    state = {"entries": [["f1", fast, 900, True], ["f1:429", fast, 100, False]], "leases": {},
+             "waiters": {}, "paused_until": fast + 30}
+    path.write_text(json.dumps({"version": 1, "buckets": {B: state}, "clocks": {B: fast}}))
+    limits = Limits(tokens=1000, window=60.0)
+    b = FileBackend(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = admitted(b.admit(B, limits, "a", 900, now, "1"))
+        assert b.snapshot(B, limits, now).used_tokens == 900
+    assert got.at == now
+    assert [w.category for w in caught] == [StateFileWarning]
+    message = str(caught[0].message)
+    assert str(path) in message and "3600s ahead" in message and "1000 tokens" in message
+    assert json.loads(path.read_text())["clocks"][B] == now
+
+
+def test_late_callers_and_skew_are_not_mistaken_for_a_future_state(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    now = time.time()
+    b = FileBackend(path, wall_clock=lambda: now, max_skew=5.0)
+    limits = Limits(tokens=1000, window=60.0)
+    admitted(b.admit(B, limits, "a", 400, now + 4, "1"))  # within the skew
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # a caller whose `now` was read long before it got the lock: the wall clock is newer
+        deferred(b.admit(B, limits, "b", 700, now - 20, "1"), "tokens")
+        assert b.snapshot(B, limits, now).used_tokens == 400

@@ -44,7 +44,7 @@ def test_mask_url() -> None:
     assert mask_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert mask_url("rediss://user:s3cret@h:6380/2") == "rediss://user:***@h:6380/2"
     assert mask_url("redis://s3cret@h/0") == "redis://***@h/0"
-    assert mask_url("redis://h:6379/0?password=s3cret&db=1") == "redis://h:6379/0?password=%2A%2A%2A&db=1"
+    assert mask_url("redis://h:6379/0?password=s3cret&db=1") == "redis://h:6379/0?password=***&db=1"
     assert mask_url("unix:///tmp/r.sock?db=0") == "unix:///tmp/r.sock?db=0"
 
 
@@ -236,3 +236,13 @@ def test_the_lua_port_decides_exactly_as_window_py(
     finally:
         redis.close()
 
+
+
+def test_a_state_written_by_a_fast_clock_expires_within_minutes(rb: RedisBackend) -> None:
+    """Issue 10, defect 7, Redis side: unlike a state file, a future-dated state does not outlive
+    the host that wrote it by more than two spans and a minute (its key's expiry is relative)."""
+    now = time.time()
+    admitted(rb.admit(B, LIMITS, "fast", 900, now + 3600, "1"))  # a host an hour fast
+    rb.settle(B, LIMITS, "fast", 900, 900, now + 3600)
+    ttl_ms = rb.client.pttl(rb.key(B))
+    assert 0 < ttl_ms <= (2 * LIMITS.span + 60) * 1000

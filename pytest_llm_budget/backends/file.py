@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -137,8 +137,12 @@ class FileBackend(StateBackend):
         lease_ttl: float | None = 600.0,
         poll_interval: float = 0.0005,
         atomic_rename: bool = False,
+        max_skew: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = os.fspath(path)
+        self.max_skew = max_skew
+        self.wall_clock = wall_clock
         self.description = f"file:{self.path}"
         self.lock_timeout = lock_timeout
         self.lease_ttl = lease_ttl
@@ -214,6 +218,54 @@ class FileBackend(StateBackend):
             return "\0corrupt", {}, {}
         return text, buckets, clocks
 
+    def _drop_future(
+        self, buckets: dict[str, WindowState], clocks: dict[str, float], now: float
+    ) -> None:
+        """Treat times beyond now + `max_skew` as corrupt: warn, drop them, reset the clock.
+
+        A state written by a machine whose clock runs fast (or a file copied from one) would
+        otherwise freeze its buckets until real time caught up: every decision is taken on the
+        bucket's clock, which never goes back. The newest of the caller's `now` and the wall
+        clock is the reference, so a caller that read its clock before waiting for the lock is
+        never mistaken for a corrupt state.
+        """
+        reference = max(float(now), self.wall_clock())
+        limit = reference + self.max_skew
+        found: list[str] = []
+        ahead, tokens = 0.0, 0
+        for name in sorted(set(buckets) | set(clocks)):
+            state = buckets.get(name)
+            clock_ahead = clocks.get(name, float("-inf")) > limit
+            if state is not None and (
+                (state.entries and state.entries[-1][1] > limit)
+                or any(float(lease[1]) > limit for lease in state.leases.values())
+                or any(w[0] > limit for w in state.waiters.values())
+                or (clock_ahead and state.paused_until > limit)
+            ):
+                times = [e[1] for e in state.entries] + [float(v[1]) for v in state.leases.values()]
+                ahead = max([ahead, *times, *(w[0] for w in state.waiters.values())])
+                tokens += sum(int(e[2]) for e in state.entries if e[1] > limit)
+                buckets[name] = WindowState(
+                    entries=[e for e in state.entries if e[1] <= limit],
+                    leases={k: v for k, v in state.leases.items() if float(v[1]) <= limit},
+                    waiters={k: w for k, w in state.waiters.items() if w[0] <= limit},
+                    paused_until=0.0 if state.paused_until > limit else state.paused_until,
+                )
+                found.append(name)
+            if clock_ahead:
+                ahead = max(ahead, clocks.pop(name))
+                if name not in found:
+                    found.append(name)
+        if found:
+            warnings.warn(
+                f"llm-budget state file {self.path} holds times up to {ahead - reference:.0f}s "
+                "ahead of this machine's clock (a fast clock, or a file copied from another "
+                f"machine) in bucket(s) {', '.join(found)}; dropped those times and their "
+                f"{tokens} tokens of charges, as for a corrupt file",
+                StateFileWarning,
+                stacklevel=6,
+            )
+
     def _write(
         self, buckets: dict[str, WindowState], clocks: dict[str, float], old_text: str
     ) -> None:
@@ -257,6 +309,7 @@ class FileBackend(StateBackend):
         """
         with self._locked():
             old_text, buckets, clocks = self._read()
+            self._drop_future(buckets, clocks, now)
             now = max(float(now), clocks.get(bucket, float("-inf")))
             clocks[bucket] = now
             state = buckets.get(bucket)

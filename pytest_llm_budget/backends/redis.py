@@ -22,32 +22,14 @@ import socket
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import BackendUnavailable
+from ..redact import mask_url, redact
 from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
 from .base import Backend
 from .ledger import IDLE_TTL, LedgerAnswer, LedgerState
 
 __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, fit for logs and reports."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        # No colon: redis-py reads it as a user name, but people often mean a password there.
-        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
-    if netloc == parts.netloc and query == parts.query:
-        return url  # nothing secret (and urlunsplit would rewrite unix:///path as unix:/path)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _load_script(name: str = "redis_window.lua") -> str:
@@ -302,4 +284,4 @@ def _describe(exc: BaseException | None) -> str:
     """An exception as `Type: message`, for error texts."""
     if exc is None:
         return "no error recorded"
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {redact(str(exc))}"

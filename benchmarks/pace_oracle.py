@@ -1,0 +1,126 @@
+"""The pace benchmark's yardsticks: the oracle's span, the fluid floor, and one row's figures.
+
+Pure functions (no I/O, no clock) so that they can be unit-tested and re-run on saved logs.
+
+* Oracle: a client that knows every exact charge, has every request ready at t=0 and admits
+  them in arrival order (FIFO) as soon as a sliding window of length W holding at most B allows.
+  Its last admission time is the fastest span a zero-429 limiter can reach on those charges.
+* Fluid floor: (S - B) / B x W, S the total charge: the first B goes at t=0, the rest drains at
+  B per W. A lower bound on any zero-429 span (the oracle is >= it, discreteness costs more).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "RowFigures",
+    "admitted_charges",
+    "figures",
+    "fluid_floor",
+    "oracle_admissions",
+    "oracle_span",
+]
+
+_EPS = 1e-9
+
+
+def oracle_admissions(charges: Sequence[float], budget: float, window: float) -> list[float]:
+    """Admission time of each charge, FIFO from t=0, under a sliding window of `budget`.
+
+    The window convention is the emulator's: a charge admitted at `t` stops counting at
+    `t + window` exactly (it is in the window `(now - window, now]`).
+    """
+    if budget <= 0 or window <= 0:
+        raise ValueError(f"budget and window must be positive, got {budget!r}, {window!r}")
+    times: list[float] = []
+    live: deque[tuple[float, float]] = deque()  # (admitted at, charge), still in the window
+    used = 0.0
+    now = 0.0
+    for charge in charges:
+        if charge < 0:
+            raise ValueError(f"a charge cannot be negative, got {charge!r}")
+        if charge > budget + _EPS:
+            raise ValueError(f"a charge of {charge} can never fit a budget of {budget}")
+        while live and live[0][0] + window <= now + _EPS:
+            used -= live.popleft()[1]
+        while used + charge > budget + _EPS:
+            at, oldest = live.popleft()
+            used -= oldest
+            now = max(now, at + window)
+        live.append((now, charge))
+        used += charge
+        times.append(now)
+    return times
+
+
+def oracle_span(charges: Sequence[float], budget: float, window: float) -> float:
+    """The oracle's last admission time (0 for no charges, or when all fit at once)."""
+    times = oracle_admissions(charges, budget, window)
+    return times[-1] if times else 0.0
+
+
+def fluid_floor(charges: Iterable[float], budget: float, window: float) -> float:
+    """(S - B) / B x W, never below 0."""
+    total = sum(charges)
+    return max(0.0, (total - budget) / budget * window)
+
+
+def admitted_charges(records: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Charges per vendor of the admitted requests in an emulator log, in arrival order."""
+    by_vendor: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.get("outcome") == "ok" and r.get("status") == 200 and r.get("charge", 0) > 0:
+            by_vendor.setdefault(str(r["vendor"]), []).append((float(r["t"]), float(r["charge"])))
+    return {v: [c for _, c in sorted(items, key=lambda x: x[0])] for v, items in by_vendor.items()}
+
+
+@dataclass(frozen=True)
+class RowFigures:
+    """What one run's emulator log says, against the oracle and the fluid floor."""
+
+    requests: int
+    rejected: int
+    span: float
+    oracle: dict[str, float]
+    floor: dict[str, float]
+    charged: dict[str, float]
+    span_over_oracle: float | None
+    wall_over_floor: float | None
+
+    @property
+    def oracle_max(self) -> float:
+        """The oracle of the whole run: vendors are paced independently, so the slowest one."""
+        return max(self.oracle.values(), default=0.0)
+
+    @property
+    def floor_max(self) -> float:
+        """The fluid floor of the whole run (slowest vendor)."""
+        return max(self.floor.values(), default=0.0)
+
+
+def figures(
+    records: Sequence[Mapping[str, Any]], wall: float, budget: float, window: float
+) -> RowFigures:
+    """Span, oracle and floor per vendor, and the two ratios (None when a divisor is 0)."""
+    api = [r for r in records if r.get("vendor") in ("openai", "gemini") and r.get("model")]
+    times = [float(r["t"]) for r in api]
+    span = max(times) - min(times) if times else 0.0
+    charges = admitted_charges(api)
+    oracle = {v: oracle_span(c, budget, window) for v, c in charges.items()}
+    floor = {v: fluid_floor(c, budget, window) for v, c in charges.items()}
+    o, f = max(oracle.values(), default=0.0), max(floor.values(), default=0.0)
+    return RowFigures(
+        requests=len(api),
+        rejected=sum(1 for r in api if r.get("status") == 429),
+        span=span,
+        oracle=oracle,
+        floor=floor,
+        charged={v: float(sum(c)) for v, c in charges.items()},
+        span_over_oracle=span / o if o > 0 else None,
+        wall_over_floor=wall / f if f > 0 and not math.isnan(wall) else None,
+    )

@@ -1,0 +1,101 @@
+"""The pace benchmark's oracle and fluid floor (benchmarks/pace_oracle.py): pure, no network."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# `python -m pytest` has the repo root on sys.path; a bare `pytest` (tox) does not.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.pace_oracle import (
+    admitted_charges,
+    figures,
+    fluid_floor,
+    oracle_admissions,
+    oracle_span,
+)
+
+
+def test_everything_that_fits_goes_at_zero() -> None:
+    assert oracle_admissions([1000, 2000, 2400], budget=5400, window=6) == [0, 0, 0]
+    assert oracle_span([], budget=5400, window=6) == 0.0
+
+
+def test_a_charge_waits_for_the_oldest_charges_to_leave_the_window() -> None:
+    # 3 x 1800 fill B=5400 at t=0; the 4th needs the first to expire (t=6), the 5th too
+    # (each frees exactly 1800); the 6th fits beside them, the 7th waits for t=12.
+    times = oracle_admissions([1800] * 7, budget=5400, window=6)
+    assert times == [0, 0, 0, 6, 6, 6, 12]
+
+
+def test_fifo_a_small_charge_never_overtakes_a_waiting_large_one() -> None:
+    times = oracle_admissions([5000, 5000, 100], budget=5400, window=6)
+    assert times == [0, 6, 6]
+
+
+def test_a_large_charge_may_need_several_expiries() -> None:
+    times = oracle_admissions([1000, 1000, 3000, 4000], budget=5400, window=2)
+    # 5000 in the window, 4000 more must free 3600: only all three leaving at t=2 does
+    assert times == [0, 0, 0, 2]
+
+
+def test_window_boundary_matches_the_emulator_a_slot_frees_exactly_one_window_later() -> None:
+    assert oracle_admissions([5400, 1], budget=5400, window=6) == [0, 6]
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="never fit"):
+        oracle_span([6000], budget=5400, window=6)
+    with pytest.raises(ValueError, match="negative"):
+        oracle_span([-1], budget=5400, window=6)
+    with pytest.raises(ValueError, match="positive"):
+        oracle_span([1], budget=0, window=6)
+
+
+def test_fluid_floor() -> None:
+    assert fluid_floor([5400], 5400, 6) == 0.0
+    assert fluid_floor([3000, 3000, 3000, 3000], 5400, 6) == pytest.approx((12000 - 5400) / 900)
+    assert fluid_floor([], 5400, 6) == 0.0
+
+
+def test_oracle_is_never_below_the_fluid_floor() -> None:
+    charges = [1500 + (i * 397) % 1300 for i in range(30)]
+    assert oracle_span(charges, 5400, 6) >= fluid_floor(charges, 5400, 6)
+
+
+def _rec(t: float, vendor: str, charge: int, status: int = 200) -> dict[str, object]:
+    outcome = "ok" if status == 200 else "tokens"
+    return {
+        "t": t,
+        "vendor": vendor,
+        "model": "m",
+        "status": status,
+        "outcome": outcome,
+        "charge": charge if status == 200 else 0,
+    }
+
+
+def test_figures_from_an_emulator_log() -> None:
+    log = [
+        _rec(100.0, "openai", 3000),
+        _rec(100.5, "gemini", 200),
+        _rec(101.0, "openai", 3000, status=429),
+        _rec(106.2, "openai", 3000),
+        _rec(106.3, "openai", 3000),
+    ]
+    assert admitted_charges(log) == {"openai": [3000, 3000, 3000], "gemini": [200]}
+    f = figures(log, wall=12.0, budget=5400, window=6)
+    assert f.requests == 5 and f.rejected == 1
+    assert f.span == pytest.approx(6.3)
+    assert f.oracle == {"openai": 12.0, "gemini": 0.0}
+    assert f.span_over_oracle == pytest.approx(6.3 / 12.0)
+    assert f.floor["openai"] == pytest.approx(4.0)
+    assert f.wall_over_floor == pytest.approx(3.0)
+
+
+def test_figures_with_no_pacing_needed_has_no_ratio() -> None:
+    f = figures([_rec(1.0, "openai", 100)], wall=1.0, budget=5400, window=6)
+    assert f.span_over_oracle is None and f.wall_over_floor is None
