@@ -59,3 +59,7 @@ class CostCapExceeded(LLMBudgetError):
 
 class BackendUnavailable(RuntimeError):
     """The shared state cannot be reached (Redis down or unreachable, a lock never released)."""
+
+
+class LLMBudgetMetricsWarning(UserWarning):
+    """A metrics output failed (port, textfile, Pushgateway); metrics never fail a run."""

@@ -1,0 +1,21 @@
+"""The plugin's rooms: one pytest plugin per concern, registered by `plugin.py` when needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..live import LiveHooks
+from ..session import BudgetSession
+
+SESSION_KEY = pytest.StashKey[BudgetSession]()
+LIVE_KEY = pytest.StashKey[LiveHooks]()
+
+
+def budget(config: pytest.Config) -> BudgetSession:
+    """The session's budget, built at configure time."""
+    return config.stash[SESSION_KEY]
+
+
+def live(config: pytest.Config) -> LiveHooks:
+    """The session's live notices (`pytest_llm_budget_*` hooks)."""
+    return config.stash[LIVE_KEY]

@@ -1,0 +1,91 @@
+"""The marker and the session fixtures: every test's context, `llm_budget`, `llm_usage`."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from ..llm_tests import MARKER
+from ..records import TestUsage
+from ..session import BudgetSession, TestContext
+from . import budget
+from .recording import with_scenario
+
+_MARKER_ARGS = ("tokens", "vendor", "model", "grounded")
+
+
+def _marker_problem(item: pytest.Item) -> str | None:
+    """Why an item's `llm_budget` marker is malformed, or None."""
+    for mark in item.iter_markers(MARKER):
+        if mark.args:
+            return f"{MARKER} takes keyword arguments only ({', '.join(_MARKER_ARGS)})"
+        unknown = sorted(set(mark.kwargs) - set(_MARKER_ARGS))
+        if unknown:
+            return f"{MARKER}: unknown argument(s) {', '.join(unknown)}"
+        tokens = mark.kwargs.get("tokens")
+        if tokens is not None and (
+            isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0
+        ):
+            return f"{MARKER}(tokens={tokens!r}): tokens must be a whole number above 0"
+        for key in ("vendor", "model"):
+            value = mark.kwargs.get(key)
+            if value is not None and not (isinstance(value, str) and value):
+                return f"{MARKER}({key}={value!r}): {key} must be a non-empty string"
+        if not isinstance(mark.kwargs.get("grounded", False), bool):
+            return f"{MARKER}(grounded={mark.kwargs['grounded']!r}): grounded must be True/False"
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, Any]:
+    """Turn a malformed `llm_budget` marker into a collection error of its module."""
+    report = yield
+    if report.outcome == "passed":
+        problems = [
+            f"{item.nodeid}: {problem}"
+            for item in report.result
+            if isinstance(item, pytest.Item) and (problem := _marker_problem(item))
+        ]
+        if problems:
+            report.outcome = "failed"
+            report.longrepr = "\n".join(problems)
+            report.result = []
+    return report
+
+
+def _test_context(item: pytest.Item) -> TestContext:
+    mark = item.get_closest_marker(MARKER)
+    kwargs = mark.kwargs if mark else {}
+    context = TestContext(
+        nodeid=item.nodeid,
+        tokens=kwargs.get("tokens"),
+        vendor=kwargs.get("vendor"),
+        model=kwargs.get("model"),
+        grounded=bool(kwargs.get("grounded", False)),
+    )
+    return with_scenario(item, context)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
+    session = budget(item.config)
+    session.test = _test_context(item)
+    session.calls.declare(item.nodeid, session.test.tokens)
+    try:
+        return (yield)
+    finally:
+        session.test = TestContext()
+
+
+@pytest.fixture(scope="session")
+def llm_budget(pytestconfig: pytest.Config) -> BudgetSession:
+    """The session budget: `reserve(tokens, vendor=, model=)` as a context manager, `snapshot()`."""
+    return budget(pytestconfig)
+
+
+@pytest.fixture
+def llm_usage(request: pytest.FixtureRequest) -> TestUsage:
+    """This test's LLM calls, attempts, tokens, 429s and seconds waited; live."""
+    return budget(request.config).usage(request.node.nodeid)

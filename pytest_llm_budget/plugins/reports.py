@@ -1,0 +1,71 @@
+"""The end of the session: a worker's output for the controller, the reports, the summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+
+from ..live import calls_by_bucket
+from ..report import bucket_costs, build_report, cost_line, summary_lines, write_report
+from . import budget, live
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    run = budget(config)
+    workeroutput: dict[str, Any] | None = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["llm_budget"] = json.dumps(
+            {
+                "buckets": [asdict(b) for b in run.limiter.stats()],
+                "calls": [r.to_json() for r in run.calls.records()],
+                "declared": run.calls.declared(),
+                "spool": config.workerinput.get("llm_budget_spool"),  # type: ignore[attr-defined]
+                "backend": run.backend.description,
+            }
+        )
+        return
+    notices = live(config)
+    if run.settings.reports or notices.wants_report():
+        document = build_report(
+            run.settings.public(),
+            run.calls.totals(),
+            run.bucket_stats(),
+            run.calls.records(),
+            run.settings.rules,
+            run.calls.overspent(),
+            calls_by_bucket(run),
+        )
+        notices.complete(document)
+        for path in run.settings.reports:
+            write_report(path, document)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    run = budget(config)
+    buckets = run.bucket_stats()
+    totals = run.calls.totals()
+    if not buckets and not totals.calls:
+        return
+    terminalreporter.write_sep("=", "LLM budget")
+    notices = live(config)
+    records = run.calls.records()
+    for line in summary_lines(
+        buckets,
+        totals,
+        window=run.settings.window,
+        backend=notices.backend(),
+        costs=bucket_costs(records, run.settings.rules),
+        overspent=run.calls.overspent(),
+        calls_by_bucket=calls_by_bucket(run),
+        workers=notices.workers,
+    ):
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(cost_line(totals, records, run.settings.max_cost))
+    for path in run.settings.reports:
+        terminalreporter.write_line(f"LLM budget report: {path}")
