@@ -13,8 +13,8 @@ from .events import RateLimitEvent
 
 if TYPE_CHECKING:
     from .errors import LLMBudgetError
+    from .router import _Call
     from .session import BudgetSession
-    from .transport import _Call
 
 __all__ = ["estimate_override", "rate_limit_event"]
 

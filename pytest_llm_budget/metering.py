@@ -1,0 +1,252 @@
+"""Response metering: a 2xx body's bytes go to the caller unchanged while a sink reads the usage.
+
+The sink settles the reservation and the cost hold once the body ends (or fails), and records the
+call; gzip/deflate bodies are decoded for it, SSE streams parsed line by line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import warnings
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from .limiter import Reservation
+    from .providers import SSEUsageParser, Usage
+    from .router import Router, _Call
+
+_MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
+def deliver(
+    router: Router, call: _Call, reservation: Reservation, response: Any, *, is_async: bool = False
+) -> Any:
+    """Pass a non-429 answer on; a 2xx one is metered and settled when its body ends."""
+    status = int(response.status_code)
+    if not 200 <= status < 300:
+        lost = backend_lost(reservation.release)
+        lost = backend_lost(lambda: router._release_cost(call)) or lost
+        router._record(call, None, f"http_{status}", malformed=False, error_code=lost)
+        return response
+    backend_lost(lambda: _calibrate(router, call, response.headers, reservation))
+    sink = UsageSink(router, call, reservation, response.headers)
+    sync_cls, async_cls = meter_types(type(response).__module__.split(".")[0])
+    # A vcr-recorded response carries an httpx ByteStream, which is both sync and async:
+    # the caller (handle / ahandle) decides, not the stream's shape.
+    if is_async:
+        response.stream = async_cls(response.stream, sink)
+    else:
+        response.stream = sync_cls(response.stream, sink)
+    return response
+
+
+def _calibrate(
+    router: Router, call: _Call, headers: Any, reservation: Reservation | None = None
+) -> None:
+    """Learn from `x-ratelimit-*-tokens`: a gap is charged, the estimate factor corrected."""
+    from .providers.base import as_int
+    from .providers.retry_hints import parse_go_duration
+
+    limit = as_int(headers.get("x-ratelimit-limit-tokens"))
+    remaining = call.provider.remaining_tokens(headers)
+    if limit is not None and remaining is not None:
+        if reservation is not None:
+            reset = parse_go_duration(str(headers.get("x-ratelimit-reset-tokens", "")))
+            reservation.observe(limit, remaining, reset)
+        else:
+            router.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
+
+
+class UsageSink:
+    """Receives a 2xx body's bytes as the caller reads them; settles once when it ends."""
+
+    def __init__(
+        self, router: Router, call: _Call, reservation: Reservation, headers: Any
+    ) -> None:
+        self.router = router
+        self.call = call
+        self.reservation = reservation
+        content_type = str(headers.get("content-type", "")).lower()
+        self.sse: SSEUsageParser | None = (
+            call.provider.sse_usage_parser() if "event-stream" in content_type else None
+        )
+        self.body = bytearray()
+        self.decoder = _decoder(str(headers.get("content-encoding", "")).lower())
+        self.undecodable = False
+        self._lock = threading.Lock()
+        self._done = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at a chunk (never keeps SSE bytes beyond the current line)."""
+        if self.decoder is not None:
+            try:
+                chunk = self.decoder.decompress(chunk)
+            except zlib.error:
+                self.undecodable = True
+                return
+        if self.sse is not None:
+            self.sse.feed(chunk)
+        elif len(self.body) + len(chunk) <= _MAX_JSON_BYTES:
+            self.body += chunk
+
+    def finish(self, failed: bool) -> None:
+        """Settle with the reported usage (else the estimate) and record the call, once."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        call = self.call
+        usage: Usage | None
+        if self.sse is not None:
+            self.sse.close()
+            usage = self.sse.usage
+            malformed = self.sse.malformed > 0 or (usage is None and call.stream_usage_expected)
+        else:
+            usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
+            malformed = usage is None and not failed
+        charge = call.provider.charge(usage) if usage is not None else call.charge
+        # Gemini's TPM counts the reported input tokens, so an over-estimate is refunded; an
+        # OpenAI call keeps its admission charge (input estimate + max_tokens) whatever it used.
+        refund = usage is not None and call.vendor == "gemini"
+        lost = backend_lost(lambda: self.reservation.settle(charge, refund=refund))
+        hold, costs = call.cost, self.router.session.costs
+        if hold is not None:
+            lost = backend_lost(lambda: costs.settle(hold, usage)) or lost
+        cost = hold.cost_usd if hold is not None else None
+        status = "error" if failed else "ok"
+        self.router._record(
+            call, usage, status, malformed=malformed, error_code=lost, cost_usd=cost
+        )
+
+
+BACKEND_LOST = "LLM_BACKEND_UNAVAILABLE"
+
+
+def backend_lost(step: Callable[[], object]) -> str | None:
+    """Run a bookkeeping step after the provider answered; a lost backend must not lose the
+    answer: warn, and return the code the call's record carries."""
+    try:
+        step()
+    except BackendUnavailable as exc:
+        warnings.warn(
+            f"pytest-llm-budget: the provider answered but the budget backend was lost before "
+            f"the call's usage was recorded in it: {exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return BACKEND_LOST
+    return None
+
+
+def _meter_stream_iter(inner: Any, sink: UsageSink) -> Iterator[bytes]:
+    try:
+        for chunk in inner:
+            sink.feed(chunk)
+            yield chunk
+    except GeneratorExit:
+        raise
+    except BaseException:
+        sink.finish(failed=True)
+        raise
+    sink.finish(failed=False)
+
+
+async def _meter_stream_aiter(inner: Any, sink: UsageSink) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in inner:
+            sink.feed(chunk)
+            yield chunk
+    except GeneratorExit:
+        raise
+    except BaseException:
+        sink.finish(failed=True)
+        raise
+    sink.finish(failed=False)
+
+
+class _SyncMeter:
+    """Byte stream wrapper: the caller gets every chunk unchanged; the sink sees a copy."""
+
+    def __init__(self, inner: Any, sink: UsageSink) -> None:
+        self._inner = inner
+        self._sink = sink
+
+    def __iter__(self) -> Iterator[bytes]:
+        return _meter_stream_iter(self._inner, self._sink)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._sink.finish(failed=False)
+
+
+class _AsyncMeter:
+    """Async byte stream wrapper (see `_SyncMeter`)."""
+
+    def __init__(self, inner: Any, sink: UsageSink) -> None:
+        self._inner = inner
+        self._sink = sink
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _meter_stream_aiter(self._inner, self._sink)
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._sink.finish(failed=False)
+
+
+_METER_TYPES: dict[str, tuple[type[_SyncMeter], type[_AsyncMeter]]] = {}
+
+
+def meter_types(module_name: str) -> tuple[type[_SyncMeter], type[_AsyncMeter]]:
+    """Meter classes that are also the library's own byte-stream types (it isinstance-checks)."""
+    found = _METER_TYPES.get(module_name)
+    if found is None:
+        module = sys.modules[module_name]
+        found = (
+            type("SyncMeter", (_SyncMeter, module.SyncByteStream), {}),
+            type("AsyncMeter", (_AsyncMeter, module.AsyncByteStream), {}),
+        )
+        _METER_TYPES[module_name] = found
+    return found
+
+
+class _Decoder:
+    """zlib decoder for gzip/deflate bodies (the meter sees raw bytes, before httpx decodes)."""
+
+    def __init__(self, wbits: int) -> None:
+        self._z = zlib.decompressobj(wbits)
+
+    def decompress(self, chunk: bytes) -> bytes:
+        return self._z.decompress(chunk)
+
+
+def _decoder(encoding: str) -> _Decoder | None:
+    if encoding in ("gzip", "x-gzip"):
+        return _Decoder(zlib.MAX_WBITS | 16)
+    if encoding == "deflate":
+        return _Decoder(zlib.MAX_WBITS | 32)
+    return None
+
+
+def stream_usage_expected(path: str, body: bytes) -> bool:
+    """False for an OpenAI chat stream that did not ask for usage (its stream has none)."""
+    if not path.rstrip("/").endswith("chat/completions") or b'"stream"' not in body:
+        return True
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return True
+    if not isinstance(data, dict) or not data.get("stream"):
+        return True
+    options = data.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))

@@ -1,0 +1,189 @@
+"""What happens after a 429, decided in one place (`after_429`), and the final 429 for app clients.
+
+429 policy (documented once, here):
+- delay = the provider's hint (`retry-after-ms`, `retry-after` seconds or HTTP date,
+  `x-ratelimit-reset-*`, Gemini `RetryInfo`, the message's "try again in"), plus the limiter's
+  margin; without a hint, `min(backoff_max, backoff_base ** n) + jitter` (n = 1, 2, ...; up
+  to 10% jitter; a base <= 1 is used as a constant delay).
+- a hint is honoured even above `backoff_max` (retrying earlier is a certain 429), but a hint
+  that would push the call's total wait past `max_wait` fails fast with `RateLimitExhausted`.
+- each 429 calls `reservation.rate_limited(delay)`: penalty tokens and a pause of the whole
+  bucket, so the retry (a fresh reservation, timed from when it leaves) waits out the pause.
+- at most `retries` retries; `insufficient_quota` / per-day quotas and "Request too large"
+  are never retried.
+- errors: clients the plugin builds (`raise_errors=True`) raise the structured error
+  (openai 3.x and google-genai let non-httpx exceptions through unchanged, with no SDK retry);
+  clients the code under test builds get the provider's final 429 back, marked
+  `x-should-retry: false` and `x-llm-budget-error: <code>` with the code prefixed to the
+  error message, so their SDK raises its own error at once; the structured error is also
+  remembered for the running test (`errors_for`) and shown in its report.
+- SDK retries (`x-stainless-retry-count` > 0, after a 5xx or a dropped connection) are
+  separate HTTP exchanges and get separate records; the plugin's own retries are folded into
+  one record (`attempts`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    CostCapExceeded,
+    LLMBudgetError,
+    QuotaExhausted,
+    RateLimitExhausted,
+    RequestTooLarge,
+)
+
+if TYPE_CHECKING:
+    from .providers import Rejection
+    from .session import BudgetSession
+
+_DROPPED_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+STATUS_OF = {
+    RateLimitExhausted.code: "rate_limited",
+    QuotaExhausted.code: "quota",
+    RequestTooLarge.code: "too_large",
+    CostCapExceeded.code: "cost_cap",
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to wait after a 429 and when to give up (see the module docstring)."""
+
+    retries: int = 5
+    backoff_base: float = 2.0
+    backoff_max: float = 30.0
+    max_wait: float = 600.0
+    margin: float = 0.05
+
+    def delay(self, hint: float | None, retry: int, rng: random.Random) -> float:
+        """Seconds before retry number `retry` (0-based): the hint plus margin, else backoff."""
+        if hint is not None:
+            return hint + self.margin
+        base = self.backoff_base
+        backoff = min(self.backoff_max, base ** (retry + 1) if base > 1 else base)
+        return backoff + rng.uniform(0, 0.1 * backoff)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Retry the call after `after_s` seconds (the bucket is paused that long)."""
+
+    after_s: float
+
+
+def after_429(
+    rejection: Rejection,
+    attempts: int,
+    waited_s: float,
+    policy: RetryPolicy,
+    rng: random.Random,
+    *,
+    vendor: str,
+    model: str,
+) -> Retry | LLMBudgetError:
+    """What follows the 429 that ended attempt number `attempts`: a retry, or the error."""
+    from .providers import RejectionKind
+
+    limit = f"limit {rejection.limit}" if rejection.limit is not None else "limit unknown"
+    where = f"{vendor} model {model}"
+    provider_says = f"provider: {rejection.message}"
+    facts: dict[str, Any] = {
+        "vendor": vendor, "model": model, "limit": rejection.limit, "attempts": attempts,
+        "waited_s": waited_s,
+    }
+    if rejection.kind is RejectionKind.QUOTA:
+        return QuotaExhausted(
+            f"{where}: quota exhausted ({limit}), not retried after {attempts} "
+            f"attempt(s), {waited_s:.1f}s waited; {provider_says}",
+            **facts,
+        )
+    if rejection.kind is RejectionKind.TOO_LARGE:
+        return RequestTooLarge(
+            f"{where}: request too large ({limit}, requested {rejection.requested}), not "
+            f"retried after {attempts} attempt(s), {waited_s:.1f}s waited; {provider_says}",
+            **facts,
+        )
+    delay = policy.delay(rejection.retry_after_s, attempts - 1, rng)
+    exhausted = attempts > policy.retries
+    if not exhausted and waited_s + delay <= policy.max_wait:
+        return Retry(delay)
+    why = (
+        f"retries exhausted ({policy.retries} allowed)"
+        if exhausted
+        else f"the next wait of {delay:.1f}s would exceed --llm-max-wait={policy.max_wait:g}s"
+    )
+    return RateLimitExhausted(
+        f"{where}: still rate limited (429, {limit}) after {attempts} attempt(s) "
+        f"and {waited_s:.1f}s waited: {why}; {provider_says}",
+        **facts,
+    )
+
+
+_PASSABLE: dict[type, type] = {}
+
+
+def passable(err: LLMBudgetError) -> LLMBudgetError:
+    """The error as an OpenAIError too: openai < 3 turns any other exception of its transport
+    into APIConnectionError (and retries it), which would hide the structured error."""
+    openai = sys.modules.get("openai")
+    base = getattr(openai, "OpenAIError", None)
+    if not isinstance(base, type) or isinstance(err, base):
+        return err
+    cls = type(err)
+    if cls not in _PASSABLE:
+        _PASSABLE[cls] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
+    err.__class__ = _PASSABLE[cls]
+    return err
+
+
+def final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | None) -> Any:
+    """The answer an app's SDK gets: the provider's 429 (or a made-up one), never retried."""
+    module = sys.modules[type(request).__module__.split(".")[0]]
+    headers: list[tuple[str, str]] = []
+    payload: Any = None
+    if rejected is not None:
+        response, body = rejected
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS]
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+    marked = f"[{err.code}] {err.message}"
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        payload["error"]["message"] = marked
+    else:
+        payload = {"error": {"message": marked, "type": "tokens", "code": err.code.lower()}}
+    headers = [(k, v) for k, v in headers if k.lower() not in ("x-should-retry", "content-type")]
+    headers += [
+        ("content-type", "application/json"),
+        ("x-should-retry", "false"),
+        ("x-llm-budget-error", err.code),
+    ]
+    return module.Response(
+        429, headers=headers, content=json.dumps(payload).encode(), request=request
+    )
+
+
+_ERRORS: weakref.WeakKeyDictionary[BudgetSession, dict[str, list[LLMBudgetError]]] = (
+    weakref.WeakKeyDictionary()
+)
+ERRORS_LOCK = threading.Lock()
+
+
+def remember(session: BudgetSession, test: str, err: LLMBudgetError) -> None:
+    with ERRORS_LOCK:
+        _ERRORS.setdefault(session, {}).setdefault(test, []).append(err)
+
+
+def errors_for(session: BudgetSession, test: str) -> list[LLMBudgetError]:
+    """The structured errors that ended calls of a test (for its report and for asserts)."""
+    with ERRORS_LOCK:
+        return list(_ERRORS.get(session, {}).get(test, []))

@@ -1,0 +1,407 @@
+"""Route one LLM HTTP request through the budget: estimate -> reserve -> send -> settle -> retry.
+
+Only requests that really leave the process are paced. The router does not reserve before it
+sends: it hangs a `Gate` on the attempt, and the connection pool below the transport (httpcore /
+httpcore2, patched by `intercept.py`) pays it, estimate included, when the request reaches it. A
+mock above the pool (respx, pytest-httpx, vcrpy, a MockTransport, ...) answers without paying;
+such an answer passes back unchanged: no wait, no record, no retry, no rewrite. A request that
+fails to connect gets its charge back at once. Transports that are not pool-backed (`wrap()` of
+an aiohttp transport, say) pay before sending.
+
+The `Router` is library-agnostic: it duck-types `httpx2` and legacy `httpx` requests and
+responses (same API) and imports neither, so the plugin can import this module cheaply.
+`transport.py` wraps inner transports with it for the clients the plugin builds; `intercept.py`
+calls the same `Router` from the patched `HTTPTransport` classes.
+
+What happens after a 429 is decided in `retry.py`; the response metering is `metering.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import BackendUnavailable, LLMBudgetError
+from .metering import deliver, stream_usage_expected
+from .records import CallRecord
+from .retry import (
+    STATUS_OF,
+    Retry,
+    RetryPolicy,
+    after_429,
+    final_429,
+    passable,
+    remember,
+)
+
+if TYPE_CHECKING:
+    from .cost import CostHold
+    from .limiter import Reservation
+    from .providers import Estimate, Provider, Usage
+    from .session import BudgetSession
+    from .tokens import EstimatePolicy, TokenCounter
+
+
+#: Predicates `(request) -> bool` saying a request will be answered from a cassette: such
+#: requests skip the budget entirely (for the cassette support to register).
+REPLAY_CHECKS: list[Callable[[Any], bool]] = []
+
+_IN_SEND: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_budget_in_send", default=False)
+_GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("llm_budget_gate", default=None)
+
+
+def in_routed_send() -> bool:
+    """True inside the send of a routed request (the class patch then passes it straight on)."""
+    return _IN_SEND.get()
+
+
+def pending_gate() -> Gate | None:
+    """The unpaid gate of the routed request now entering a connection pool, if any."""
+    gate = _GATE.get()
+    return None if gate is None or gate.taken else gate
+
+
+@dataclass
+class _Call:
+    """One logical call's state across its attempts."""
+
+    provider: Provider
+    vendor: str
+    path: str
+    body: bytes
+    test: str
+    grounded: bool
+    stream_usage_expected: bool
+    model: str = "*"
+    charge: int = 0
+    estimate: Estimate | None = None
+    cost: CostHold | None = None
+    t: float = field(default_factory=time.time)
+    attempts: int = 0
+    waited_s: float = 0.0
+    rate_limit_events: int = 0
+    request: Any = None
+    rejection: Any = None
+    retry_in: float | None = None
+
+
+class Gate:
+    """The admission one attempt owes the budget, paid where the request really leaves."""
+
+    def __init__(self, router: Router, call: _Call) -> None:
+        self.router = router
+        self.call = call
+        self.taken = False
+        self.reservation: Reservation | None = None
+        self.error: LLMBudgetError | None = None
+
+    def pay(self) -> None:
+        """Estimate and reserve (blocking); a budget error is kept for the router, then raised."""
+        self.taken = True
+        try:
+            self.reservation = self.router._reserve(self.call)
+        except LLMBudgetError as err:
+            self.error = err
+            raise
+        except BackendUnavailable:
+            self.router._record(self.call, None, "backend_error", malformed=False)
+            raise
+
+    async def apay(self) -> None:
+        """`pay` for event loops."""
+        self.taken = True
+        try:
+            self.reservation = await self.router._areserve(self.call)
+        except LLMBudgetError as err:
+            self.error = err
+            raise
+        except BackendUnavailable:
+            self.router._record(self.call, None, "backend_error", malformed=False)
+            raise
+
+    def unsent(self) -> None:
+        """The request never reached the provider (no connection): give the whole charge back."""
+        if self.reservation is not None:
+            self.reservation.cancel()
+            self.reservation = None
+        self.router._release_cost(self.call)
+
+
+class Router:
+    """Gate -> send -> settle -> retry for one session; thread-safe, one per (session, mode)."""
+
+    def __init__(
+        self,
+        session: BudgetSession,
+        *,
+        raise_errors: bool,
+        counter: TokenCounter | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        from .tokens import EstimatePolicy, default_counter
+
+        s = session.settings
+        self.session = session
+        self.raise_errors = raise_errors
+        self.counter = counter or default_counter()
+        self.policy: EstimatePolicy = EstimatePolicy(
+            s.safety_margin, s.grounded_overhead, s.est_tokens
+        )
+        self.retry = RetryPolicy(
+            s.retries, s.backoff_base, s.backoff_max, s.max_wait, session.limiter.margin
+        )
+        self.rng = rng or random.Random()
+
+    # -- sync ----------------------------------------------------------------------------------
+    def handle(self, request: Any, send: Callable[[Any], Any], *, pooled: bool = True) -> Any:
+        """Send `request` through the budget; `send` is the inner transport's handle_request.
+
+        `pooled`: the inner transport sends through an httpcore pool, which pays the gate (and a
+        mock above the pool answers without paying); else the gate is paid before sending.
+        """
+        provider = self._provider(request)
+        if provider is None:
+            return send(request)
+        if not hasattr(request, "_content"):
+            with contextlib.suppress(Exception):  # a body we cannot read is estimated as empty
+                request.read()
+        call = self._begin(request, provider)
+        while True:
+            gate = Gate(self, call)
+            if not pooled:
+                with contextlib.suppress(LLMBudgetError):
+                    gate.pay()
+                if gate.error is not None:
+                    return self._fail(call, request, gate.error, None)
+            tokens = (_IN_SEND.set(True), _GATE.set(gate))
+            try:
+                response = send(request)
+            except LLMBudgetError as err:
+                if err is not gate.error:
+                    raise
+                return self._fail(call, request, err, None)
+            except BaseException:
+                self._abort(call, gate)
+                raise
+            finally:
+                _GATE.reset(tokens[1])
+                _IN_SEND.reset(tokens[0])
+            reservation = gate.reservation
+            if reservation is None:  # answered above the network: a mock or a cassette
+                return response
+            if response.status_code != 429:
+                return deliver(self, call, reservation, response)
+            try:
+                body = response.read()
+            finally:
+                response.close()
+            outcome = self._rejected(call, reservation, response, body)
+            self._announce_429(call, outcome)
+            if isinstance(outcome, LLMBudgetError):
+                return self._fail(call, request, outcome, (response, body))
+
+    # -- async ---------------------------------------------------------------------------------
+    async def ahandle(
+        self, request: Any, send: Callable[[Any], Awaitable[Any]], *, pooled: bool = True
+    ) -> Any:
+        """`handle` for async transports: waits with asyncio, never blocking the loop."""
+        provider = self._provider(request)
+        if provider is None:
+            return await send(request)
+        if not hasattr(request, "_content"):
+            with contextlib.suppress(Exception):
+                await request.aread()
+        call = self._begin(request, provider)
+        while True:
+            gate = Gate(self, call)
+            if not pooled:
+                with contextlib.suppress(LLMBudgetError):
+                    await gate.apay()
+                if gate.error is not None:
+                    return self._fail(call, request, gate.error, None)
+            tokens = (_IN_SEND.set(True), _GATE.set(gate))
+            try:
+                response = await send(request)
+            except LLMBudgetError as err:
+                if err is not gate.error:
+                    raise
+                return self._fail(call, request, err, None)
+            except BaseException:
+                self._abort(call, gate)
+                raise
+            finally:
+                _GATE.reset(tokens[1])
+                _IN_SEND.reset(tokens[0])
+            reservation = gate.reservation
+            if reservation is None:
+                return response
+            if response.status_code != 429:
+                return deliver(self, call, reservation, response, is_async=True)
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+            outcome = self._rejected(call, reservation, response, body)
+            self._announce_429(call, outcome)
+            if isinstance(outcome, LLMBudgetError):
+                return self._fail(call, request, outcome, (response, body))
+
+    # -- admission -----------------------------------------------------------------------------
+    def _estimate(self, call: _Call) -> Estimate:
+        """Estimate the call's charge once, on its first admission (mocked calls never pay it)."""
+        if call.estimate is not None:
+            return call.estimate
+        estimate = call.provider.estimate(
+            call.path, call.body, self.counter, self.policy, grounded=call.grounded
+        )
+        call.model = estimate.model
+        call.charge = max(1, call.provider.charge_estimate(estimate))
+        if self.session.estimate_hooks:
+            from .hooks import estimate_override
+
+            call.charge = estimate_override(self.session, call.request, call)
+        call.estimate = estimate
+        return estimate
+
+    def _reserve(self, call: _Call) -> Reservation:
+        estimate = self._estimate(call)
+        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
+        limiter = self.session.limiter
+        reservation = limiter.reserve(
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
+        )
+        self._admitted(call, reservation)
+        return reservation
+
+    async def _areserve(self, call: _Call) -> Reservation:
+        estimate = self._estimate(call)
+        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
+        reservation = await self.session.limiter.areserve(
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
+        )
+        self._admitted(call, reservation)
+        return reservation
+
+    @staticmethod
+    def _admitted(call: _Call, reservation: Reservation) -> None:
+        call.waited_s += reservation.waited_s
+        call.attempts += 1
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _provider(self, request: Any) -> Provider | None:
+        """The provider of an LLM request; None for anything else (or one a cassette answers)."""
+        from .providers import provider_for
+
+        url = request.url
+        provider = provider_for(f"{url.host}:{url.port}" if url.port else url.host, url.path)
+        if provider is None or any(check(request) for check in REPLAY_CHECKS):
+            return None
+        return provider
+
+    def _begin(self, request: Any, provider: Provider) -> _Call:
+        """Open an LLM request's call state (its estimate waits until it is admitted)."""
+        url = request.url
+        body = getattr(request, "_content", None) or b""
+        test = self.session.test
+        return _Call(
+            provider=provider,
+            vendor=provider.vendor,
+            path=url.path,
+            body=bytes(body),
+            test=test.nodeid,
+            grounded=test.grounded,
+            stream_usage_expected=stream_usage_expected(url.path, body),
+            request=request,
+        )
+
+    def _abort(self, call: _Call, gate: Gate) -> None:
+        """The send failed after admission (timeout, dropped, cancel): keep the charge, record."""
+        if gate.reservation is None:  # never admitted, or it never reached the provider
+            self._release_cost(call)
+            return
+        gate.reservation.release()
+        cost = self.session.costs.settle(call.cost, None) if call.cost else None
+        self._record(call, None, "error", malformed=False, cost_usd=cost)
+
+    def _release_cost(self, call: _Call) -> None:
+        """The attempt was not billed (refused, or never sent): its cost hold is dropped."""
+        if call.cost is not None:
+            self.session.costs.release(call.cost)
+
+    def _rejected(
+        self, call: _Call, reservation: Reservation, response: Any, body: bytes
+    ) -> LLMBudgetError | None:
+        """A 429: count it, pause the bucket; None to retry, or the error that ends the call."""
+        rejection = call.provider.classify(429, response.headers, body, time.time())
+        self._release_cost(call)
+        call.rate_limit_events += 1
+        call.rejection = rejection
+        outcome = after_429(
+            rejection, call.attempts, call.waited_s, self.retry, self.rng,
+            vendor=call.vendor, model=call.model,
+        )
+        call.retry_in = outcome.after_s if isinstance(outcome, Retry) else None
+        reservation.rate_limited(call.retry_in)
+        reservation.release()
+        return None if isinstance(outcome, Retry) else outcome
+
+    def _announce_429(self, call: _Call, outcome: LLMBudgetError | None) -> None:
+        """Tell the session's rate-limit observers about the 429 just handled."""
+        if self.session.rate_limit_observers:
+            from .hooks import rate_limit_event
+
+            rate_limit_event(self.session, call, outcome)
+
+    def _fail(
+        self,
+        call: _Call,
+        request: Any,
+        err: LLMBudgetError,
+        rejected: tuple[Any, bytes] | None,
+    ) -> Any:
+        """End a call with a structured error: raise it, or answer an app's client with a 429."""
+        status = STATUS_OF.get(err.code, "error")
+        self._release_cost(call)
+        self._record(call, None, status, malformed=False, error_code=err.code)
+        remember(self.session, call.test, err)
+        if self.raise_errors:
+            raise passable(err)
+        return final_429(request, err, rejected)
+
+    def _record(
+        self,
+        call: _Call,
+        usage: Usage | None,
+        status: str,
+        *,
+        malformed: bool,
+        error_code: str | None = None,
+        cost_usd: float | None = 0.0,
+    ) -> None:
+        self.session.record(
+            CallRecord(
+                t=call.t,
+                test=call.test,
+                vendor=call.vendor,
+                model=call.model,
+                estimated=call.charge,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                status=status,
+                attempts=call.attempts,
+                waited_s=round(call.waited_s, 3),
+                worker=self.session.worker,
+                rate_limit_events=call.rate_limit_events,
+                malformed=malformed,
+                error_code=error_code,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                service_tier=usage.service_tier if usage else None,
+                cost_usd=cost_usd,
+            )
+        )
