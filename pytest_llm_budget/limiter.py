@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
@@ -53,9 +53,18 @@ class LimitRule:
         """A bucket is (rule, vendor): a wildcard vendor gives each vendor its own bucket."""
         return f"{vendor}:{self.model}"
 
+    def budget(self, headroom: float) -> int:
+        """Tokens this rule's bucket admits per window: `tpm x (1 - headroom)`."""
+        return int(self.tpm * (1 - headroom))
+
     def __str__(self) -> str:
         rpm = f" rpm={self.rpm}" if self.rpm is not None else ""
         return f"{self.vendor}:{self.model} tpm={self.tpm}{rpm}"
+
+
+def rule_for(rules: Sequence[LimitRule], vendor: str, model: str) -> LimitRule:
+    """The first rule matching (vendor, model); the last rule is the fallback."""
+    return next((r for r in rules if r.matches(vendor, model)), rules[-1])
 
 
 @dataclass(frozen=True)
@@ -256,12 +265,12 @@ class Limiter:
         name = self._names.get(key)
         if name is not None:
             return name
-        rule = next((r for r in self.rules if r.matches(vendor, model)), self.rules[-1])
+        rule = rule_for(self.rules, vendor, model)
         name = rule.bucket_name(vendor)
         with self._lock:
             self._names[key] = name
             if name not in self._buckets:
-                budget = int(rule.tpm * (1 - self.headroom))
+                budget = rule.budget(self.headroom)
                 limits = Limits(
                     tokens=budget,
                     window=self.window,

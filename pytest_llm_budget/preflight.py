@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .cassettes import CassettePolicy, cassette_path
-from .limiter import LimitRule
+from .limiter import LimitRule, rule_for
 from .llm_tests import LLM_FIXTURES, MARKER, is_llm_test
 from .matrix import LLMModel, scenario_of
 from .settings import Settings
@@ -157,7 +157,7 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
             replayed += 1
             continue
         vendor, model = test.vendor or default_vendor(settings), test.model or "*"
-        rule = next((r for r in settings.rules if r.matches(vendor, model)), settings.rules[-1])
+        rule = rule_for(settings.rules, vendor, model)
         certain = certain and test.declared and test.vendor is not None
         if test.model is None and any(
             r.model != "*" and r.matches(vendor, r.model) for r in settings.limits
@@ -167,7 +167,7 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
         spent[name] = (rule, spent.get(name, (rule, 0))[1] + test.tokens)
     buckets = []
     for name, (rule, tokens) in sorted(spent.items()):
-        budget = max(1, int(rule.tpm * (1 - settings.headroom)))
+        budget = max(1, rule.budget(settings.headroom))
         buckets.append(Bucket(name, rule, tokens, budget, least_seconds(tokens, budget, settings)))
     return Projection(
         tests=count,

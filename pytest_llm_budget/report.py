@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .limiter import BucketStats, LimitRule
+from .limiter import BucketStats, LimitRule, rule_for
 from .records import CallRecord, Overspend, Totals
 
 __all__ = [
@@ -45,7 +45,7 @@ def bucket_costs(
     for r in records:
         if r.replayed:
             continue
-        rule = next((x for x in rules if x.matches(r.vendor, r.model)), rules[-1])
+        rule = rule_for(rules, r.vendor, r.model)
         name = rule.bucket_name(r.vendor)
         cost, unknown = out.get(name, (0.0, 0))
         out[name] = (cost + (r.cost_usd or 0.0), unknown + int(r.cost_usd is None))

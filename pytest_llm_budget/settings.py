@@ -590,7 +590,7 @@ class Settings:
     @property
     def budget(self) -> int:
         """Tokens the fallback bucket admits per window."""
-        return int(self.tpm * (1 - self.headroom))
+        return self.rules[-1].budget(self.headroom)
 
     def public(self) -> dict[str, Any]:
         """The settings as plain JSON for reports (passwords and keys in URLs masked)."""
