@@ -468,10 +468,6 @@ class Limiter:
         with self._lock:
             b.rate_limit_events += 1
 
-    def rate_limited(self, vendor: str, model: str, retry_after_s: float | None) -> None:
-        """Record a 429 seen outside any reservation (penalty and pause for the bucket)."""
-        self._rate_limited(self.bucket_for(vendor, model), f"{self._prefix}-x", retry_after_s)
-
     def calibrate(self, vendor: str, model: str, server_limit: int, server_remaining: int) -> int:
         """Believe the server's `x-ratelimit-remaining-tokens` when it is lower than ours.
 

@@ -43,7 +43,6 @@ __all__ = [
     "PUSH_JOB",
     "WAIT_BUCKETS",
     "BudgetMetrics",
-    "metrics_enabled",
 ]
 
 #: The Pushgateway job every push uses.
@@ -51,11 +50,6 @@ PUSH_JOB = "pytest-llm-budget"
 #: Upper bounds (seconds) of the `llm_budget_wait_seconds` histogram buckets (+Inf added).
 WAIT_BUCKETS = (0.0, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _P = "llm_budget_"
-
-
-def metrics_enabled(session: BudgetSession) -> bool:
-    """Whether any metrics output (port, textfile, Pushgateway) is configured."""
-    return session.settings.metrics_wanted
 
 
 class BudgetMetrics:

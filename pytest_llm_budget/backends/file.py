@@ -428,16 +428,6 @@ class FileBackend(StateBackend):
             if self._flock is not None:
                 self._flock.close()
 
-    def read_all(self) -> dict[str, Any]:
-        """The whole state file as JSON (for debugging and reports)."""
-        with self._locked():
-            _, buckets, clocks = self._read()
-        return {
-            "version": FORMAT_VERSION,
-            "buckets": {k: v.to_json() for k, v in buckets.items()},
-            "clocks": clocks,
-        }
-
 
 def _idle(state: WindowState, now: float) -> bool:
     """A bucket with nothing in it need not be stored."""

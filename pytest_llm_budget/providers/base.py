@@ -71,11 +71,6 @@ class Rejection:
     limit: int | None = None
     requested: int | None = None
 
-    @property
-    def retryable(self) -> bool:
-        """True for plain rate limits; quota and too-large refusals can never succeed by waiting."""
-        return self.kind is RejectionKind.RATE_LIMIT
-
 
 class SSEUsageParser(Protocol):
     """Incremental reader of a server-sent-event stream that keeps the last usage it saw."""
