@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from .events import RateLimitEvent, WaitEvent
 from .notices import retry_line, wait_line
-from .report import bucket_costs, build_report, cost_line, summary_lines, write_report
+from .report import bucket_costs, cost_line, summary_lines, write_report
 from .session import BudgetSession
 from .settings import OPTIONS, Settings
 
@@ -108,17 +108,9 @@ def summary_text(session: BudgetSession) -> str:
 
 def report_document(session: BudgetSession) -> dict[str, Any]:
     """The JSON report's document of the session so far (with `run` wall time and `tests`)."""
-    from .live import calls_by_bucket
+    from .live import session_report
 
-    document = build_report(
-        session.settings.public(),
-        session.calls.totals(),
-        session.bucket_stats(),
-        session.calls.records(),
-        session.settings.rules,
-        session.calls.overspent(),
-        calls_by_bucket(session),
-    )
+    document = session_report(session)
     started = session.started
     finished = time.time()
     document["run"] = {

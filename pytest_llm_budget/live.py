@@ -30,6 +30,21 @@ def calls_by_bucket(session: BudgetSession) -> dict[str, int]:
                         if not r.replayed))
 
 
+def session_report(session: BudgetSession) -> dict[str, Any]:
+    """The report document (report.py) of what the session has seen so far."""
+    from .report import build_report
+
+    return build_report(
+        session.settings.public(),
+        session.calls.totals(),
+        session.bucket_stats(),
+        session.calls.records(),
+        session.settings.rules,
+        session.calls.overspent(),
+        calls_by_bucket(session),
+    )
+
+
 class LiveHooks:
     """Registered by the plugin in every process; see the module docstring."""
 

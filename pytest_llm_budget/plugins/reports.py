@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ..live import calls_by_bucket
-from ..report import bucket_costs, build_report, cost_line, summary_lines, write_report
+from ..live import calls_by_bucket, session_report
+from ..report import bucket_costs, cost_line, summary_lines, write_report
 from . import budget, live
 
 
@@ -30,15 +30,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     notices = live(config)
     if run.settings.reports or notices.wants_report():
-        document = build_report(
-            run.settings.public(),
-            run.calls.totals(),
-            run.bucket_stats(),
-            run.calls.records(),
-            run.settings.rules,
-            run.calls.overspent(),
-            calls_by_bucket(run),
-        )
+        document = session_report(run)
         notices.complete(document)
         for path in run.settings.reports:
             write_report(path, document)
