@@ -289,12 +289,14 @@ def svg(results: dict[str, Any]) -> str:
                 f'fill="{colour}"/><text x="{x(v) + 4:.1f}" y="{by + bar - 3}">'
                 f"{v:.2f}{html.escape(flag)}</text>"
             )
+    lx = 10
     for j, run in enumerate(runs):
-        lx = 10 + j * 160
+        legend = f"{run['label']} ({run['date'][:10]})"
         out.append(
             f'<rect x="{lx}" y="{height - 14}" width="10" height="10" '
             f'fill="{_PALETTE[j % len(_PALETTE)]}"/><text x="{lx + 14}" y="{height - 5}">'
-            f"{html.escape(run['label'])} ({html.escape(run['date'][:10])})</text>"
+            f"{html.escape(legend)}</text>"
         )
+        lx += 14 + 7 * len(legend) + 24  # ~7 px a character at the chart's font size
     out.append("</svg>")
     return "\n".join(out) + "\n"
