@@ -154,11 +154,12 @@ class CassettePolicy:
         """True when a test with this cassette path makes no live call (for the preflight)."""
         return self.mode == "none" or (self.mode in REPLAYING_MODES and path.exists())
 
-    def is_llm(self, host: str, path: str) -> bool:
+    def is_llm(self, host: str, port: int | None, path: str) -> bool:
         """True for a request the cassette should hold (a provider's path, or an `llm_hosts`)."""
-        from .providers import provider_for
+        from .traffic import classify
 
-        return provider_for(host, path) is not None or host.lower() in self.hosts
+        traffic = classify(host, port, path, self.hosts)
+        return traffic.provider is not None or traffic.listed
 
 
 def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -226,10 +227,10 @@ def replayed_record(
     method: str, uri: str, body: Any, response: dict[str, Any], *, test: str, worker: str
 ) -> CallRecord | None:
     """The CallRecord of one replayed call: usage parsed from the recorded response, replayed."""
-    from .providers import provider_for
+    from .traffic import classify
 
     split = urlsplit(uri)
-    provider = provider_for(split.netloc, split.path)
+    provider = classify(split.hostname or "", split.port, split.path).provider
     if provider is None:
         return None
     raw = response.get("body", {}).get("string", b"")
@@ -286,7 +287,8 @@ class Cassettes:
 
         def before_record_request(request: Any) -> Any:
             split = urlsplit(request.uri)
-            return request if policy.is_llm(split.netloc, split.path) else None
+            llm = policy.is_llm(split.hostname or "", split.port, split.path)
+            return request if llm else None
 
         def before_record_response(response: dict[str, Any]) -> dict[str, Any]:
             headers = response.get("headers") or {}

@@ -31,17 +31,15 @@ originals are the unrouted methods: re-point them (vcr.patch._Httpx2HttpTranspor
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.abc
 import importlib.machinery
-import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from .traffic import DEFAULT_HOSTS, add_host, classify, remove_host
 
 if TYPE_CHECKING:
     from .session import BudgetSession
@@ -53,21 +51,11 @@ __all__ = [
     "active_session",
     "add_host",
     "install",
-    "is_llm_host",
     "patched_methods",
     "remove_host",
     "uninstall",
 ]
 
-#: Hosts whose requests are LLM calls (globs; `host` or `host:port`).
-DEFAULT_HOSTS = (
-    "api.openai.com",
-    "generativelanguage.googleapis.com",
-    "*-aiplatform.googleapis.com",
-    "aiplatform.googleapis.com",
-    "*.openai.azure.com",
-)
-_ENV_URLS = ("OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
 _TRANSPORTS = ("httpx2", "httpx")
 _POOLS = ("httpcore2", "httpcore")
 _GENAI = "google.genai._api_client"
@@ -80,54 +68,10 @@ ORIGINALS: dict[tuple[str, str, str], Callable[..., Any]] = {}
 
 _lock = threading.RLock()
 _stack: list[tuple[BudgetSession, tuple[str, ...]]] = []
-_extra_hosts: list[str] = []
 _finder: _PatchOnImport | None = None
 
 
 # -- which requests ------------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def _host_of(url: str) -> str | None:
-    try:
-        parts = urlsplit(url)
-        if not parts.hostname:
-            return None
-        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-    except ValueError:
-        return None
-
-
-def _matches(pattern: str, host: str, port: int | None) -> bool:
-    pattern = pattern.strip().lower()
-    if "://" in pattern:
-        pattern = _host_of(pattern) or pattern
-    if ":" in pattern.rsplit("]", 1)[-1]:
-        return port is not None and fnmatch.fnmatchcase(f"{host}:{port}", pattern)
-    return fnmatch.fnmatchcase(host, pattern)
-
-
-def is_llm_host(host: str, port: int | None, extra: Sequence[str] = ()) -> bool:
-    """True for the default LLM hosts, the SDKs' base-URL env vars' hosts, `llm_hosts`, extras."""
-    host = host.lower().rstrip(".")
-    env = [h for h in (_host_of(os.environ.get(name, "")) for name in _ENV_URLS) if h]
-    with _lock:
-        registered = list(_extra_hosts)
-    patterns = (*DEFAULT_HOSTS, *env, *extra, *registered)
-    return any(_matches(p, host, port) for p in patterns)
-
-
-def add_host(host: str) -> None:
-    """Treat requests to `host` (`name`, `name:port`, glob or URL) as LLM calls."""
-    with _lock:
-        _extra_hosts.append(host)
-
-
-def remove_host(host: str) -> None:
-    """Undo one `add_host`."""
-    with _lock:
-        if host in _extra_hosts:
-            _extra_hosts.remove(host)
-
-
 def _router_for_request(request: Any) -> Router | None:
     """The active router when this request should be routed, else None."""
     # Imported here, not at module level: installing at session start stays cheap, and this
@@ -141,7 +85,7 @@ def _router_for_request(request: Any) -> Router | None:
             return None
         session, hosts = _stack[-1]
     url = request.url
-    if not is_llm_host(url.host, url.port, hosts):
+    if not classify(url.host, url.port, url.path, hosts).llm_host:
         return None
     return router_for(session, raise_errors=False)
 

@@ -295,10 +295,10 @@ class Router:
     # -- steps ---------------------------------------------------------------------------------
     def _provider(self, request: Any) -> Provider | None:
         """The provider of an LLM request; None for anything else (or one a cassette answers)."""
-        from .providers import provider_for
+        from .traffic import classify
 
         url = request.url
-        provider = provider_for(f"{url.host}:{url.port}" if url.port else url.host, url.path)
+        provider = classify(url.host, url.port, url.path).provider
         if provider is None or any(check(request) for check in REPLAY_CHECKS):
             return None
         return provider
