@@ -198,7 +198,6 @@ class Option:
 
     name: str
     parse: Callable[[str], Any]
-    default: Any
     help: str
     cli: str | None = None
     env: tuple[str, ...] = ()
@@ -206,6 +205,11 @@ class Option:
     ini_type: str = "string"
     metavar: str | None = None
     repeatable: bool = False
+
+    @property
+    def default(self) -> Any:
+        """The value when no source sets one: the `Settings` field's default (declared there)."""
+        return _DEFAULTS[self.name]
 
     @property
     def label(self) -> str:
@@ -217,7 +221,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "tpm",
         _positive_int,
-        30000,
         "tokens per minute (per window) the key allows",
         "--llm-tpm",
         ("LLM_BUDGET_TPM", "OPENAI_TPM_LIMIT"),
@@ -227,7 +230,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "rpm",
         _optional_positive_int,
-        None,
         "requests per minute (per window); default unlimited",
         "--llm-rpm",
         ("LLM_BUDGET_RPM",),
@@ -237,7 +239,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "headroom",
         _headroom,
-        0.15,
         "fraction of the TPM kept unused (0 <= F < 1)",
         "--llm-headroom",
         ("LLM_BUDGET_HEADROOM", "OPENAI_TPM_HEADROOM"),
@@ -247,7 +248,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "window",
         _positive_float,
-        60.0,
         "length of the rate-limit window in seconds",
         "--llm-window",
         ("LLM_BUDGET_WINDOW",),
@@ -257,7 +257,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_concurrency",
         _optional_positive_int,
-        None,
         "LLM calls in flight at once per bucket; default unlimited",
         "--llm-max-concurrency",
         ("LLM_BUDGET_MAX_CONCURRENCY", "OPENAI_MAX_CONCURRENCY"),
@@ -267,7 +266,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "retries",
         _non_negative_int,
-        5,
         "retries of a rate-limited (429) call after the first try",
         "--llm-retries",
         ("LLM_BUDGET_RETRIES", "OPENAI_RETRY_MAX_ATTEMPTS"),
@@ -277,7 +275,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "backoff_base",
         _positive_float,
-        2.0,
         "base of the exponential backoff, seconds",
         "--llm-backoff-base",
         ("LLM_BUDGET_BACKOFF_BASE", "OPENAI_BACKOFF_BASE_SECONDS"),
@@ -287,7 +284,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "backoff_max",
         _positive_float,
-        30.0,
         "longest single backoff, seconds",
         "--llm-backoff-max",
         ("LLM_BUDGET_BACKOFF_MAX",),
@@ -297,7 +293,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_wait",
         _positive_float,
-        600.0,
         "longest a call may wait for budget before failing (LLM_BUDGET_TIMEOUT), seconds",
         "--llm-max-wait",
         ("LLM_BUDGET_MAX_WAIT",),
@@ -307,7 +302,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "notice_after",
         _notice_after,
-        2.0,
         "print a line when a call will wait longer than this for budget, seconds, or off",
         "--llm-notice-after",
         ("LLM_BUDGET_NOTICE_AFTER",),
@@ -317,7 +311,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "est_tokens",
         _positive_int,
-        7000,
         "output budget of a call that declares none (max_tokens...); a test's total in the "
         "preflight when its marker has no tokens=",
         "--llm-est-tokens",
@@ -328,7 +321,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "safety_margin",
         _non_negative_float,
-        0.20,
         "margin on uncertain input counts only: Gemini inputs (counted with o200k, not Gemini's "
         "tokenizer) and offline fallback counts; never on OpenAI's character estimate or output",
         "--llm-safety-margin",
@@ -339,7 +331,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "grounded_overhead",
         _non_negative_float,
-        0.15,
         "extra input share of a grounded call where input tokens are charged (Gemini), once per "
         "call; in the preflight, on --llm-est-tokens of a grounded test without tokens=",
         "--llm-grounded-overhead",
@@ -350,7 +341,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "backend",
         _backend,
-        "auto",
         "where the budget lives: auto, memory, file, file:PATH, redis://host:port/db",
         "--llm-backend",
         ("LLM_BUDGET_BACKEND",),
@@ -360,7 +350,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "record_mode",
         _choice(*RECORD_MODES),
-        "off",
         "cassettes: off, once, none, new_episodes or all",
         "--llm-record-mode",
         ("LLM_BUDGET_RECORD_MODE",),
@@ -370,7 +359,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "reports",
         _reports,
-        (),
         "write a .json or .html report (repeatable)",
         "--llm-report",
         ("LLM_BUDGET_REPORT",),
@@ -381,7 +369,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "route",
         _choice("all", "fixtures"),
-        "all",
         "route LLM calls of clients the code under test builds (all) or fixtures' only",
         "--llm-route",
         ("LLM_BUDGET_ROUTE",),
@@ -391,7 +378,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_duration",
         _optional_duration,
-        None,
         "stop before any call when the projected run is longer (e.g. 10m)",
         "--llm-max-duration",
         ("LLM_BUDGET_MAX_DURATION",),
@@ -401,7 +387,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_cost",
         _optional_usd,
-        None,
         "hard cap in USD on the run's LLM spend, shared by workers and hosts; a call whose "
         "worst case would pass it is not sent (LLM_COST_CAP)",
         "--llm-max-cost",
@@ -412,7 +397,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_cost_per_test",
         _optional_usd,
-        None,
         "hard cap in USD on one test's LLM spend",
         "--llm-max-cost-per-test",
         ("LLM_BUDGET_MAX_COST_PER_TEST",),
@@ -422,7 +406,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "prices",
         str,
-        None,
         "a TOML file of per-model prices (USD per million tokens) overriding genai-prices",
         "--llm-prices",
         ("LLM_BUDGET_PRICES",),
@@ -432,7 +415,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "limits",
         _limit_rules,
-        (),
         "per vendor/model limits, one 'vendor:model tpm=N [rpm=M]' a line, first match wins",
         None,
         ("LLM_BUDGET_LIMITS",),
@@ -442,7 +424,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "hosts",
         _lines,
-        (),
         "extra hosts whose calls are LLM calls (one a line)",
         None,
         ("LLM_BUDGET_HOSTS",),
@@ -452,7 +433,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "models",
         _lines,
-        DEFAULT_MODELS,
         "vendor:model entries of the test matrix",
         None,
         ("LLM_BUDGET_MODELS",),
@@ -462,7 +442,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "scenarios",
         str,
-        None,
         "a TOML file replacing the 12 default scenarios",
         None,
         ("LLM_BUDGET_SCENARIOS",),
@@ -471,7 +450,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cassette_dir",
         str,
-        "cassettes",
         "cassette folder, relative to each test module's folder",
         None,
         ("LLM_BUDGET_CASSETTE_DIR",),
@@ -480,7 +458,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "match_host",
         _bool,
-        True,
         "cassettes: match a request's host too (false: replay under any base URL)",
         None,
         ("LLM_BUDGET_MATCH_HOST",),
@@ -489,7 +466,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "filter_headers",
         _lines,
-        (),
         "more request headers kept out of cassettes",
         None,
         (),
@@ -499,7 +475,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "filter_query",
         _lines,
-        (),
         "more query parameters kept out of cassettes",
         None,
         (),
@@ -509,7 +484,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics_port",
         _optional_positive_int,
-        None,
         "serve Prometheus metrics on this port during the run",
         "--llm-metrics-port",
         ("LLM_BUDGET_METRICS_PORT",),
@@ -519,7 +493,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics_textfile",
         str,
-        None,
         "write Prometheus metrics to this file at the end (node-exporter textfile)",
         "--llm-metrics-textfile",
         ("LLM_BUDGET_METRICS_TEXTFILE",),
@@ -529,7 +502,6 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "pushgateway",
         str,
-        None,
         "push Prometheus metrics to this Pushgateway at the end",
         "--llm-pushgateway",
         ("LLM_BUDGET_PUSHGATEWAY",),
@@ -638,6 +610,9 @@ class Settings:
                 f"--llm-backoff-base={settings.backoff_base:g}"
             )
         return settings
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings) if f.name != "sources"}
 
 
 def _raw_value(
