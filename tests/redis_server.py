@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -12,20 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port", "redis_server", "require", "running_redis"]
+from services import require
 
-def require(program: str, install: str) -> str:
-    """The path of a service's program; without it, skip in one line (fail when CI is set)."""
-    exe = shutil.which(program)
-    if exe is not None:
-        return exe
-    import pytest
-
-    message = f"{program} is not installed: {install}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI installs every service)", pytrace=False)
-    pytest.skip(message)
-
+__all__ = ["RedisServer", "free_port", "redis_server", "running_redis"]
 
 def free_port() -> int:
     """A TCP port nobody listens on right now (bind to port 0 and give it back)."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from services import require
 
 INI = """
 [pytest]
@@ -71,11 +70,7 @@ def test_chart_points_equal_the_json_calls(reports: Path) -> None:
 
 
 def test_chromium_renders_the_report(reports: Path, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is needed for the report screenshot test in CI")
-        pytest.skip("no chromium: apt-get install chromium")
+    chromium = require("chromium", "apt-get install chromium")
     shot = tmp_path / "report.png"
     subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu",

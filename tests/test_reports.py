@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import require
+from services import require
 
 from pytest_llm_budget.html_report import render_html
 from pytest_llm_budget.limiter import BucketStats
