@@ -41,7 +41,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .backends.ledger import NANO, LedgerState
-from .errors import CostCapExceeded
+from .errors import CostCapExceeded, CostWarning, PriceFileError
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -64,14 +64,6 @@ __all__ = [
 _PROVIDER_IDS = {"openai": "openai", "gemini": "google"}
 _PRICE_KEYS = ("input_mtok", "cached_input_mtok", "output_mtok")
 _MILLION = Decimal(1_000_000)
-
-
-class CostWarning(UserWarning):
-    """A call's cost cannot be known (its model has no price)."""
-
-
-class PriceFileError(ValueError):
-    """The price file is missing or malformed; the message names the file and the fault."""
 
 
 def usd(value: float | Decimal | None) -> str:

@@ -1,4 +1,4 @@
-"""Structured errors raised when a call cannot be admitted or keeps being refused."""
+"""Every exception and warning the plugin raises, in one place (`LLMBudgetError`s carry `.code`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ __all__ = [
     "BackendUnavailable",
     "BudgetWaitTimeout",
     "CostCapExceeded",
+    "CostWarning",
     "LLMBudgetError",
+    "LLMBudgetWarning",
+    "MatrixError",
+    "PriceFileError",
     "QuotaExhausted",
     "RateLimitExhausted",
     "RequestTooLarge",
+    "SettingsError",
+    "StateFileLocked",
+    "StateFileWarning",
+    "TiktokenSeedError",
 ]
 
 
@@ -63,3 +71,35 @@ class BackendUnavailable(RuntimeError):
 
 class LLMBudgetMetricsWarning(UserWarning):
     """A metrics output failed (port, textfile, Pushgateway); metrics never fail a run."""
+
+
+class LLMBudgetWarning(UserWarning):
+    """Something degraded the plugin's accuracy without stopping it (e.g. no tiktoken encoding)."""
+
+
+class TiktokenSeedError(RuntimeError):
+    """The tiktoken cache could not be seeded from bpe-openai (package missing or hash mismatch)."""
+
+
+class SettingsError(ValueError):
+    """A bad option value; the message names the option and the value."""
+
+
+class CostWarning(UserWarning):
+    """A call's cost cannot be known (its model has no price)."""
+
+
+class PriceFileError(ValueError):
+    """The price file is missing or malformed; the message names the file and the fault."""
+
+
+class MatrixError(ValueError):
+    """A bad scenario file or model entry; the message names the file or entry and the fault."""
+
+
+class StateFileWarning(UserWarning):
+    """The state file was unreadable (corrupt, truncated, empty) and was rebuilt empty."""
+
+
+class StateFileLocked(BackendUnavailable):
+    """The state file's lock could not be taken in time (another process holds it too long)."""

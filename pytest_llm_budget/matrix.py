@@ -25,6 +25,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from .errors import MatrixError
+
 __all__ = [
     "DEFAULT_SCENARIOS",
     "GROUNDING_MODES",
@@ -42,10 +44,6 @@ __all__ = [
 VANTAGE_POLICIES = ("NONE", "ALS_ONLY", "PROXY_ONLY", "ALS_PLUS_PROXY")
 GROUNDING_MODES = ("off", "auto", "required")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-class MatrixError(ValueError):
-    """A bad scenario file or model entry; the message names the file or entry and the fault."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .backends import validate_backend_spec
+from .errors import SettingsError
 from .limiter import LimitRule
 from .redact import mask_url, redact
 
@@ -20,10 +21,6 @@ __all__ = ["OPTIONS", "RECORD_MODES", "Option", "Settings", "SettingsError", "pa
 
 RECORD_MODES = ("off", "once", "none", "new_episodes", "all")
 DEFAULT_MODELS = ("openai:gpt-5", "gemini:gemini-2.5-pro")
-
-
-class SettingsError(ValueError):
-    """A bad option value; the message names the option and the value."""
 
 
 # -- value parsers: each takes the raw text and returns the typed value or raises ValueError ---

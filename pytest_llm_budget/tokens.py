@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import LLMBudgetWarning, TiktokenSeedError
+
 if TYPE_CHECKING:
     import tiktoken
 
@@ -79,14 +81,6 @@ _CL100K_MODELS = re.compile(
 )
 _MODEL_PREFIXES = ("ft:", "openai/", "models/", "tunedmodels/")
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
-
-
-class LLMBudgetWarning(UserWarning):
-    """Something degraded the plugin's accuracy without stopping it (e.g. no tiktoken encoding)."""
-
-
-class TiktokenSeedError(RuntimeError):
-    """The tiktoken cache could not be seeded from bpe-openai (package missing or hash mismatch)."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ..errors import BackendUnavailable
+from ..errors import StateFileLocked, StateFileWarning
 from ..window import Decision, Limits, WindowSnapshot, WindowState
 from .base import StateBackend
 from .ledger import LedgerState
@@ -30,14 +30,6 @@ from .ledger import LedgerState
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
 
 FORMAT_VERSION = 1
-
-
-class StateFileWarning(UserWarning):
-    """The state file was unreadable (corrupt, truncated, empty) and was rebuilt empty."""
-
-
-class StateFileLocked(BackendUnavailable):
-    """The state file's lock could not be taken in time (another process holds it too long)."""
 
 
 def owner_pid(owner: str) -> int | None:
