@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .atomic import write_atomically
 from .limiter import BucketStats, LimitRule, rule_for
 from .records import CallRecord, Overspend, Totals
 
@@ -230,15 +230,10 @@ def _tests(calls: Sequence[CallRecord]) -> list[dict[str, Any]]:
 
 def write_report(path: str, document: dict[str, Any]) -> None:
     """Write the report as JSON (.json) or as a self-contained HTML page (.html)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     if path.lower().endswith((".html", ".htm")):
         from .html_report import render_html
 
         text = render_html(document)
     else:
         text = json.dumps(document, indent=2, sort_keys=False) + "\n"
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomically(path, text.encode("utf-8"))

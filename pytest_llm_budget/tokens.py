@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic import write_atomically
 from .errors import LLMBudgetWarning, TiktokenSeedError
 
 if TYPE_CHECKING:
@@ -191,12 +192,6 @@ def _tiktoken_cache_dir() -> str:
     return os.path.join(tempfile.gettempdir(), "data-gym-cache")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so concurrent xdist workers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _has_valid_file(path: Path, sha256: str) -> bool:
@@ -237,7 +232,7 @@ def seed_tiktoken_cache(cache_dir: str | os.PathLike[str]) -> list[str]:
                 raise TiktokenSeedError(
                     f"{archive} has sha256 {actual}, tiktoken expects {sha256} for {encoding}"
                 )
-            _write_atomically(target, data)
+            write_atomically(target, data)
         seeded.append(encoding)
     return seeded
 
@@ -327,7 +322,7 @@ def _verified_bytes(encoding: str) -> bytes:
         raise TiktokenSeedError(f"{archive} has sha256 {actual}, tiktoken expects {sha256}")
     if target is not None:
         with contextlib.suppress(OSError):  # a read-only cache only costs the next process
-            _write_atomically(target, data)
+            write_atomically(target, data)
     return data
 
 
