@@ -111,9 +111,7 @@ class UsageSink:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
             malformed = usage is None and not failed
         charge = call.provider.charge(usage) if usage is not None else call.charge
-        # Gemini's TPM counts the reported input tokens, so an over-estimate is refunded; an
-        # OpenAI call keeps its admission charge (input estimate + max_tokens) whatever it used.
-        refund = usage is not None and call.vendor == "gemini"
+        refund = usage is not None and call.provider.counts_reported_usage
         lost = backend_lost(lambda: self.reservation.settle(charge, refund=refund))
         hold, costs = call.cost, self.router.session.costs
         if hold is not None:

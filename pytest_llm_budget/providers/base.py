@@ -125,6 +125,11 @@ class Provider(Protocol):
     def remaining_tokens(self, headers: Mapping[str, str]) -> int | None:
         """Tokens the provider says are left in its window, when it says so."""
 
+    @property
+    def counts_reported_usage(self) -> bool:
+        """True when the TPM limit keeps the reported usage, not the admission charge: an
+        over-estimate is then refunded at settle (Gemini); else the admission charge stays."""
+
     def charge(self, usage: Usage) -> int:
         """Tokens the provider counts against its TPM limit for this usage."""
 

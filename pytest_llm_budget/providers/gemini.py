@@ -112,6 +112,8 @@ class GeminiProvider:
     """Google Gemini API and Vertex AI generateContent wire format."""
 
     vendor = "gemini"
+    #: Gemini's TPM counts the reported input tokens.
+    counts_reported_usage = True
 
     def handles(self, path: str) -> bool:
         """True for models/M:generateContent|streamGenerateContent|countTokens|embed* paths."""

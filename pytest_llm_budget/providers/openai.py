@@ -86,6 +86,9 @@ def _declared_output(body: Mapping[str, Any], *keys: str) -> int | None:
 class OpenAIProvider:
     """OpenAI (and OpenAI-compatible, e.g. Azure) wire format."""
 
+    #: OpenAI charges input estimate + max_tokens at admission, whatever the call then used.
+    counts_reported_usage = False
+
     def __init__(self, vendor: str = "openai") -> None:
         self.vendor = vendor
 
