@@ -100,7 +100,8 @@ class WindowState:
     """Charges in the window, leases of calls in flight, the queue of waiters and any pause.
 
     Plus what the limiter learns: `factor` scales the uncertain part of every estimate, from
-    `probes` (the parts of recent estimates) compared with what the server reports. `entries`
+    `probes` (the parts of recent estimates) compared with what the server reports; and `clock`,
+    the latest `now` any rule has seen (rules never run time backwards: see `_tick`). `entries`
     stays sorted by time; the running sums and the ticket index are caches rebuilt by
     `from_json`, so admission costs O(1) when nothing has to wait.
     """
@@ -113,10 +114,10 @@ class WindowState:
     probes: dict[str, Probe] = field(default_factory=dict)
     seq: int = 0
     left: list[list[float]] = field(default_factory=list)
+    clock: float = 0.0
     _used: int = field(default=0, repr=False, compare=False)
     _requests: int = field(default=0, repr=False, compare=False)
     _index: dict[str, Entry] = field(default_factory=dict, repr=False, compare=False)
-    _latest: float = field(default=0.0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.entries.sort(key=lambda e: e[1])
@@ -132,6 +133,7 @@ class WindowState:
             "leases": self.leases,
             "waiters": self.waiters,
             "paused_until": self.paused_until,
+            "clock": self.clock,
         }
         if self.factor != 1.0 or self.probes or self.left:
             data.update(factor=self.factor, probes=self.probes, seq=self.seq, left=self.left)
@@ -155,11 +157,12 @@ class WindowState:
             }
             seq = int(data.get("seq", 0))
             left = [[float(x[0]), float(x[1])] for x in data.get("left", [])]
+            clock = float(data.get("clock", 0.0))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"malformed window state: {exc}") from exc
         return cls(
             entries=entries, leases=leases, waiters=waiters, paused_until=paused,
-            factor=factor, probes=probes, seq=seq, left=left,
+            factor=factor, probes=probes, seq=seq, left=left, clock=clock,
         )
 
     # -- rules -----------------------------------------------------------------------------
@@ -200,9 +203,12 @@ class WindowState:
 
     def _tick(self, now: float) -> float:
         """Never let time run backwards: a caller that read the clock before waiting for the
-        lock must not judge a window that a later caller already pruned."""
-        self._latest = max(self._latest, now)
-        return self._latest
+        lock must not judge a window that a later caller already pruned (its charge is dated a
+        little later instead, which errs on the safe side). `clock` is stored with the state, so
+        this holds across the processes sharing a file too."""
+        if now > self.clock:
+            self.clock = now
+        return self.clock
 
     def used(self) -> int:
         """Tokens charged inside the window (call `prune` first)."""
@@ -500,6 +506,7 @@ class WindowState:
 
     def reap(self, alive: set[str] | None, now: float, max_age: float | None = None) -> int:
         """Drop leases whose owner is not in `alive` (or older than `max_age`); returns count."""
+        now = self._tick(now)
         dead = [
             k
             for k, (owner, since) in self.leases.items()

@@ -567,7 +567,8 @@ def test_state_dated_in_the_future_is_dropped_with_a_warning(tmp_path: Path) -> 
     assert [w.category for w in caught] == [StateFileWarning]
     message = str(caught[0].message)
     assert str(path) in message and "3600s ahead" in message and "1000 tokens" in message
-    assert json.loads(path.read_text())["clocks"][B] == now
+    data = json.loads(path.read_text())  # written in the old layout (clocks beside buckets)
+    assert "clocks" not in data and data["buckets"][B]["clock"] == now
 
 
 def test_late_callers_and_skew_are_not_mistaken_for_a_future_state(tmp_path: Path) -> None:
@@ -581,3 +582,39 @@ def test_late_callers_and_skew_are_not_mistaken_for_a_future_state(tmp_path: Pat
         # a caller whose `now` was read long before it got the lock: the wall clock is newer
         deferred(b.admit(B, limits, "b", 700, now - 20, "1"), "tokens")
         assert b.snapshot(B, limits, now).used_tokens == 400
+
+
+def test_the_bucket_clock_is_kept_in_the_state_across_processes(tmp_path: Path) -> None:
+    """A caller whose `now` predates another process's last call is dated at that call."""
+    path = tmp_path / "s.json"
+    admitted(FileBackend(path).admit(B, LIMITS, "a", 10, T0 + 5, "1"))
+    assert json.loads(path.read_text())["buckets"][B]["clock"] == T0 + 5
+    late = admitted(FileBackend(path).admit(B, LIMITS, "b", 10, T0, "1"))
+    assert late.at == T0 + 5
+
+
+def test_a_file_in_the_old_layout_loads_with_its_clocks(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    state = {"entries": [["a", T0, 10, True]], "leases": {}, "waiters": {}, "paused_until": 0.0}
+    path.write_text(json.dumps({"version": 1, "buckets": {B: state}, "clocks": {B: T0 + 5}}))
+    b = FileBackend(path, wall_clock=lambda: T0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert admitted(b.admit(B, LIMITS, "b", 10, T0 + 1, "1")).at == T0 + 5
+    data = json.loads(path.read_text())
+    assert "clocks" not in data and data["buckets"][B]["clock"] == T0 + 5
+
+
+def test_a_bucket_clock_in_the_future_is_reset_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    b = FileBackend(path, wall_clock=lambda: T0)
+    admitted(b.admit(B, LIMITS, "a", 10, T0 + 3600, "1"))  # a fast clock, now corrected
+    b.release(B, LIMITS, "a", T0 + 3600)
+    data = json.loads(path.read_text())
+    data["buckets"][B]["entries"] = []
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert admitted(b.admit(B, LIMITS, "b", 10, T0, "1")).at == T0
+    assert [w.category for w in caught] == [StateFileWarning]
+    assert "3600s ahead" in str(caught[0].message)

@@ -113,6 +113,9 @@ class StateBackend(Backend):
     def _ledger(self, ledger: str, now: float) -> AbstractContextManager[LedgerState]:
         """Hold a cost ledger exclusively for one operation, saving it on exit."""
 
+    def _before_admit(self, state: WindowState, now: float) -> None:
+        """Tidy the state under the lock before an admit (the file backend reaps dead leases)."""
+
     def cost_hold(
         self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
     ) -> LedgerAnswer:
@@ -138,6 +141,7 @@ class StateBackend(Backend):
         uncertain: int = 0,
     ) -> Decision:
         with self._state(bucket, now) as state:
+            self._before_admit(state, now)
             return state.admit(limits, ticket, estimate, now, owner, uncertain)
 
     def settle(

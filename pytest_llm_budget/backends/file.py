@@ -1,11 +1,13 @@
 """File backend: all buckets' windows in one JSON file under a file lock, for local processes.
 
-The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}, "clocks": {name: t}}`
-(a clock is the latest `now` a bucket has seen: see `_clocked`). Each operation
-takes the lock (`<path>.lock`), reads the file, applies one `WindowState` rule and, when anything
-changed, writes a temporary file beside it and renames it over the old one, so a crash mid-write
-never leaves a torn file. Leases remember their owner's pid: a lease whose process died (even by
-`kill -9`) is dropped at the next admit, while the charges it made stay until they leave the window.
+The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}}`; each bucket
+keeps its own clock (the latest `now` it has seen), so decisions stay in time order across
+processes. An idle bucket is not stored, clock included: the next caller starts it afresh, as
+Redis does once a bucket's key expires. Each operation takes the lock (`<path>.lock`), reads the
+file, applies one `WindowState` rule and, when anything changed, writes a temporary file beside
+it and renames it over the old one, so a crash mid-write never leaves a torn file. Leases
+remember their owner's pid: a lease whose process died (even by `kill -9`) is dropped at the next
+admit, while the charges it made stay until they leave the window.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..errors import StateFileLocked, StateFileWarning
-from ..window import Decision, Limits, WindowSnapshot, WindowState
+from ..window import WindowState
 from .base import StateBackend
 from .ledger import LedgerState
 
@@ -180,13 +182,17 @@ class FileBackend(StateBackend):
             "no pytest process is running)"
         )
 
-    def _read(self) -> tuple[str, dict[str, WindowState], dict[str, float]]:
-        """The file's text, buckets and clocks; an unreadable file warns and counts as empty."""
+    def _read(self) -> tuple[str, dict[str, WindowState]]:
+        """The file's text and buckets; an unreadable file warns and counts as empty.
+
+        A file from before the buckets kept their own clock (`"clocks": {name: t}` beside
+        them) loads with those clocks moved into the buckets.
+        """
         try:
             with open(self.path, "rb") as f:
                 blob = f.read()
         except FileNotFoundError:
-            return "", {}, {}
+            return "", {}
         text = ""
         try:
             text = blob.decode("utf-8")
@@ -198,7 +204,9 @@ class FileBackend(StateBackend):
             if not isinstance(raw, dict):
                 raise ValueError("'buckets' is not an object")
             buckets = {str(k): WindowState.from_json(v) for k, v in raw.items()}
-            clocks = {str(k): float(v) for k, v in dict(data.get("clocks", {})).items()}
+            for name, clock in dict(data.get("clocks", {})).items():
+                if name in buckets and "clock" not in raw[name]:
+                    buckets[name].clock = float(clock)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             what = "empty" if not blob.strip() else f"unreadable ({exc})"
             warnings.warn(
@@ -207,12 +215,10 @@ class FileBackend(StateBackend):
                 StateFileWarning,
                 stacklevel=5,
             )
-            return "\0corrupt", {}, {}
-        return text, buckets, clocks
+            return "\0corrupt", {}
+        return text, buckets
 
-    def _drop_future(
-        self, buckets: dict[str, WindowState], clocks: dict[str, float], now: float
-    ) -> None:
+    def _drop_future(self, buckets: dict[str, WindowState], now: float) -> None:
         """Treat times beyond now + `max_skew` as corrupt: warn, drop them, reset the clock.
 
         A state written by a machine whose clock runs fast (or a file copied from one) would
@@ -225,29 +231,29 @@ class FileBackend(StateBackend):
         limit = reference + self.max_skew
         found: list[str] = []
         ahead, tokens = 0.0, 0
-        for name in sorted(set(buckets) | set(clocks)):
-            state = buckets.get(name)
-            clock_ahead = clocks.get(name, float("-inf")) > limit
-            if state is not None and (
-                (state.entries and state.entries[-1][1] > limit)
-                or any(float(lease[1]) > limit for lease in state.leases.values())
-                or any(w[0] > limit for w in state.waiters.values())
-                or (clock_ahead and state.paused_until > limit)
-            ):
-                times = [e[1] for e in state.entries] + [float(v[1]) for v in state.leases.values()]
-                ahead = max([ahead, *times, *(w[0] for w in state.waiters.values())])
+        for name, state in sorted(buckets.items()):
+            times = [e[1] for e in state.entries] + [float(v[1]) for v in state.leases.values()]
+            times += [w[0] for w in state.waiters.values()]
+            clock_ahead = state.clock > limit
+            future = max(times, default=0.0) > limit or (
+                clock_ahead and state.paused_until > limit
+            )
+            if not (future or clock_ahead):
+                continue
+            found.append(name)
+            ahead = max(ahead, state.clock, *times)
+            clock = 0.0 if clock_ahead else state.clock
+            if future:
                 tokens += sum(int(e[2]) for e in state.entries if e[1] > limit)
                 buckets[name] = WindowState(
                     entries=[e for e in state.entries if e[1] <= limit],
                     leases={k: v for k, v in state.leases.items() if float(v[1]) <= limit},
                     waiters={k: w for k, w in state.waiters.items() if w[0] <= limit},
                     paused_until=0.0 if state.paused_until > limit else state.paused_until,
+                    clock=clock,
                 )
-                found.append(name)
-            if clock_ahead:
-                ahead = max(ahead, clocks.pop(name))
-                if name not in found:
-                    found.append(name)
+            else:
+                state.clock = clock
         if found:
             warnings.warn(
                 f"llm-budget state file {self.path} holds times up to {ahead - reference:.0f}s "
@@ -258,16 +264,10 @@ class FileBackend(StateBackend):
                 stacklevel=6,
             )
 
-    def _write(
-        self, buckets: dict[str, WindowState], clocks: dict[str, float], old_text: str
-    ) -> None:
+    def _write(self, buckets: dict[str, WindowState], old_text: str) -> None:
         """Write atomically (temp file + rename), skipping the write when nothing changed."""
-        kept = {
-            name: s.to_json()
-            for name, s in sorted(buckets.items())
-            if not _idle(s, clocks.get(name, 0.0))
-        }
-        data = {"version": FORMAT_VERSION, "buckets": kept, "clocks": dict(sorted(clocks.items()))}
+        kept = {name: s.to_json() for name, s in sorted(buckets.items()) if not _idle(s)}
+        data = {"version": FORMAT_VERSION, "buckets": kept}
         text = json.dumps(data, separators=(",", ":"))
         if text == old_text:
             return
@@ -290,30 +290,19 @@ class FileBackend(StateBackend):
             os.close(fd)
 
     @contextmanager
-    def _clocked(self, bucket: str, now: float) -> Iterator[tuple[WindowState, float]]:
-        """The bucket's state, exclusively, and `now` made monotonic for the bucket.
-
-        Callers read their clock before they wait for the lock, so two processes can arrive
-        out of order; a late one must not apply an earlier `now` to a window that a later `now`
-        has already pruned, or it could admit into a window that was full. The bucket's clock
-        (the latest `now` it has seen) keeps every decision in time order; the cost is that a
-        late caller's charge is dated a few milliseconds later, which only errs on the safe side.
-        """
+    def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
         with self._locked():
-            old_text, buckets, clocks = self._read()
-            self._drop_future(buckets, clocks, now)
-            now = max(float(now), clocks.get(bucket, float("-inf")))
-            clocks[bucket] = now
+            old_text, buckets = self._read()
+            self._drop_future(buckets, now)
             state = buckets.get(bucket)
             if state is None:
                 state = buckets[bucket] = WindowState()
-            yield state, now
-            self._write(buckets, clocks, old_text)
-
-    @contextmanager
-    def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
-        with self._clocked(bucket, now) as (state, _):
             yield state
+            self._write(buckets, old_text)
+
+    def _before_admit(self, state: WindowState, now: float) -> None:
+        """Reap the leases of dead processes, so a killed worker's slot is free again."""
+        reap_dead_owners(state, now, self.lease_ttl)
 
     @contextmanager
     def _ledger(self, ledger: str, now: float) -> Iterator[LedgerState]:
@@ -348,72 +337,6 @@ class FileBackend(StateBackend):
             finally:
                 os.close(fd)
 
-    # -- rules (as StateBackend's, on the bucket's monotonic clock) ------------------------
-    def admit(
-        self,
-        bucket: str,
-        limits: Limits,
-        ticket: str,
-        estimate: int,
-        now: float,
-        owner: str,
-        uncertain: int = 0,
-    ) -> Decision:
-        """Reap leases of dead processes, then admit as `WindowState.admit` does."""
-        with self._clocked(bucket, now) as (state, now):
-            reap_dead_owners(state, now, self.lease_ttl)
-            return state.admit(limits, ticket, estimate, now, owner, uncertain)
-
-    def settle(
-        self,
-        bucket: str,
-        limits: Limits,
-        ticket: str,
-        estimate: int,
-        charge: int,
-        now: float,
-        refund: bool = False,
-    ) -> int:
-        with self._clocked(bucket, now) as (state, now):
-            return state.settle(limits, ticket, estimate, charge, now, refund)
-
-    def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
-        with self._clocked(bucket, now) as (state, now):
-            return state.cancel(ticket, limits, now)
-
-    def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
-        with self._clocked(bucket, now) as (state, now):
-            state.release(ticket)
-
-    def penalize(
-        self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float
-    ) -> None:
-        with self._clocked(bucket, now) as (state, now):
-            state.penalize(tokens, pause_until, now, ticket)
-
-    def calibrate(
-        self, bucket: str, limits: Limits, ticket: str, server_used: int, now: float
-    ) -> int:
-        with self._clocked(bucket, now) as (state, now):
-            return state.calibrate(limits, server_used, now, ticket)
-
-    def observe(
-        self,
-        bucket: str,
-        limits: Limits,
-        ticket: str,
-        server_limit: int,
-        server_used: int,
-        now: float,
-        reset_s: float | None = None,
-    ) -> int:
-        with self._clocked(bucket, now) as (state, now):
-            return state.observe(limits, ticket, server_limit, server_used, now, reset_s)
-
-    def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
-        with self._clocked(bucket, now) as (state, now):
-            return state.snapshot(limits, now)
-
     def close(self) -> None:
         """Close the lock file's descriptor."""
         with self._thread_lock:
@@ -421,12 +344,12 @@ class FileBackend(StateBackend):
                 self._flock.close()
 
 
-def _idle(state: WindowState, now: float) -> bool:
-    """A bucket with nothing in it need not be stored."""
+def _idle(state: WindowState) -> bool:
+    """A bucket with nothing in it need not be stored (nor its clock: see the module doc)."""
     return (
         not state.entries
         and not state.leases
         and not state.waiters
-        and state.paused_until <= now
+        and state.paused_until <= state.clock
         and state.factor == 1.0
     )
