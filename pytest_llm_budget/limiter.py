@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
+from .admission import Admitted, Limits
 from .backends.base import Backend
 from .errors import BudgetWaitTimeout, RequestTooLarge
 from .events import WaitTick
-from .window import Admitted, Limits, WindowSnapshot
+from .window import WindowSnapshot
 
 __all__ = [
     "BucketStats",

@@ -1,16 +1,29 @@
-"""The state of one bucket's sliding window and the pure rules that admit, settle and learn.
+"""The state of one bucket's sliding window and the rules that admit, settle and learn.
 
 Every backend keeps a `WindowState` somewhere (memory, a JSON file, Redis) and applies these
-functions to it under its own lock, so all backends admit exactly the same way
-(`backends/redis_window.lua` is a line-by-line port: change both together).
+rules to it under its own lock, so all backends admit exactly the same way. When a charge fits
+is decided in `admission.py` (with `Limits` and the `Admitted` / `Deferred` answers, re-exported
+here), the learned correction of estimates in `correction.py`; `backends/redis_window.lua` ports
+all three line by line: change them together.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .admission import (
+    Admitted,
+    Decision,
+    Deferred,
+    Entry,
+    Limits,
+    queue_ahead,
+    time_to_free,
+    token_wait,
+)
+from .correction import Probe, corrected, factor_bound, learned
 
 __all__ = [
     "Admitted",
@@ -20,60 +33,6 @@ __all__ = [
     "WindowSnapshot",
     "WindowState",
 ]
-
-# An entry is [id, time, charge, counts_as_request]: lists, so the state is plain JSON.
-Entry = list[Any]
-# A probe is [time, fixed, uncertain, admit_seq, seen_seq]: what a request's estimate was made
-# of, and in which order it was admitted and (once its answer came back) seen by the server.
-Probe = list[float]
-
-#: How far the factor moves toward a lower value per observation (it rises at once).
-FACTOR_STEP_DOWN = 0.3
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one bucket may spend: tokens and requests per window, calls in flight at once.
-
-    `factor_floor` / `factor_cap` bound the learned correction of the uncertain part of the
-    estimates (see `WindowState.observe`).
-    """
-
-    tokens: int
-    window: float
-    requests: int | None = None
-    concurrency: int | None = None
-    margin: float = 0.0
-    poll: float = 0.05
-    waiter_grace: float = 2.0
-    factor_floor: float = 0.5
-    factor_cap: float = 2.0
-
-    @property
-    def span(self) -> float:
-        """How long a charge stays in the window: the window plus the safety margin."""
-        return self.window + self.margin
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """The request may leave now; `charge` tokens are recorded under `id` at time `at`."""
-
-    id: str
-    at: float
-    charge: int = -1
-
-
-@dataclass(frozen=True)
-class Deferred:
-    """The request must wait `wait` seconds (at least) before asking again; `reason` says why."""
-
-    wait: float
-    reason: str
-
-
-Decision = Admitted | Deferred
-
 
 @dataclass(frozen=True)
 class WindowSnapshot:
@@ -85,14 +44,6 @@ class WindowSnapshot:
     waiting: int
     paused_for: float
     factor: float = 1.0
-
-
-def corrected(estimate: int, uncertain: int, factor: float, limit: int) -> int:
-    """The charge for an estimate whose `uncertain` part is scaled by the learned factor."""
-    if uncertain <= 0 or factor == 1.0:
-        return int(estimate)
-    fixed = int(estimate) - int(uncertain)
-    return max(1, min(int(limit), fixed + math.ceil(int(uncertain) * factor)))
 
 
 @dataclass
@@ -239,15 +190,7 @@ class WindowState:
         )
         waiter = self.waiters.get(ticket)
         enqueued = waiter[0] if waiter else now
-        ahead = (
-            [
-                int(w[2])
-                for k, w in sorted(self.waiters.items(), key=lambda kw: (kw[1][0], kw[0]))
-                if k != ticket and (w[0], k) < (enqueued, ticket)
-            ]
-            if self.waiters
-            else []
-        )
+        ahead = queue_ahead(self.waiters, ticket, enqueued)
         wait, reason = self._wait_for(limits, charge, ahead, now)
         if wait > 0:
             self.waiters[ticket] = [enqueued, now + wait + limits.waiter_grace, float(charge)]
@@ -266,68 +209,17 @@ class WindowState:
     ) -> tuple[float, str]:
         if self.paused_until > now:
             return self.paused_until - now, "paused"
-        span = limits.span
-        if not ahead:
-            excess = self._used + charge - limits.tokens
-            if excess > 0:
-                return _time_to_free(self.entries, excess, span, now), "tokens"
-        else:
-            plan = self._plan(limits, ahead, now)
-            if not self._fits(limits, plan, now, charge):
-                # The earliest time we fit alone, if that delays no one; else after the queue.
-                alone = now + _time_to_free(self.entries, self._used + charge - limits.tokens,
-                                            span, now)
-                last = plan[-1][0]
-                queued = self.entries + [[None, t, w, False] for t, w in plan]
-                total = self._used + sum(w for _, w in plan)
-                after = max(last, now + _time_to_free(queued, total + charge - limits.tokens,
-                                                      span, now))
-                if alone < after and self._fits(limits, plan, alone, charge):
-                    return alone - now, "tokens"
-                return max(after - now, 1e-6), "tokens"
+        wait = token_wait(self.entries, self._used, limits, charge, ahead, now)
+        if wait > 0:
+            return wait, "tokens"
         if limits.requests is not None:
             excess = self._requests + len(ahead) + 1 - limits.requests
             if excess > 0:
                 requests = [e for e in self.entries if e[3]]
-                return _time_to_free(requests, excess, span, now, unit=True), "requests"
+                return time_to_free(requests, excess, limits.span, now, unit=True), "requests"
         if limits.concurrency is not None and len(self.leases) + 1 > limits.concurrency:
             return limits.poll, "concurrency"
         return 0.0, ""
-
-    def _plan(self, limits: Limits, ahead: list[int], now: float) -> list[tuple[float, int]]:
-        """When each waiter ahead will be admitted, in queue order, each as early as it fits."""
-        plan: list[tuple[float, int]] = []
-        queued = list(self.entries)
-        total = self._used
-        t = now
-        for w in ahead:
-            excess = total + w - limits.tokens
-            if excess > 0:
-                t = max(t, now + _time_to_free(queued, excess, limits.span, now))
-            plan.append((t, w))
-            queued.append([None, t, w, False])
-            total += w
-        return plan
-
-    def _alive(self, limits: Limits, plan: list[tuple[float, int]], t: float) -> int:
-        """Tokens in the window at time `t`: charges made by then that have not left."""
-        horizon = t - limits.span
-        alive = self._used
-        for e in self.entries:
-            if e[1] > horizon:
-                break
-            alive -= int(e[2])
-        return alive + sum(w for at, w in plan if horizon < at <= t)
-
-    def _fits(self, limits: Limits, plan: list[tuple[float, int]], t: float, charge: int) -> bool:
-        """Whether `charge` taken at `t` fits, and leaves every planned waiter its room."""
-        if self._alive(limits, plan, t) + charge > limits.tokens:
-            return False
-        return all(
-            self._alive(limits, plan, at) + charge <= limits.tokens
-            for at, _ in plan
-            if t < at < t + limits.span
-        )
 
     def _answered(self, limits: Limits, entry: Entry | None, now: float) -> None:
         """An answer is in, so the request reached the server by `now`: its charge need stay
@@ -374,7 +266,7 @@ class WindowState:
         if refund:
             probe = self.probes.pop(ticket, None)
             if probe is not None and probe[2] > 0:
-                self._learn(limits, (int(charge) - probe[1]) / probe[2])
+                self.factor = learned(self.factor, (int(charge) - probe[1]) / probe[2], limits)
             if entry is not None:
                 delta = int(charge) - int(entry[2])
                 entry[2] = int(charge)
@@ -391,14 +283,6 @@ class WindowState:
             # overrun still counts, from now.
             self._add([f"{ticket}:debt", now, debt, False])
         return debt
-
-    def _learn(self, limits: Limits, bound: float) -> None:
-        """Move the factor toward `bound`: up at once, down by a step, within floor and cap."""
-        if bound >= self.factor:
-            self.factor = min(limits.factor_cap, bound)
-        else:
-            step = self.factor - FACTOR_STEP_DOWN * (self.factor - bound)
-            self.factor = max(limits.factor_floor, step)
 
     def cancel(self, ticket: str, limits: Limits | None = None, now: float | None = None) -> int:
         """Take back the charge of a request that never reached the provider; returns it
@@ -445,63 +329,32 @@ class WindowState:
 
         Two lessons. When the server counts more than the window holds, the gap is charged now
         and the factor rises at once by gap / (uncertain tokens in the window). Otherwise the
-        server's figure bounds the factor from above: every request this bucket saw answered
-        before `ticket` was admitted had reached the server before `ticket` did, so for each
-        suffix K of those (newest first, `ticket` included, all inside the server's window)
-        `server_used + drain >= sum(fixed + f * uncertain over K)`. The drain covers a
-        token-bucket server refilling meanwhile (server_limit / window per second since the
-        oldest of K); it is 0 when the server's reset time (`reset_s`, about a whole window
-        while the window is not full) says it keeps every charge for its window. Requests
-        still in flight, or other processes' requests not yet answered, are left out: they can
-        only make the server look fuller, never emptier, so the bound never falls below the
-        truth. The server is taken to have admitted `ticket` within the margin of its leaving.
+        server's figure bounds the factor from above (`correction.factor_bound`).
         """
         now = self._tick(now)
         self.prune(limits, now)
         self._answered(limits, self._index.get(ticket), now)
         probe = self.probes.get(ticket)
-        if probe is None:
-            gap = int(server_used) - self.used()
-        else:
-            arrived = min(now, probe[0] + (limits.span - limits.window))
+        gap = int(server_used) - self.used()
+        if probe is not None:
             if not probe[4]:
                 self.seq += 1
                 probe[4] = float(self.seq)
             # All of ours the server can still have counted when this request reached it
             # (what was in the window when it left, and everything since).
             then = probe[0] - limits.span
-            before = int(sum(x[1] for x in self.left if x[0] > then))
-            gap = int(server_used) - self.used() - before
+            gap -= int(sum(x[1] for x in self.left if x[0] > then))
         if gap > 0:
             self._add([f"{ticket}:calibration", now, gap, False])
             uncertain = sum(p[2] for p in self.probes.values())
             if uncertain > 0:
-                self._learn(limits, self.factor + gap / uncertain)
+                self.factor = learned(self.factor, self.factor + gap / uncertain, limits)
             return gap
         if probe is None or server_limit <= 0 or probe[2] <= 0:
             return 0
-        sliding = (
-            reset_s is not None
-            and reset_s >= 0.9 * limits.window
-            and server_used < 0.85 * server_limit
-        )
-        rate = 0.0 if sliding else server_limit / limits.window
-        horizon = arrived - limits.window
-        known = sorted(
-            (p for k, p in self.probes.items()
-             if k != ticket and 0 < p[4] < probe[3] and p[0] > horizon),
-            key=lambda p: (-p[0], -p[3]),
-        )
-        fixed = uncertain = 0.0
-        bound = math.inf
-        for p in [probe, *known]:
-            fixed += p[1]
-            uncertain += p[2]
-            if uncertain > 0:
-                drain = rate * max(0.0, arrived - p[0])
-                bound = min(bound, (int(server_used) + drain - fixed) / uncertain)
+        bound = factor_bound(limits, ticket, self.probes, server_limit, server_used, now, reset_s)
         if bound < self.factor:
-            self._learn(limits, max(0.0, bound))
+            self.factor = learned(self.factor, max(0.0, bound), limits)
         return 0
 
     def reap(self, alive: set[str] | None, now: float, max_age: float | None = None) -> int:
@@ -530,15 +383,3 @@ class WindowState:
             factor=self.factor,
         )
 
-
-def _time_to_free(
-    entries: list[Entry], excess: int, span: float, now: float, unit: bool = False
-) -> float:
-    """Seconds until the oldest entries whose charges (or count) add up to `excess` leave."""
-    freed = 0
-    for entry in entries:
-        freed += 1 if unit else int(entry[2])
-        if freed >= excess:
-            return max(float(entry[1]) + span - now, 1e-6)
-    # Cannot happen when the caller checked estimate <= limit; wait one window to be safe.
-    return max(span, 1e-6) if math.isfinite(span) else 1.0

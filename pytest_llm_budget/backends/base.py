@@ -5,7 +5,8 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractContextManager
 
-from ..window import Decision, Limits, WindowSnapshot, WindowState
+from ..admission import Decision, Limits
+from ..window import WindowSnapshot, WindowState
 from .ledger import LedgerAnswer, LedgerState
 
 __all__ = ["Backend", "StateBackend"]

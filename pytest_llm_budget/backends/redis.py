@@ -1,9 +1,9 @@
 """Redis backend: each bucket's window is one key changed by one atomic Lua script, for many hosts.
 
 Layout: `{prefix}:{bucket}:state` holds the bucket's `WindowState` as a MessagePack blob, read and
-rewritten by `redis_window.lua` (a port of `window.py`) in a single EVALSHA per operation, with a
-PX expiry so an abandoned bucket disappears. Only core commands and EVAL/EVALSHA are used, so
-Valkey works too.
+rewritten by `redis_window.lua` (a port of `window.py`, `admission.py` and `correction.py`) in a
+single EVALSHA per operation, with a PX expiry so an abandoned bucket disappears. Only core
+commands and EVAL/EVALSHA are used, so Valkey works too.
 
 Clock: by default the caller's `now` is used (the limiter's clock, which tests can fake), so hosts
 sharing a bucket need NTP-synced clocks; `use_server_time=True` makes the scripts read Redis's
@@ -23,9 +23,10 @@ import time
 from importlib import resources
 from typing import Any
 
+from ..admission import Admitted, Decision, Deferred, Limits
 from ..errors import BackendUnavailable
 from ..redact import mask_url, redact
-from ..window import Admitted, Decision, Deferred, Limits, WindowSnapshot
+from ..window import WindowSnapshot
 from .base import Backend
 from .ledger import IDLE_TTL, LedgerAnswer, LedgerState
 

@@ -1,9 +1,12 @@
 -- One bucket's sliding window, kept in Redis as ONE MessagePack blob and changed atomically.
 --
--- This is a line-by-line port of pytest_llm_budget/window.py (WindowState): the same entries,
--- leases, waiters (first come, first served, with overtaking that delays no one), pause and
--- learned factor, the same admission, settling and learning rules. MessagePack (cmsgpack) rather than
--- cjson because cjson rounds numbers to 14 significant digits, which would blur epoch times.
+-- This is a line-by-line port of pytest_llm_budget/window.py (WindowState), admission.py (when a
+-- charge fits) and correction.py (the learned factor): the same entries, leases, waiters (first
+-- come, first served, with overtaking that delays no one), pause, learned factor and clock, the
+-- same admission, settling and learning rules. The blob's one-letter fields hold what
+-- WindowState.to_json names in full (t: clock); no Python code reads the blob. MessagePack
+-- (cmsgpack) rather than cjson because cjson rounds numbers to 14 significant digits, which
+-- would blur epoch times.
 --
 -- KEYS[1]  the bucket's state key ({prefix}:{bucket}:state)
 -- ARGV[1]  op: admit | settle | cancel | release | penalize | observe | calibrate | snapshot |
@@ -42,11 +45,12 @@ local F = st.f or 1.0 -- the learned factor on the uncertain part of estimates
 local Q = st.q or {}  -- probes: ticket -> {time, fixed, uncertain, admit_seq, seen_seq}
 local N = st.n or 0   -- the sequence of admissions and first observations
 local G = st.g or {}  -- while learning, entries that left: {time, charge}
-local STEP_DOWN = 0.3 -- window.FACTOR_STEP_DOWN
--- The bucket's clock: the latest `now` it has seen. Callers read their clock before their
--- script runs, so scripts can run out of time order; a late `now` must not be applied to a
--- window that a later one already pruned (it could admit into a full window). Clamping keeps
--- decisions in time order and only ever dates a charge a little later (the safe side).
+local STEP_DOWN = 0.3 -- correction.FACTOR_STEP_DOWN
+-- The bucket's clock (WindowState.clock, _tick): the latest `now` it has seen. Callers read
+-- their clock before their script runs, so scripts can run out of time order; a late `now` must
+-- not be applied to a window that a later one already pruned (it could admit into a full
+-- window). Clamping keeps decisions in time order and only ever dates a charge a little later
+-- (the safe side).
 if st.t and st.t > now then now = st.t end
 
 local function fmt(x)
@@ -127,7 +131,7 @@ local function time_to_free(list, excess, unit)
   return math.max(span, 1e-6)
 end
 
--- WindowState._learn
+-- correction.learned
 local function learn(bound, floor, cap)
   if bound >= F then
     F = math.min(cap, bound)
@@ -136,7 +140,7 @@ local function learn(bound, floor, cap)
   end
 end
 
--- WindowState._plan: when each waiter ahead will be admitted (entries sorted by time).
+-- admission._plan: when each waiter ahead will be admitted (entries sorted by time).
 local function plan_for(tokens, ahead)
   local plan, queued = {}, {}
   for i, e in ipairs(E) do queued[i] = e end
@@ -152,7 +156,7 @@ local function plan_for(tokens, ahead)
   return plan
 end
 
--- WindowState._alive
+-- admission._alive
 local function alive(plan, t)
   local horizon = t - span
   local a = used()
@@ -166,7 +170,7 @@ local function alive(plan, t)
   return a
 end
 
--- WindowState._fits
+-- admission._fits
 local function fits(tokens, plan, t, charge)
   if alive(plan, t) + charge > tokens then return false end
   for _, p in ipairs(plan) do
@@ -238,7 +242,7 @@ if op == 'admit' then
     if now - l[2] > lease_ttl then L[k] = nil end
   end
   prune()
-  -- window.corrected
+  -- correction.corrected
   local charge = estimate
   if uncertain > 0 and F ~= 1.0 then
     charge = math.max(1, math.min(tokens, estimate - uncertain + math.ceil(uncertain * F)))
