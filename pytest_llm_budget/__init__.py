@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .api import budget_session, open_budget, summary_text, write_reports
+from .buckets import LimitRule
 from .errors import (
     BudgetWaitTimeout,
     CostCapExceeded,
@@ -14,7 +15,7 @@ from .errors import (
     RequestTooLarge,
 )
 from .events import RateLimitEvent, WaitEvent
-from .limiter import Limiter, LimitRule, Reservation
+from .limiter import Limiter, Reservation
 from .session import BudgetSession
 from .settings import Settings
 

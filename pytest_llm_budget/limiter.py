@@ -1,99 +1,39 @@
 """The session token limiter: reservations against per-bucket sliding windows (TPM, RPM, cap).
 
 A caller reserves its estimate before a request leaves, and settles the provider-reported usage
-when the answer is in. The window itself lives in a backend (memory, file, Redis); this module
-owns the waiting, the bookkeeping of waits and 429s, and the bucket each (vendor, model) maps to.
-Clock and sleep are injected so tests run on a fake clock.
+when the answer is in. The window itself lives in a backend (memory, file, Redis), the bucket
+each (vendor, model) maps to and its counts in `buckets.py`; this module owns the waiting and
+the bookkeeping of waits and 429s. Clock and sleep are injected so tests run on a fake clock.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
 from .admission import Admitted, Limits
 from .backends.base import Backend
+from .buckets import Buckets, BucketStats, LimitRule, rule_for
 from .errors import BudgetWaitTimeout, RequestTooLarge
 from .events import WaitTick
 from .window import WindowSnapshot
 
+# LimitRule, BucketStats and rule_for live in buckets.py; importable from here too.
 __all__ = [
     "BucketStats",
     "LimitRule",
     "Limiter",
     "Reservation",
     "SystemClock",
+    "rule_for",
 ]
 
 #: Tokens a bucket is charged for every 429 it receives (the seed's penalty).
 RATE_LIMIT_PENALTY = 1000
-
-
-@dataclass(frozen=True)
-class LimitRule:
-    """One `vendor:model tpm=N rpm=M` line: calls whose vendor and model match share a budget."""
-
-    vendor: str = "*"
-    model: str = "*"
-    tpm: int = 30000
-    rpm: int | None = None
-
-    def matches(self, vendor: str, model: str) -> bool:
-        """Glob match on vendor and model (case-insensitive)."""
-        return fnmatch.fnmatchcase(vendor.lower(), self.vendor.lower()) and fnmatch.fnmatchcase(
-            model.lower(), self.model.lower()
-        )
-
-    def bucket_name(self, vendor: str) -> str:
-        """A bucket is (rule, vendor): a wildcard vendor gives each vendor its own bucket."""
-        return f"{vendor}:{self.model}"
-
-    def budget(self, headroom: float) -> int:
-        """Tokens this rule's bucket admits per window: `tpm x (1 - headroom)`."""
-        return int(self.tpm * (1 - headroom))
-
-    def __str__(self) -> str:
-        rpm = f" rpm={self.rpm}" if self.rpm is not None else ""
-        return f"{self.vendor}:{self.model} tpm={self.tpm}{rpm}"
-
-
-def rule_for(rules: Sequence[LimitRule], vendor: str, model: str) -> LimitRule:
-    """The first rule matching (vendor, model); the last rule is the fallback."""
-    return next((r for r in rules if r.matches(vendor, model)), rules[-1])
-
-
-@dataclass(frozen=True)
-class BucketStats:
-    """What one bucket did this session, as this process saw it."""
-
-    name: str
-    rule: str
-    budget: int
-    calls: int = 0
-    estimated: int = 0
-    actual: int = 0
-    debt: int = 0
-    deferrals: int = 0
-    waited_s: float = 0.0
-    rate_limit_events: int = 0
-    refunded: int = 0
-
-    def merged(self, other: BucketStats) -> BucketStats:
-        """Add another process's figures for the same bucket."""
-        return replace(self, **{f: getattr(self, f) + getattr(other, f) for f in COUNTERS})
-
-
-#: The additive figures of BucketStats (summed across processes, counted by the limiter).
-COUNTERS = (
-    "calls", "estimated", "actual", "debt", "deferrals", "waited_s", "rate_limit_events",
-    "refunded",
-)
 
 
 class SystemClock:
@@ -109,27 +49,6 @@ class SystemClock:
         import asyncio
 
         await asyncio.sleep(seconds)
-
-
-@dataclass
-class _Bucket:
-    """A bucket's limits and this process's running counts (frozen into BucketStats on read)."""
-
-    name: str
-    rule: LimitRule
-    limits: Limits
-    calls: int = 0
-    estimated: int = 0
-    actual: int = 0
-    debt: int = 0
-    deferrals: int = 0
-    waited_s: float = 0.0
-    rate_limit_events: int = 0
-    refunded: int = 0
-
-    def stats(self) -> BucketStats:
-        counts = {f: getattr(self, f) for f in COUNTERS}
-        return BucketStats(self.name, str(self.rule), self.limits.tokens, **counts)
 
 
 @dataclass
@@ -196,12 +115,7 @@ class Reservation:
     def __enter__(self) -> Reservation:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
@@ -246,9 +160,7 @@ class Limiter:
         self._freed = 0
         self._sleepers = 0
         self.owner = owner or f"{os.getpid()}"
-        self._lock = threading.Lock()
-        self._buckets: dict[str, _Bucket] = {}
-        self._names: dict[tuple[str, str], str] = {}
+        self._buckets = Buckets(self.rules, self._limits_for)
         self._ids = itertools.count()
         self._prefix = os.urandom(4).hex()
         #: Called as `listener(bucket, ready_at)` on every deferral, `ready_at` being the clock
@@ -262,25 +174,17 @@ class Limiter:
     # -- buckets ---------------------------------------------------------------------------
     def bucket_for(self, vendor: str, model: str) -> str:
         """The name of the bucket a (vendor, model) call spends from."""
-        key = (vendor, model)
-        name = self._names.get(key)
-        if name is not None:
-            return name
-        rule = rule_for(self.rules, vendor, model)
-        name = rule.bucket_name(vendor)
-        with self._lock:
-            self._names[key] = name
-            if name not in self._buckets:
-                budget = rule.budget(self.headroom)
-                limits = Limits(
-                    tokens=budget,
-                    window=self.window,
-                    requests=rule.rpm,
-                    concurrency=self.max_concurrency,
-                    margin=self.margin,
-                )
-                self._buckets[name] = _Bucket(name, rule, limits)
-        return name
+        return self._buckets.name_for(vendor, model)
+
+    def _limits_for(self, rule: LimitRule) -> Limits:
+        """The limits of a rule's bucket: its budget, the window and the limiter's settings."""
+        return Limits(
+            tokens=rule.budget(self.headroom),
+            window=self.window,
+            requests=rule.rpm,
+            concurrency=self.max_concurrency,
+            margin=self.margin,
+        )
 
     def limits(self, bucket: str) -> Limits:
         """The limits a bucket enforces."""
@@ -369,8 +273,7 @@ class Limiter:
                 reason=decision.reason,
             )
         if first:
-            with self._lock:
-                b.deferrals += 1
+            self._buckets.count(bucket, deferrals=1)
         for listener in list(self.deferral_listeners):
             listener(bucket, now + decision.wait)
         if self.wait_listeners:
@@ -381,14 +284,10 @@ class Limiter:
     def _admitted(
         self, bucket: str, ticket: str, estimate: int, uncertain: int, start: float, charge: int
     ) -> Reservation:
-        b = self._buckets[bucket]
         now = self.clock()
         waited = max(0.0, now - start)
         charged = estimate if charge < 0 else charge
-        with self._lock:
-            b.calls += 1
-            b.estimated += charged
-            b.waited_s += waited
+        self._buckets.count(bucket, calls=1, estimated=charged, waited_s=waited)
         if self._who:
             self._tell_wait(bucket, ticket, estimate, start, now, now, "", admitted=waited > 0)
         return Reservation(self, bucket, ticket, charged, now, waited, estimate, uncertain)
@@ -439,21 +338,17 @@ class Limiter:
         delta = self.backend.settle(
             r.bucket, b.limits, r.ticket, r.estimate, actual, self.clock(), refund
         )
-        with self._lock:
-            b.actual += actual
-            if delta > 0:
-                b.debt += delta
-            else:
-                b.refunded -= delta
+        if delta > 0:
+            self._buckets.count(r.bucket, actual=actual, debt=delta)
+        else:
+            self._buckets.count(r.bucket, actual=actual, refunded=-delta)
         self._room_freed()
         return max(0, delta)
 
     def _cancel(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]
         self.backend.cancel(r.bucket, b.limits, r.ticket, self.clock())
-        with self._lock:
-            b.calls -= 1
-            b.estimated -= r.estimate
+        self._buckets.count(r.bucket, calls=-1, estimated=-r.estimate)
         self._room_freed()
 
     def _release(self, r: Reservation) -> None:
@@ -466,8 +361,7 @@ class Limiter:
         now = self.clock()
         pause_until = now + retry_after_s if retry_after_s else 0.0
         self.backend.penalize(bucket, b.limits, ticket, self.penalty_tokens, pause_until, now)
-        with self._lock:
-            b.rate_limit_events += 1
+        self._buckets.count(bucket, rate_limit_events=1)
 
     def calibrate(self, vendor: str, model: str, server_limit: int, server_remaining: int) -> int:
         """Believe the server's `x-ratelimit-remaining-tokens` when it is lower than ours.
@@ -497,8 +391,7 @@ class Limiter:
     # -- reading ---------------------------------------------------------------------------
     def stats(self) -> list[BucketStats]:
         """Per-bucket figures of this process, in bucket-name order."""
-        with self._lock:
-            return [self._buckets[k].stats() for k in sorted(self._buckets)]
+        return self._buckets.stats()
 
     def window_snapshot(self, bucket: str) -> WindowSnapshot:
         """The bucket's window as the backend holds it now."""

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .buckets import LimitRule, rule_for
 from .cassettes import CassettePolicy, cassette_path
-from .limiter import LimitRule, rule_for
 from .llm_tests import MARKER
 from .matrix import LLMModel, scenario_of
 from .settings import Settings

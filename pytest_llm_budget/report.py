@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .atomic import write_atomically
-from .limiter import BucketStats, LimitRule, rule_for
+from .buckets import BucketStats, LimitRule, rule_for
 from .records import CallRecord, Overspend, Totals
 
 __all__ = [

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, open_backend
+from .buckets import BucketStats
 from .cost import CostGuard
 from .events import RateLimitEvent, WaitEvent
-from .limiter import BucketStats, Limiter, Reservation
+from .limiter import Limiter, Reservation
 from .records import CallLog, CallRecord, TestUsage
 from .settings import Settings
 

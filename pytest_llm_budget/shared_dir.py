@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .limiter import BucketStats
+from .buckets import BucketStats
 from .records import CallRecord
 
 __all__ = [

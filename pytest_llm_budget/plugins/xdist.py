@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ..limiter import BucketStats
+from ..buckets import BucketStats
 from ..records import CallRecord
 from ..session import BudgetSession
 from . import budget, live

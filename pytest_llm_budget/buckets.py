@@ -1,0 +1,138 @@
+"""Buckets: the rule that names a bucket and sizes its budget, and the figures it keeps.
+
+A call spends from the bucket of the first `LimitRule` matching its (vendor, model) (`rule_for`);
+the rule's `budget` is the size of that bucket's window. `Buckets` maps calls to buckets for one
+limiter and counts what this process did with each (`BucketStats`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .admission import Limits
+
+__all__ = ["COUNTERS", "Bucket", "BucketStats", "Buckets", "LimitRule", "rule_for"]
+
+
+@dataclass(frozen=True)
+class LimitRule:
+    """One `vendor:model tpm=N rpm=M` line: calls whose vendor and model match share a budget."""
+
+    vendor: str = "*"
+    model: str = "*"
+    tpm: int = 30000
+    rpm: int | None = None
+
+    def matches(self, vendor: str, model: str) -> bool:
+        """Glob match on vendor and model (case-insensitive)."""
+        return fnmatch.fnmatchcase(vendor.lower(), self.vendor.lower()) and fnmatch.fnmatchcase(
+            model.lower(), self.model.lower()
+        )
+
+    def bucket_name(self, vendor: str) -> str:
+        """A bucket is (rule, vendor): a wildcard vendor gives each vendor its own bucket."""
+        return f"{vendor}:{self.model}"
+
+    def budget(self, headroom: float) -> int:
+        """Tokens this rule's bucket admits per window: `tpm x (1 - headroom)`."""
+        return int(self.tpm * (1 - headroom))
+
+    def __str__(self) -> str:
+        rpm = f" rpm={self.rpm}" if self.rpm is not None else ""
+        return f"{self.vendor}:{self.model} tpm={self.tpm}{rpm}"
+
+
+def rule_for(rules: Sequence[LimitRule], vendor: str, model: str) -> LimitRule:
+    """The first rule matching (vendor, model); the last rule is the fallback."""
+    return next((r for r in rules if r.matches(vendor, model)), rules[-1])
+
+
+@dataclass(frozen=True)
+class BucketStats:
+    """What one bucket did this session, as this process saw it."""
+
+    name: str
+    rule: str
+    budget: int
+    calls: int = 0
+    estimated: int = 0
+    actual: int = 0
+    debt: int = 0
+    deferrals: int = 0
+    waited_s: float = 0.0
+    rate_limit_events: int = 0
+    refunded: int = 0
+
+    def merged(self, other: BucketStats) -> BucketStats:
+        """Add another process's figures for the same bucket."""
+        return replace(self, **{f: getattr(self, f) + getattr(other, f) for f in COUNTERS})
+
+
+#: The additive figures of BucketStats (summed across processes, counted by the limiter).
+COUNTERS = (
+    "calls", "estimated", "actual", "debt", "deferrals", "waited_s", "rate_limit_events",
+    "refunded",
+)
+
+
+class Bucket:
+    """A bucket's rule and limits, and this process's running counts (see `Buckets.count`)."""
+
+    __slots__ = ("counts", "limits", "name", "rule")
+
+    def __init__(self, name: str, rule: LimitRule, limits: Limits) -> None:
+        self.name = name
+        self.rule = rule
+        self.limits = limits
+        #: COUNTERS -> running total (int; `waited_s` a float), frozen into BucketStats on read.
+        self.counts: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+
+    def stats(self) -> BucketStats:
+        """The counts so far, as a record."""
+        return BucketStats(self.name, str(self.rule), self.limits.tokens, **self.counts)
+
+
+class Buckets:
+    """The buckets of one limiter: which one a (vendor, model) call spends from, and its counts."""
+
+    def __init__(
+        self, rules: Sequence[LimitRule], limits_for: Callable[[LimitRule], Limits]
+    ) -> None:
+        self.rules = rules
+        self._limits_for = limits_for
+        self._lock = threading.Lock()
+        self._buckets: dict[str, Bucket] = {}
+        self._names: dict[tuple[str, str], str] = {}
+
+    def name_for(self, vendor: str, model: str) -> str:
+        """The name of the bucket a (vendor, model) call spends from (made on first use)."""
+        key = (vendor, model)
+        name = self._names.get(key)
+        if name is not None:
+            return name
+        rule = rule_for(self.rules, vendor, model)
+        name = rule.bucket_name(vendor)
+        with self._lock:
+            self._names[key] = name
+            if name not in self._buckets:
+                self._buckets[name] = Bucket(name, rule, self._limits_for(rule))
+        return name
+
+    def __getitem__(self, name: str) -> Bucket:
+        return self._buckets[name]
+
+    def count(self, name: str, **deltas: float) -> None:
+        """Add `deltas` (counter name -> amount) to a bucket's counts."""
+        counts = self._buckets[name].counts
+        with self._lock:
+            for counter, delta in deltas.items():
+                counts[counter] += delta
+
+    def stats(self) -> list[BucketStats]:
+        """Every bucket's counts, in bucket-name order."""
+        with self._lock:
+            return [self._buckets[k].stats() for k in sorted(self._buckets)]
