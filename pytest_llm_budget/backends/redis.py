@@ -166,30 +166,7 @@ class RedisBackend(Backend):
         uncertain: int = 0,
     ) -> Decision:
         """Admit or defer in one script run; when blocked by dead local leases, reap and retry."""
-        decision, owners = self._admit(bucket, limits, ticket, estimate, now, owner, uncertain)
-        if isinstance(decision, Deferred) and decision.reason == "concurrency":
-            dead = self._dead_local(owners)
-            if dead and self._run("reap", bucket, limits, now, *dead):
-                decision, _ = self._admit(
-                    bucket, limits, ticket, estimate, now, owner, uncertain
-                )
-        return decision
-
-    def _admit(
-        self,
-        bucket: str,
-        limits: Limits,
-        ticket: str,
-        estimate: int,
-        now: float,
-        owner: str,
-        uncertain: int,
-    ) -> tuple[Decision, list[str]]:
-        reply = self._run(
-            "admit",
-            bucket,
-            limits,
-            now,
+        args = (
             ticket,
             int(estimate),
             f"{self.host}:{owner}",
@@ -200,9 +177,17 @@ class RedisBackend(Backend):
             float(limits.waiter_grace),
             int(uncertain),
         )
-        if str(reply[0]) == "1":
-            return Admitted(ticket, float(reply[1]), int(reply[2])), []
-        return Deferred(float(reply[1]), str(reply[2])), [str(o) for o in reply[3:]]
+        for attempt in range(2):
+            reply = self._run("admit", bucket, limits, now, *args)
+            if str(reply[0]) == "1":
+                return Admitted(ticket, float(reply[1]), int(reply[2]))
+            decision = Deferred(float(reply[1]), str(reply[2]))
+            if attempt or decision.reason != "concurrency":
+                break
+            dead = self._dead_local([str(o) for o in reply[3:]])
+            if not (dead and self._run("reap", bucket, limits, now, *dead)):
+                break
+        return decision
 
     def _dead_local(self, owners: list[str]) -> list[str]:
         """Owners (`host:pid[:worker]`) on this host whose process no longer exists."""
