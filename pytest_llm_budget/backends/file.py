@@ -276,16 +276,9 @@ class FileBackend(StateBackend):
                 f.write(text)
             os.replace(self._tmp, self.path)
             return
-        # In place, in ONE write: padded with JSON whitespace to the old length, so a process
-        # killed before the truncate still leaves valid JSON. Every reader holds the lock, so
-        # none sees a half-written file. (ext4 flushes data on rename-over-existing, which costs
-        # milliseconds per operation on a busy disk; this costs microseconds.)
-        blob = text.encode("utf-8")
-        old_len = len(old_text.encode("utf-8"))
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            os.pwrite(fd, blob + b" " * max(0, old_len - len(blob)), 0)
-            os.ftruncate(fd, len(blob))
+            _overwrite(fd, text.encode("utf-8"), len(old_text.encode("utf-8")))
         finally:
             os.close(fd)
 
@@ -306,10 +299,7 @@ class FileBackend(StateBackend):
 
     @contextmanager
     def _ledger(self, ledger: str, now: float) -> Iterator[LedgerState]:
-        """A cost ledger, kept in `<path>.cost.json` under the same lock as the windows.
-
-        Written in place in one padded write, as `_write` does (a rename costs milliseconds).
-        """
+        """A cost ledger in `<path>.cost.json`, under the same lock, written in place."""
         path = f"{self.path}.cost.json"
         with self._locked():
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -332,8 +322,7 @@ class FileBackend(StateBackend):
                 yield state
                 ledgers[ledger] = state.to_json()
                 text = json.dumps(ledgers, separators=(",", ":")).encode("utf-8")
-                os.pwrite(fd, text + b" " * max(0, len(blob) - len(text)), 0)
-                os.ftruncate(fd, len(text))
+                _overwrite(fd, text, len(blob))
             finally:
                 os.close(fd)
 
@@ -342,6 +331,18 @@ class FileBackend(StateBackend):
         with self._thread_lock:
             if self._flock is not None:
                 self._flock.close()
+
+
+def _overwrite(fd: int, blob: bytes, old_len: int) -> None:
+    """Replace a file's `old_len` bytes by `blob` in place, in ONE write.
+
+    Padded with JSON whitespace to the old length, so a process killed before the truncate still
+    leaves valid JSON; every reader holds the lock, so none sees a half-written file. (ext4
+    flushes data on rename-over-existing, which costs milliseconds per operation on a busy disk;
+    this costs microseconds.)
+    """
+    os.pwrite(fd, blob + b" " * max(0, old_len - len(blob)), 0)
+    os.ftruncate(fd, len(blob))
 
 
 def _idle(state: WindowState) -> bool:
