@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .providers import Estimate, Usage
     from .records import CallRecord
-    from .settings import Settings
+    from .settings.resolved import Settings
 
 __all__ = [
     "CostGuard",

@@ -23,7 +23,7 @@ from .cassettes import CassettePolicy, cassette_path
 from .limiter import LimitRule, rule_for
 from .llm_tests import MARKER
 from .matrix import LLMModel, scenario_of
-from .settings import Settings
+from .settings.resolved import Settings
 
 if TYPE_CHECKING:
     from .cost import PriceBook

@@ -14,7 +14,7 @@ from .cost import CostGuard
 from .events import RateLimitEvent, WaitEvent
 from .limiter import BucketStats, Limiter, Reservation
 from .records import CallLog, CallRecord, TestUsage
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = ["BudgetSession", "BudgetSnapshot", "TestContext"]
 
