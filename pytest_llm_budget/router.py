@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from .limiter import Reservation
     from .providers import Estimate, Provider, Usage
     from .session import BudgetSession
-    from .tokens import EstimatePolicy, TokenCounter
+    from .tokens.counting import TokenCounter
+    from .tokens.policy import EstimatePolicy
 
 
 #: Predicates `(request) -> bool` saying a request will be answered from a cassette: such
@@ -143,7 +144,8 @@ class Router:
         counter: TokenCounter | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        from .tokens import EstimatePolicy, default_counter
+        from .tokens.counting import default_counter
+        from .tokens.policy import EstimatePolicy
 
         s = session.settings
         self.session = session

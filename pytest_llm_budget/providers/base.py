@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pytest_llm_budget.tokens import EstimatePolicy, TokenCounter
+from pytest_llm_budget.tokens.counting import TokenCounter
+from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = [
     "Estimate",

@@ -36,7 +36,8 @@ from pytest_llm_budget.providers.retry_hints import (
     retry_delay_from_headers,
 )
 from pytest_llm_budget.providers.sse import JSONEventUsageParser
-from pytest_llm_budget.tokens import EstimatePolicy, TextMeasure, TokenCounter
+from pytest_llm_budget.tokens.counting import TextMeasure, TokenCounter
+from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = ["GeminiProvider", "gemini_method", "gemini_model"]
 

@@ -32,7 +32,8 @@ from pytest_llm_budget.providers.retry_hints import (
     retry_delay_from_headers,
 )
 from pytest_llm_budget.providers.sse import JSONEventUsageParser
-from pytest_llm_budget.tokens import EstimatePolicy, TokenCounter, chars_tokens
+from pytest_llm_budget.tokens.counting import TokenCounter
+from pytest_llm_budget.tokens.policy import EstimatePolicy, chars_tokens
 
 __all__ = ["OpenAIProvider", "request_chars"]
 
