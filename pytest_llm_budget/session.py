@@ -13,6 +13,7 @@ from .backends import Backend, open_backend
 from .cost import CostGuard
 from .events import RateLimitEvent, WaitEvent
 from .limiter import BucketStats, Limiter, Reservation
+from .llm_tests import MARKER
 from .records import CallLog, CallRecord, TestUsage
 from .settings.resolved import Settings
 
@@ -30,6 +31,21 @@ class TestContext:
     vendor: str | None = None
     model: str | None = None
     grounded: bool = False
+
+    @classmethod
+    def of(cls, item: Any) -> TestContext:
+        """A test item's `llm_budget` marker arguments, grounded too when its scenario is."""
+        mark = item.get_closest_marker(MARKER)
+        kwargs = mark.kwargs if mark is not None else {}
+        grounded = bool(kwargs.get("grounded", False))
+        if not grounded and "llm_scenario" in getattr(item, "fixturenames", ()):
+            from .matrix import scenario_of
+
+            scenario = scenario_of(item)
+            grounded = scenario is not None and scenario.grounded
+        return cls(
+            item.nodeid, kwargs.get("tokens"), kwargs.get("vendor"), kwargs.get("model"), grounded
+        )
 
 
 @dataclass(frozen=True)
