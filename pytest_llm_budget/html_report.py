@@ -110,7 +110,7 @@ def _esc(value: object) -> str:
 def _fmt(key: str, value: Any) -> str:
     """Display text of one report value: seconds with an `s`, booleans as yes/no, lists joined."""
     if key.endswith("cost_usd"):
-        from .cost import usd
+        from .cost.prices import usd
 
         return usd(value) if isinstance(value, (int, float)) or value is None else str(value)
     if value is None:
@@ -160,7 +160,7 @@ def _call_class(row: Mapping[str, Any]) -> str:
 
 def _call_row(call: Mapping[str, Any]) -> dict[str, Any]:
     """A call as displayed: an error code, when there is one, joins the status."""
-    from .cost import usd
+    from .cost.prices import usd
 
     row = dict(call)
     if row.get("error_code"):

@@ -27,7 +27,7 @@ from .settings.resolved import Settings
 from .tokens.policy import EstimatePolicy
 
 if TYPE_CHECKING:
-    from .cost import PriceBook
+    from .cost.prices import PriceBook
 
 __all__ = [
     "Projection",
@@ -190,7 +190,7 @@ def cost_note(
     None when no test runs live. A test's tokens are all priced at its model's output rate (the
     higher one), an upper bound whatever the split between input and output.
     """
-    from .cost import usd
+    from .cost.prices import usd
 
     total = 0.0
     live = unpriced = 0

@@ -40,7 +40,7 @@ from .retry import (
 )
 
 if TYPE_CHECKING:
-    from .cost import CostHold
+    from .cost.caps import CostHold
     from .limiter import Reservation
     from .providers import Estimate, Provider, Usage
     from .session import BudgetSession

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, open_backend
-from .cost import CostGuard
+from .cost.caps import CostGuard
 from .events import RateLimitEvent, WaitEvent
 from .limiter import BucketStats, Limiter, Reservation
 from .llm_tests import MARKER
