@@ -89,7 +89,7 @@ class BudgetSession:
             sleep=sleep,
             owner=f"{os.getpid()}:{worker}",
         )
-        #: Prices and dollar caps (cost.py): the router holds and settles every call here.
+        #: Prices and dollar caps (cost/): the router holds and settles every call here.
         self.costs = CostGuard(settings, self.backend)
         self.calls = CallLog()
         self.merged_stats: list[BucketStats] = []
