@@ -1,7 +1,8 @@
 """The frozen `Settings` of one session, resolved from CLI > environment > ini > default.
 
-Each field's default is the option's default (declared here, once); nothing here imports pytest;
-bad values raise `SettingsError`, which the plugin turns into `pytest.UsageError`.
+Each field's default is the option's default, declared once: here, or for the estimate's three in
+`EstimatePolicy`. Nothing here imports pytest; bad values raise `SettingsError`, which the plugin
+turns into `pytest.UsageError`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from ..errors import SettingsError
 from ..limiter import LimitRule
 from ..redact import mask_url, redact
+from ..tokens.policy import EstimatePolicy
 from .options import DECLARED, Option
 
 __all__ = ["DEFAULT_MODELS", "OPTIONS", "Settings"]
@@ -34,9 +36,10 @@ class Settings:
     backoff_max: float = 30.0
     max_wait: float = 600.0
     notice_after: float | None = 2.0
-    est_tokens: int = 7000
-    safety_margin: float = 0.20
-    grounded_overhead: float = 0.15
+    # The estimate's three: EstimatePolicy declares their defaults, for library users too.
+    est_tokens: int = EstimatePolicy.default_output_tokens
+    safety_margin: float = EstimatePolicy.safety_margin
+    grounded_overhead: float = EstimatePolicy.grounded_overhead
     backend: str = "auto"
     record_mode: str = "off"
     reports: tuple[str, ...] = ()
