@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "pytest.ini").write_text(INI)
     (folder / "test_paced.py").write_text(SUITE)
     run = subprocess.run(
-        ["python", "-m", "pytest", "-p", "no:cacheprovider", "--llm-report", "run.json",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llm-report", "run.json",
          "--llm-report", "run.html"],
         cwd=folder, capture_output=True, text=True, timeout=300,
     )
