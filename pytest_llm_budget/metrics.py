@@ -8,7 +8,7 @@ set; `prometheus_client` is imported then and only then. They live in a dedicate
   `replayed_total`, the `wait_seconds` histogram) are `Counter`s and a `Histogram` fed from
   `session.calls`: it is append-only and also holds the records xdist workers send the
   controller, so each collection counts the records after the last one it counted, and nothing is
-  missed or counted twice;
+  missed or counted twice (like every prometheus-client counter, they carry `_created` samples);
 * `window_deferrals_total` is the sum of the buckets' `deferrals` (`session.bucket_stats()`, merged
   across workers: the figure the reports show), read at collection time;
 * `active_concurrency` is the calls in flight in the buckets this process uses, read from the
