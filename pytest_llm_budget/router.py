@@ -149,9 +149,7 @@ class Router:
         self.session = session
         self.raise_errors = raise_errors
         self.counter = counter or default_counter()
-        self.policy: EstimatePolicy = EstimatePolicy(
-            s.safety_margin, s.grounded_overhead, s.est_tokens
-        )
+        self.policy: EstimatePolicy = EstimatePolicy.of(s)
         self.retry = RetryPolicy(
             s.retries, s.backoff_base, s.backoff_max, s.max_wait, session.limiter.margin
         )
