@@ -17,7 +17,7 @@ from .errors import (
 from .events import RateLimitEvent, WaitEvent
 from .limiter import Limiter, Reservation
 from .session import BudgetSession
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = [
     "BudgetSession",

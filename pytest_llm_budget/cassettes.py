@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from .records import CallRecord
 from .redact import mask_loggers, mask_url
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = [
     "PLACEHOLDER_KEYS",

@@ -11,11 +11,12 @@ from typing import Any
 
 from .backends import Backend, open_backend
 from .buckets import BucketStats
-from .cost import CostGuard
+from .cost.caps import CostGuard
 from .events import RateLimitEvent, WaitEvent
 from .limiter import Limiter, Reservation
+from .llm_tests import MARKER
 from .records import CallLog, CallRecord, TestUsage
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = ["BudgetSession", "BudgetSnapshot", "TestContext"]
 
@@ -31,6 +32,21 @@ class TestContext:
     vendor: str | None = None
     model: str | None = None
     grounded: bool = False
+
+    @classmethod
+    def of(cls, item: Any) -> TestContext:
+        """A test item's `llm_budget` marker arguments, grounded too when its scenario is."""
+        mark = item.get_closest_marker(MARKER)
+        kwargs = mark.kwargs if mark is not None else {}
+        grounded = bool(kwargs.get("grounded", False))
+        if not grounded and "llm_scenario" in getattr(item, "fixturenames", ()):
+            from .matrix import scenario_of
+
+            scenario = scenario_of(item)
+            grounded = scenario is not None and scenario.grounded
+        return cls(
+            item.nodeid, kwargs.get("tokens"), kwargs.get("vendor"), kwargs.get("model"), grounded
+        )
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,7 @@ class BudgetSession:
             sleep=sleep,
             owner=f"{os.getpid()}:{worker}",
         )
-        #: Prices and dollar caps (cost.py): the router holds and settles every call here.
+        #: Prices and dollar caps (cost/): the router holds and settles every call here.
         self.costs = CostGuard(settings, self.backend)
         self.calls = CallLog()
         self.merged_stats: list[BucketStats] = []
