@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..errors import SettingsError
 from ..buckets import LimitRule
+from ..errors import SettingsError
 from ..redact import mask_url, redact
 from ..tokens.policy import EstimatePolicy
 from .options import DECLARED, Option
