@@ -1,11 +1,11 @@
 """vcrpy glue: one cassette per LLM test, record modes, secret filters, replay accounting.
 
-vcrpy is imported only when a cassette is opened (record mode other than `off`). Ordering with the
-routing layer: vcr's patch of `httpx2.HTTPTransport.handle_request` (and the async twin) is
-installed per test *over* whatever is installed when the cassette opens (the routing wrapper), and
-vcr's saved "real" method is pointed at that same routed method while the cassette is open. So a
-replayed call is answered by vcr before the limiter sees it (no wait, no budget), and a recorded
-call goes vcr -> routing (limiter, retries) -> network.
+vcrpy is imported only when a cassette is opened (record mode other than `off`), and used through
+its public options (`vcr.VCR`, a registered matcher, `before_record_*` hooks, `skip_patchers`)
+plus the httpx stubs it ships: `_Tape` installs those over the transport methods of httpx2 and
+legacy httpx in place when the cassette opens (the routing wrapper). So a replayed call is
+answered by vcr before any budget gate (no wait, no budget), and a recorded call goes vcr ->
+routing (limiter, retries) -> network, whenever `vcr.patch` was first imported.
 
 Cassettes hold LLM traffic only (requests a provider recognises, or hosts in `llm_hosts`); other
 HTTP passes through untouched and unrecorded.
@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -215,39 +218,28 @@ def _model_of(path: str, body: Any) -> str:
     return match.group(1) if match else "*"
 
 
-def _headers_get(headers: Any, name: str) -> str:
-    """A response header from a cassette's `{name: [values]}` mapping, case-insensitively."""
-    for key, values in (headers or {}).items():
-        if str(key).lower() == name:
-            return str(values[0] if isinstance(values, list) and values else values)
-    return ""
-
-
 def replayed_record(
-    method: str, uri: str, body: Any, response: dict[str, Any], *, test: str, worker: str
+    request: Any, status: int, content_type: str, payload: bytes, *, test: str, worker: str
 ) -> CallRecord | None:
     """The CallRecord of one replayed call: usage parsed from the recorded response, replayed."""
     from .traffic import classify
 
-    split = urlsplit(uri)
-    provider = classify(split.hostname or "", split.port, split.path).provider
+    url = request.url
+    provider = classify(url.host, url.port, url.path).provider
     if provider is None:
         return None
-    raw = response.get("body", {}).get("string", b"")
-    payload = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-    if "text/event-stream" in _headers_get(response.get("headers"), "content-type"):
+    if "text/event-stream" in content_type:
         parser = provider.sse_usage_parser()
         parser.feed(payload)
         parser.close()
         usage = parser.usage
     else:
         usage = provider.usage_from_json(payload)
-    status = int(response.get("status", {}).get("code", 200))
     return CallRecord(
         t=time.time(),
         test=test,
         vendor=provider.vendor,
-        model=_model_of(split.path, body),
+        model=_model_of(url.path, request.content),
         estimated=0,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
@@ -263,11 +255,6 @@ def replayed_record(
         service_tier=usage.service_tier if usage else None,
         cost_usd=0.0,
     )
-
-
-def _is_vcr_wrapper(method: object) -> bool:
-    """True when an httpx2 transport method is vcr's stub (a cassette is already open)."""
-    return "vcr_handle" in getattr(method, "__qualname__", "")
 
 
 class Cassettes:
@@ -304,17 +291,12 @@ class Cassettes:
             decode_compressed_response=True,
             before_record_request=before_record_request,
             before_record_response=before_record_response,
+            # the httpx stubs are installed by `_Tape`, over the routed transport methods
+            skip_patchers=HTTPX_PATCHERS,
         )
         recorder.register_matcher("llm_body", _body_matcher)
-        _mask_vcr_logs()
+        mask_loggers(_VCR_LOGGERS)
         return recorder
-
-    @staticmethod
-    def nested() -> bool:
-        """True when some other vcr cassette is open right now (then this one steps aside)."""
-        import httpx2
-
-        return _is_vcr_wrapper(httpx2.HTTPTransport.handle_request)
 
     @contextlib.contextmanager
     def use(self, path: Path, test: str) -> Iterator[CassetteUse]:
@@ -323,98 +305,177 @@ class Cassettes:
         Steps aside (yields a use with `aside=True`, opens nothing) when another vcr cassette is
         already open, e.g. a user's own `vcr.use_cassette` around the test.
         """
-        if self.nested():
-            yield CassetteUse(path, self.policy.mode, test, aside=True)
-            return
         if self._vcr is None:
             self._vcr = self._build()
+        if vcr_cassette_open():
+            yield CassetteUse(path, self.policy.mode, test, aside=True)
+            return
         from .transport import REPLAY_CHECKS
 
         use = CassetteUse(path, self.policy.mode, test)
-        with _vcr_real_calls_routed(), self._vcr.use_cassette(str(path)) as cassette:
-            check = self._instrument(cassette, use)
-            REPLAY_CHECKS.append(check)  # fixtures' BudgetTransport: replays skip the budget
+        with self._vcr.use_cassette(str(path)) as cassette, _Tape(cassette, use, self._replayed):
+            check = partial(_will_replay, cassette)
+            REPLAY_CHECKS.append(check)  # a fixture client's router, paying before it sends
             try:
                 yield use
             finally:
                 REPLAY_CHECKS.remove(check)
 
-    def _instrument(self, cassette: Any, use: CassetteUse) -> Callable[[Any], bool]:
-        """Wrap the cassette's play/lookup methods to report replays and note misses.
+    def _replayed(self, use: CassetteUse, request: Any, response: Any) -> None:
+        """Count one replayed call and record its usage (priced as if live by the session)."""
+        use.replayed += 1
+        record = replayed_record(
+            request,
+            response.status_code,
+            response.headers.get("content-type", ""),
+            response.content,
+            test=use.test,
+            worker=self._worker,
+        )
+        if record is not None:
+            self._record(record)
 
-        Returns the routing layer's replay check: True for an httpx request this cassette will
-        answer, so a wrapping `BudgetTransport` (fixtures' clients) passes it on unbudgeted.
-        """
-        play, can_play = cassette.play_response, cassette.can_play_response_for
 
-        def play_response(request: Any) -> Any:
-            response = play(request)
-            use.replayed += 1
-            record = replayed_record(
-                request.method,
-                request.uri,
-                request.body,
-                response,
-                test=use.test,
-                worker=self._worker,
-            )
-            if record is not None:
-                self._record(record)
-            return response
+def _will_replay(cassette: Any, request: Any) -> bool:
+    """True for an httpx request the cassette will answer (the router then skips the budget).
 
-        def can_play_response_for(request: Any) -> Any:
-            found = can_play(request)
-            if not found and cassette.write_protected and cassette.filter_request(request):
-                # vcr raises next, quoting the request: let its message carry no credential
-                request.uri = mask_url(request.uri)
-                miss = f"{request.method} {request.uri}"
-                if miss not in use.misses:
-                    use.misses.append(miss)
-            return found
+    Needed where the router pays before sending (`--llm-route fixtures`: no pool gate patched).
+    """
+    from vcr import Request
 
-        def will_replay(request: Any) -> bool:
-            from vcr.request import Request
-
-            body = getattr(request, "_content", None)
-            vcr_request = Request(request.method, str(request.url), body, dict(request.headers))
-            return bool(can_play(vcr_request))
-
-        cassette.play_response = play_response
-        cassette.can_play_response_for = can_play_response_for
-        return will_replay
+    body = getattr(request, "_content", None)
+    return bool(cassette.can_play_response_for(Request(request.method, str(request.url), body, {})))
 
 
 #: vcr's loggers that quote request URLs (with any `?key=`) at INFO and DEBUG.
 _VCR_LOGGERS = ("vcr.request", "vcr.cassette", "vcr.stubs", "vcr.stubs.httpx_stubs")
+#: vcr's patcher groups skipped (`skip_patchers`): `_Tape` installs vcr's httpx stubs itself.
+HTTPX_PATCHERS = ("httpx", "httpx2")
+#: The transport methods vcr stubs in httpx and httpx2 (the set vcr's own patchers cover).
+_STUBBED = (
+    ("HTTPTransport", "handle_request"),
+    ("AsyncHTTPTransport", "handle_async_request"),
+    ("MockTransport", "handle_request"),
+    ("MockTransport", "handle_async_request"),
+    ("WSGITransport", "handle_request"),
+    ("ASGITransport", "handle_async_request"),
+)
 
 
-def _mask_vcr_logs() -> None:
-    """Mask URLs in vcr's log records (for the rest of the process: vcr stays imported)."""
-    mask_loggers(_VCR_LOGGERS)
+def vcr_httpx_stubs() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """vcr's own stub factories for httpx transports, `(sync, async)`: `(cassette, real, httpx)`.
 
-
-@contextlib.contextmanager
-def _vcr_real_calls_routed() -> Iterator[None]:
-    """Point vcr's saved "real" httpx2 methods at the installed (routed) ones while open.
-
-    vcr.patch saves `httpx2.HTTPTransport.handle_request` when it is first imported; if that was
-    before the routing layer patched the class, a recorded call would skip the limiter. While our
-    cassette is open, vcr's real call is whatever is installed now: the routing wrapper.
+    Not in vcrpy's documented API: `custom_patches` cannot take them (a stub needs the open
+    cassette) and vcr's patchers call the "real" method saved when `vcr.patch` was first
+    imported, which skips the routing installed later. test_cassettes.py checks they still
+    exist and answer from a cassette, so a vcrpy release that drops them fails loudly.
     """
-    import httpx2
-    import vcr.patch as vcr_patch
+    from vcr.stubs import httpx_stubs
 
-    names = {
-        "_Httpx2HttpTransport_handle_request": httpx2.HTTPTransport.handle_request,
-        "_Httpx2AsyncHttpTransport_handle_async_request": (
-            httpx2.AsyncHTTPTransport.handle_async_request
-        ),
-    }
-    saved = {name: getattr(vcr_patch, name) for name in names}
-    for name, method in names.items():
-        setattr(vcr_patch, name, method)
-    try:
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(vcr_patch, name, method)
+    return httpx_stubs.vcr_handle_request, httpx_stubs.vcr_handle_async_request
+
+
+def _httpx_modules() -> list[ModuleType]:
+    """httpx2 and legacy httpx, whichever is installed (`vcr.patch` imports both anyway)."""
+    modules = []
+    for name in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            modules.append(importlib.import_module(name))
+    return modules
+
+
+def vcr_cassette_open() -> bool:
+    """True when a vcr cassette other than ours has stubbed an httpx transport right now."""
+    stub_code = vcr_httpx_stubs()[0](None, _httpx_modules, None).__code__
+    methods = (module.HTTPTransport.handle_request for module in _httpx_modules())
+    return any(getattr(method, "__code__", None) is stub_code for method in methods)
+
+
+class _Tape:
+    """vcr's httpx stubs for one open cassette, over the transport methods in place now.
+
+    While routing is installed the method in place is the routing wrapper, so a recorded call
+    goes stub -> routing (limiter, retries) -> network, and a replayed one is answered before
+    any budget gate is paid. Each stub call is watched: answered without going live is a replay
+    (counted, its recorded usage reported), a request the cassette lacks is noted as a miss.
+    """
+
+    def __init__(
+        self, cassette: Any, use: CassetteUse, replayed: Callable[[CassetteUse, Any, Any], None]
+    ) -> None:
+        self.cassette = cassette
+        self.use = use
+        self._replayed = replayed
+        self._live: set[int] = set()
+        self._saved: list[tuple[type, str, Any]] = []
+
+    def __enter__(self) -> None:
+        """Install the stubs on httpx2's and httpx's transports (undone by `__exit__`)."""
+        sync, async_ = vcr_httpx_stubs()
+        saved: list[tuple[type, str, Any]] = []
+        for module in _httpx_modules():
+            for cls_name, attr in _STUBBED:
+                cls = getattr(module, cls_name, None)
+                if cls is None or attr not in vars(cls):
+                    continue
+                saved.append((cls, attr, vars(cls)[attr]))
+                real = self._marking_live(getattr(cls, attr))
+                if attr == "handle_request":
+                    setattr(cls, attr, self._sync(sync(self.cassette, real, module)))
+                else:
+                    setattr(cls, attr, self._async(async_(self.cassette, real, module)))
+        self._saved = saved
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, attr, method in reversed(self._saved):
+            setattr(cls, attr, method)
+
+    def _marking_live(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        """`real`, noting each request it sends (sync, or returning the coroutine for async)."""
+
+        def send(transport: Any, request: Any) -> Any:
+            self._live.add(id(request))
+            return real(transport, request)
+
+        return send
+
+    def _sync(self, stub: Callable[..., Any]) -> Callable[..., Any]:
+        def handle_request(transport: Any, request: Any) -> Any:
+            with self._noting_misses():
+                response = stub(transport, request)
+            return self._watched(request, response)
+
+        return handle_request
+
+    def _async(self, stub: Callable[..., Any]) -> Callable[..., Any]:
+        async def handle_async_request(transport: Any, request: Any) -> Any:
+            with self._noting_misses():
+                response = await stub(transport, request)
+            return self._watched(request, response)
+
+        return handle_async_request
+
+    def _watched(self, request: Any, response: Any) -> Any:
+        """Report a replayed response (one the real method never sent); pass it on unchanged."""
+        if id(request) in self._live:
+            self._live.discard(id(request))
+        else:
+            request.read()  # vcr left both bodies in memory streams: no I/O here
+            response.read()
+            self._replayed(self.use, request, response)
+        return response
+
+    @contextlib.contextmanager
+    def _noting_misses(self) -> Iterator[None]:
+        """Note a request the cassette lacks; vcr's error, re-raised, quotes it masked."""
+        from vcr.errors import CannotOverwriteExistingCassetteException as Missing
+
+        try:
+            yield
+        except Missing as exc:
+            request = exc.failed_request
+            request.uri = mask_url(request.uri)
+            miss = f"{request.method} {request.uri}"
+            if miss not in self.use.misses:
+                self.use.misses.append(miss)
+            raise Missing(cassette=exc.cassette, failed_request=request) from None
