@@ -1,11 +1,9 @@
 """vcrpy glue: one cassette per LLM test, record modes, secret filters, replay accounting.
 
-vcrpy is imported only when a cassette is opened (record mode other than `off`), and used through
-its public options (`vcr.VCR`, a registered matcher, `before_record_*` hooks, `skip_patchers`)
-plus the httpx stubs it ships: `_Tape` installs those over the transport methods of httpx2 and
-legacy httpx in place when the cassette opens (the routing wrapper). So a replayed call is
-answered by vcr before any budget gate (no wait, no budget), and a recorded call goes vcr ->
-routing (limiter, retries) -> network, whenever `vcr.patch` was first imported.
+vcrpy is imported only when a cassette is opened (record mode other than `off`) and used through
+its public options (`vcr.VCR`, a registered matcher, `before_record_*` hooks, `skip_patchers`);
+its httpx stubs are installed over the routing by `vcr_httpx.Tape`, so a replayed call never
+waits or spends budget and a recorded one is paced, on httpx2 and legacy httpx alike.
 
 Cassettes hold LLM traffic only (requests a provider recognises, or hosts in `llm_hosts`); other
 HTTP passes through untouched and unrecorded.
@@ -15,47 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 from .records import CallRecord
-from .redact import mask_loggers, mask_url
+from .redact import mask_loggers
 from .settings import Settings
 
 __all__ = [
-    "PLACEHOLDER_KEYS",
-    "REPLAYING_MODES",
-    "SECRET_HEADERS",
-    "SECRET_QUERY",
-    "CassettePolicy",
-    "CassetteUse",
-    "Cassettes",
-    "cassette_name",
-    "cassette_path",
-    "placeholder_key",
-    "replayed_record",
-    "use_placeholder_keys",
+    "PLACEHOLDER_KEYS", "REPLAYING_MODES", "SECRET_HEADERS", "SECRET_QUERY", "CassettePolicy",
+    "CassetteUse", "Cassettes", "cassette_name", "cassette_path", "placeholder_key",
+    "replayed_record", "use_placeholder_keys",
 ]
 
 #: Request headers never written to a cassette (plus ini `llm_filter_headers`).
 SECRET_HEADERS = (
-    "authorization",
-    "x-goog-api-key",
-    "api-key",
-    "openai-organization",
-    "openai-project",
-    "cookie",
-    "set-cookie",
-    "proxy-authorization",
+    "authorization", "x-goog-api-key", "api-key", "openai-organization", "openai-project",
+    "cookie", "set-cookie", "proxy-authorization",
 )
 #: Response headers never written to a cassette (plus ini `llm_filter_headers`).
 SECRET_RESPONSE_HEADERS = ("set-cookie", "openai-organization", "openai-project")
@@ -270,6 +250,8 @@ class Cassettes:
         """The vcr.VCR configured with the policy (imports vcrpy: only ever called lazily)."""
         import vcr
 
+        from .vcr_httpx import HTTPX_PATCHERS
+
         policy = self.policy
 
         def before_record_request(request: Any) -> Any:
@@ -291,8 +273,7 @@ class Cassettes:
             decode_compressed_response=True,
             before_record_request=before_record_request,
             before_record_response=before_record_response,
-            # the httpx stubs are installed by `_Tape`, over the routed transport methods
-            skip_patchers=HTTPX_PATCHERS,
+            skip_patchers=HTTPX_PATCHERS,  # vcr_httpx.Tape installs them over the routing
         )
         recorder.register_matcher("llm_body", _body_matcher)
         mask_loggers(_VCR_LOGGERS)
@@ -307,19 +288,14 @@ class Cassettes:
         """
         if self._vcr is None:
             self._vcr = self._build()
+        from .vcr_httpx import Tape, vcr_cassette_open
+
         if vcr_cassette_open():
             yield CassetteUse(path, self.policy.mode, test, aside=True)
             return
-        from .transport import REPLAY_CHECKS
-
         use = CassetteUse(path, self.policy.mode, test)
-        with self._vcr.use_cassette(str(path)) as cassette, _Tape(cassette, use, self._replayed):
-            check = partial(_will_replay, cassette)
-            REPLAY_CHECKS.append(check)  # a fixture client's router, paying before it sends
-            try:
-                yield use
-            finally:
-                REPLAY_CHECKS.remove(check)
+        with self._vcr.use_cassette(str(path)) as cassette, Tape(cassette, use, self._replayed):
+            yield use
 
     def _replayed(self, use: CassetteUse, request: Any, response: Any) -> None:
         """Count one replayed call and record its usage (priced as if live by the session)."""
@@ -336,146 +312,5 @@ class Cassettes:
             self._record(record)
 
 
-def _will_replay(cassette: Any, request: Any) -> bool:
-    """True for an httpx request the cassette will answer (the router then skips the budget).
-
-    Needed where the router pays before sending (`--llm-route fixtures`: no pool gate patched).
-    """
-    from vcr import Request
-
-    body = getattr(request, "_content", None)
-    return bool(cassette.can_play_response_for(Request(request.method, str(request.url), body, {})))
-
-
 #: vcr's loggers that quote request URLs (with any `?key=`) at INFO and DEBUG.
 _VCR_LOGGERS = ("vcr.request", "vcr.cassette", "vcr.stubs", "vcr.stubs.httpx_stubs")
-#: vcr's patcher groups skipped (`skip_patchers`): `_Tape` installs vcr's httpx stubs itself.
-HTTPX_PATCHERS = ("httpx", "httpx2")
-#: The transport methods vcr stubs in httpx and httpx2 (the set vcr's own patchers cover).
-_STUBBED = (
-    ("HTTPTransport", "handle_request"),
-    ("AsyncHTTPTransport", "handle_async_request"),
-    ("MockTransport", "handle_request"),
-    ("MockTransport", "handle_async_request"),
-    ("WSGITransport", "handle_request"),
-    ("ASGITransport", "handle_async_request"),
-)
-
-
-def vcr_httpx_stubs() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """vcr's own stub factories for httpx transports, `(sync, async)`: `(cassette, real, httpx)`.
-
-    Not in vcrpy's documented API: `custom_patches` cannot take them (a stub needs the open
-    cassette) and vcr's patchers call the "real" method saved when `vcr.patch` was first
-    imported, which skips the routing installed later. test_cassettes.py checks they still
-    exist and answer from a cassette, so a vcrpy release that drops them fails loudly.
-    """
-    from vcr.stubs import httpx_stubs
-
-    return httpx_stubs.vcr_handle_request, httpx_stubs.vcr_handle_async_request
-
-
-def _httpx_modules() -> list[ModuleType]:
-    """httpx2 and legacy httpx, whichever is installed (`vcr.patch` imports both anyway)."""
-    modules = []
-    for name in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError):
-            modules.append(importlib.import_module(name))
-    return modules
-
-
-def vcr_cassette_open() -> bool:
-    """True when a vcr cassette other than ours has stubbed an httpx transport right now."""
-    stub_code = vcr_httpx_stubs()[0](None, _httpx_modules, None).__code__
-    methods = (module.HTTPTransport.handle_request for module in _httpx_modules())
-    return any(getattr(method, "__code__", None) is stub_code for method in methods)
-
-
-class _Tape:
-    """vcr's httpx stubs for one open cassette, over the transport methods in place now.
-
-    While routing is installed the method in place is the routing wrapper, so a recorded call
-    goes stub -> routing (limiter, retries) -> network, and a replayed one is answered before
-    any budget gate is paid. Each stub call is watched: answered without going live is a replay
-    (counted, its recorded usage reported), a request the cassette lacks is noted as a miss.
-    """
-
-    def __init__(
-        self, cassette: Any, use: CassetteUse, replayed: Callable[[CassetteUse, Any, Any], None]
-    ) -> None:
-        self.cassette = cassette
-        self.use = use
-        self._replayed = replayed
-        self._live: set[int] = set()
-        self._saved: list[tuple[type, str, Any]] = []
-
-    def __enter__(self) -> None:
-        """Install the stubs on httpx2's and httpx's transports (undone by `__exit__`)."""
-        sync, async_ = vcr_httpx_stubs()
-        saved: list[tuple[type, str, Any]] = []
-        for module in _httpx_modules():
-            for cls_name, attr in _STUBBED:
-                cls = getattr(module, cls_name, None)
-                if cls is None or attr not in vars(cls):
-                    continue
-                saved.append((cls, attr, vars(cls)[attr]))
-                real = self._marking_live(getattr(cls, attr))
-                if attr == "handle_request":
-                    setattr(cls, attr, self._sync(sync(self.cassette, real, module)))
-                else:
-                    setattr(cls, attr, self._async(async_(self.cassette, real, module)))
-        self._saved = saved
-
-    def __exit__(self, *exc: object) -> None:
-        for cls, attr, method in reversed(self._saved):
-            setattr(cls, attr, method)
-
-    def _marking_live(self, real: Callable[..., Any]) -> Callable[..., Any]:
-        """`real`, noting each request it sends (sync, or returning the coroutine for async)."""
-
-        def send(transport: Any, request: Any) -> Any:
-            self._live.add(id(request))
-            return real(transport, request)
-
-        return send
-
-    def _sync(self, stub: Callable[..., Any]) -> Callable[..., Any]:
-        def handle_request(transport: Any, request: Any) -> Any:
-            with self._noting_misses():
-                response = stub(transport, request)
-            return self._watched(request, response)
-
-        return handle_request
-
-    def _async(self, stub: Callable[..., Any]) -> Callable[..., Any]:
-        async def handle_async_request(transport: Any, request: Any) -> Any:
-            with self._noting_misses():
-                response = await stub(transport, request)
-            return self._watched(request, response)
-
-        return handle_async_request
-
-    def _watched(self, request: Any, response: Any) -> Any:
-        """Report a replayed response (one the real method never sent); pass it on unchanged."""
-        if id(request) in self._live:
-            self._live.discard(id(request))
-        else:
-            request.read()  # vcr left both bodies in memory streams: no I/O here
-            response.read()
-            self._replayed(self.use, request, response)
-        return response
-
-    @contextlib.contextmanager
-    def _noting_misses(self) -> Iterator[None]:
-        """Note a request the cassette lacks; vcr's error, re-raised, quotes it masked."""
-        from vcr.errors import CannotOverwriteExistingCassetteException as Missing
-
-        try:
-            yield
-        except Missing as exc:
-            request = exc.failed_request
-            request.uri = mask_url(request.uri)
-            miss = f"{request.method} {request.uri}"
-            if miss not in self.use.misses:
-                self.use.misses.append(miss)
-            raise Missing(cassette=exc.cassette, failed_request=request) from None
