@@ -85,17 +85,17 @@ class Tape:
         from .transport import REPLAY_CHECKS
 
         sync, async_ = vcr_httpx_stubs()
+        stubs = {"handle_request": (sync, self._sync)}
+        stubs["handle_async_request"] = (async_, self._async)
         for module in _httpx_modules():
             for cls_name, attr in _STUBBED:
                 cls = getattr(module, cls_name, None)
                 if cls is None or attr not in vars(cls):
                     continue
+                factory, watched = stubs[attr]
+                stub = factory(self.cassette, self._marking_live(getattr(cls, attr)), module)
                 self._saved.append((cls, attr, vars(cls)[attr]))
-                real = self._marking_live(getattr(cls, attr))
-                if attr == "handle_request":
-                    setattr(cls, attr, self._sync(sync(self.cassette, real, module)))
-                else:
-                    setattr(cls, attr, self._async(async_(self.cassette, real, module)))
+                setattr(cls, attr, watched(stub))
         REPLAY_CHECKS.append(self.will_replay)
         return self
 
