@@ -16,7 +16,7 @@ from .errors import (
 from .events import RateLimitEvent, WaitEvent
 from .limiter import Limiter, LimitRule, Reservation
 from .session import BudgetSession
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = [
     "BudgetSession",

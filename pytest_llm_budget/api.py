@@ -25,7 +25,7 @@ from .events import RateLimitEvent, WaitEvent
 from .notices import retry_line, wait_line
 from .report import bucket_costs, cost_line, summary_lines, write_report
 from .session import BudgetSession
-from .settings import OPTIONS, Settings
+from .settings.resolved import OPTIONS, Settings
 
 __all__ = ["budget_session", "open_budget", "report_document", "summary_text", "write_reports"]
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from .records import CallRecord
 from .redact import mask_loggers
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = [
     "PLACEHOLDER_KEYS", "REPLAYING_MODES", "SECRET_HEADERS", "SECRET_QUERY", "CassettePolicy",

@@ -1,4 +1,4 @@
-"""The HTML report's picture of the run: an SVG chart per bucket and the per-test tables.
+"""The HTML report's picture of the run: its figures, an SVG chart per bucket, the slowest waits.
 
 The chart plots the tokens held in each bucket's sliding window over the run against the
 bucket's budget: every live call is one point (at its admission, its charge added), waits are
@@ -263,43 +263,6 @@ def _run_figures(document: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]
     return f'<dl class="runfig">{cells}</dl>'
 
 
-def _per_test(document: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]) -> str:
-    """One row per test that called an LLM, the biggest spender first."""
-    outcomes = {t.get("test"): t for t in document.get("tests") or []}
-    rows: dict[str, dict[str, Any]] = {}
-    for call in calls:
-        test = str(call.get("test", ""))
-        row = rows.setdefault(test, {"tokens": 0, "calls": 0, "waits": 0, "waited": 0.0})
-        row["tokens"] += int(call.get("prompt_tokens") or 0) + int(
-            call.get("completion_tokens") or 0
-        )
-        row["calls"] += 1
-        waited = float(call.get("waited_s") or 0)
-        row["waits"] += int(waited > 0)
-        row["waited"] += waited
-    if not rows:
-        return '<p class="empty">No test called an LLM.</p>'
-    body = []
-    for test, row in sorted(rows.items(), key=lambda kv: (-kv[1]["tokens"], kv[0])):
-        info = outcomes.get(test) or {}
-        outcome = str(info.get("outcome", "\u2014"))
-        cls = ' class="bad"' if outcome in ("failed", "error") else ""
-        body.append(
-            f'<tr{cls}><td class="test">{_esc(test)}</td><td class="n">{row["tokens"]}</td>'
-            f'<td class="n">{row["calls"]}</td>'
-            f'<td class="n">{row["waits"]} ({row["waited"]:.1f}s)</td>'
-            f'<td class="n">{_seconds(info.get("duration_s"))}</td><td>{_esc(outcome)}</td></tr>'
-        )
-    head = "".join(
-        f"<th>{h}</th>" for h in ("test", "tokens", "calls", "waits", "duration", "outcome")
-    )
-    return (
-        f'<table class="tests"><thead><tr>{head}</tr></thead><tbody>\n'
-        + "\n".join(body)
-        + "\n</tbody></table>"
-    )
-
-
 def _slowest_waits(points: Mapping[str, Sequence[ChartPoint]], start: float) -> str:
     waits = sorted(
         (p for ps in points.values() for p in ps if p.waited_s > 0),
@@ -318,8 +281,8 @@ def _slowest_waits(points: Mapping[str, Sequence[ChartPoint]], start: float) -> 
     )
 
 
-def visible_sections(document: Mapping[str, Any]) -> str:
-    """The run figures, a chart per bucket, the per-test table and the slowest waits."""
+def visible_sections(document: Mapping[str, Any], tests_table: str) -> str:
+    """The run figures, a chart per bucket, the given per-test table and the slowest waits."""
     settings = document.get("settings") or {}
     window = float(settings.get("window") or 60)
     calls = document.get("calls") or []
@@ -341,6 +304,6 @@ def visible_sections(document: Mapping[str, Any]) -> str:
         f"<h2>Tokens in the window</h2>\n"
         + ("\n".join(charts) if charts else '<p class="empty">No live LLM call.</p>')
         + (f"\n{note}" if replayed else "")
-        + f"\n<h2>Tests by spend</h2>\n{_per_test(document, calls)}\n"
+        + f"\n<h2>Tests by spend</h2>\n{tests_table}\n"
         f"<h2>Slowest waits</h2>\n{_slowest_waits(points, start)}\n"
     )

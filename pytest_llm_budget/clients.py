@@ -49,7 +49,7 @@ def default_session() -> BudgetSession:
     with _default_lock:
         if _default is None:
             from .session import BudgetSession
-            from .settings import Settings
+            from .settings.resolved import Settings
 
             _default = BudgetSession(Settings())
         return _default

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .emulator import EmulatorConfig, LimitSpec
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = ["emulator_config"]
 

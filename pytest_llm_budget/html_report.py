@@ -26,7 +26,7 @@ th,td{border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.test{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
-tr.bad td{background:#fff0f0}tr.replayed td{color:#777}
+tr.bad td{background:#fff0f0}tr.over td{background:#fff8e6}tr.replayed td{color:#777}
 dl.totals{display:flex;flex-wrap:wrap;gap:.4em 1.6em;margin:0}
 dl.totals div{display:flex;gap:.4em}dl.totals dt{color:#666}dl.totals dd{margin:0;font-weight:600}
 p.empty{color:#666;font-style:italic}
@@ -65,25 +65,23 @@ _BUCKET_COLUMNS = (
     ("cost_usd", "cost", True),
 )
 
-#: (JSON key, header, numeric) of the per-test table.
+#: (row key, header, numeric) of the one per-test table, sorted by spend.
 _TEST_COLUMNS = (
     ("test", "test", False),
-    ("calls", "calls", True),
-    ("replayed", "replayed", True),
+    ("total_tokens", "tokens", True),
     ("prompt_tokens", "prompt", True),
     ("completion_tokens", "completion", True),
+    ("calls", "calls", True),
+    ("replayed", "replayed", True),
+    ("waits", "waits", True),
     ("cost_usd", "cost", True),
-    ("would_cost_usd", "replayed calls live", True),
-    ("cost_unknown", "unpriced", True),
-    ("cost_refused", "refused (cost cap)", True),
+    ("declared", "declared tokens", True),
+    ("spent", "spent tokens", True),
+    ("duration_s", "duration", True),
+    ("outcome", "outcome", False),
 )
 
 #: (JSON key, header, numeric) of the per-call table.
-_OVERSPENT_COLUMNS = (
-    ("test", "test", False),
-    ("declared", "declared tokens", True),
-    ("spent", "spent tokens", True),
-)
 _CALL_COLUMNS = (
     ("t", "time (UTC)", False),
     ("test", "test", False),
@@ -110,7 +108,7 @@ def _esc(value: object) -> str:
 def _fmt(key: str, value: Any) -> str:
     """Display text of one report value: seconds with an `s`, booleans as yes/no, lists joined."""
     if key.endswith("cost_usd"):
-        from .cost import usd
+        from .cost.prices import usd
 
         return usd(value) if isinstance(value, (int, float)) or value is None else str(value)
     if value is None:
@@ -120,7 +118,7 @@ def _fmt(key: str, value: Any) -> str:
     if key == "t" and isinstance(value, (int, float)):
         stamp = _dt.datetime.fromtimestamp(float(value), tz=_dt.timezone.utc)
         return stamp.strftime("%H:%M:%S")
-    if key.endswith("waited_s") and isinstance(value, (int, float)):
+    if key.endswith(("waited_s", "duration_s")) and isinstance(value, (int, float)):
         return f"{float(value):.1f}s"
     if isinstance(value, (list, tuple)):
         return "; ".join(str(v) for v in value) if value else "\u2014"
@@ -160,7 +158,7 @@ def _call_class(row: Mapping[str, Any]) -> str:
 
 def _call_row(call: Mapping[str, Any]) -> dict[str, Any]:
     """A call as displayed: an error code, when there is one, joins the status."""
-    from .cost import usd
+    from .cost.prices import usd
 
     row = dict(call)
     if row.get("error_code"):
@@ -168,6 +166,45 @@ def _call_row(call: Mapping[str, Any]) -> dict[str, Any]:
     if row.get("replayed") and "would_cost_usd" in row:
         row["cost_usd"] = f"$0 (live {usd(row['would_cost_usd'])})"
     return row
+
+
+def _test_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report's tests with their waits, cost notes and overspend, the biggest spender first."""
+    from .cost.prices import usd
+
+    waits: dict[str, list[float]] = {}
+    for call in document.get("calls") or []:
+        waited = float(call.get("waited_s") or 0)
+        if waited > 0:
+            waits.setdefault(str(call.get("test", "")), []).append(waited)
+    overspent = {o.get("test"): o for o in document.get("overspent") or []}
+    rows = []
+    for entry in document.get("tests") or []:
+        row = dict(entry)
+        test = str(row.get("test", ""))
+        row["total_tokens"] = int(row.get("prompt_tokens") or 0) + int(
+            row.get("completion_tokens") or 0
+        )
+        test_waits = waits.get(test, [])
+        row["waits"] = f"{len(test_waits)} ({sum(test_waits):.1f}s)"
+        notes = [usd(row.get("cost_usd") or 0.0)]
+        if row.get("would_cost_usd"):
+            notes.append(f"replayed calls live {usd(row['would_cost_usd'])}")
+        if row.get("cost_unknown"):
+            notes.append(f"{row['cost_unknown']} unpriced")
+        if row.get("cost_refused"):
+            notes.append(f"{row['cost_refused']} refused (cost cap)")
+        row["cost_usd"] = "; ".join(notes)
+        row.update(overspent.get(test) or {})
+        rows.append(row)
+    return sorted(rows, key=lambda r: (-r["total_tokens"], str(r.get("test", ""))))
+
+
+def _test_class(row: Mapping[str, Any]) -> str:
+    """Row class of a test: `bad` (failed or errored), `over` (spent more than declared)."""
+    if row.get("outcome") in ("failed", "error"):
+        return "bad"
+    return "over" if "declared" in row else ""
 
 
 def _rate_limits(document: Mapping[str, Any]) -> int:
@@ -200,23 +237,22 @@ def render_html(document: dict[str, Any]) -> str:
         if buckets
         else '<p class="empty">No live LLM call reserved budget.</p>'
     )
-    tests: Sequence[Mapping[str, Any]] = document.get("tests") or []
+    tests = _test_rows(document)
     tests_html = (
-        _table(_TEST_COLUMNS, tests, css="tests")
+        _table(_TEST_COLUMNS, tests, css="tests", row_class=_test_class)
         if tests
-        else '<p class="empty">No test made an LLM call.</p>'
+        else '<p class="empty">No test called an LLM.</p>'
     )
+    overspent = sum("declared" in row for row in tests)
+    if overspent:
+        tests_html += (
+            f'\n<p class="meta">{overspent} test(s) spent more than they declared '
+            "(highlighted; raise their llm_budget(tokens=...)).</p>"
+        )
     calls_html = (
         _table(_CALL_COLUMNS, calls, css="calls", row_class=_call_class)
         if calls
         else '<p class="empty">No LLM call was recorded.</p>'
-    )
-    overspent = document.get("overspent") or []
-    overspent_html = (
-        "<h2>Tests that spent more than they declared</h2>\n"
-        f"{_table(_OVERSPENT_COLUMNS, overspent, css='overspent')}\n"
-        if overspent
-        else ""
     )
     backend = (document.get("run") or {}).get("backend") or settings.get("backend")
     meta = f"{len(calls)} call(s), {len(buckets)} bucket(s)"
@@ -231,10 +267,8 @@ def render_html(document: dict[str, Any]) -> str:
         "<h1>LLM budget</h1>\n"
         f'<p class="meta">{_esc(meta)}</p>\n'
         f'<h2>Totals</h2>\n<dl class="totals">{totals_html}</dl>\n'
-        f"{visible_sections(document)}"
+        f"{visible_sections(document, tests_html)}"
         f"<h2>Buckets</h2>\n{buckets_html}\n"
-        f"<h2>Tests</h2>\n{tests_html}\n"
-        f"{overspent_html}"
         f"<h2>Calls</h2>\n{calls_html}\n"
         f"<h2>Settings</h2>\n{settings_html}\n"
         "</body></html>\n"

@@ -6,6 +6,7 @@ call; gzip/deflate bodies are decoded for it, SSE streams parsed line by line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -95,6 +96,18 @@ class UsageSink:
         elif len(self.body) + len(chunk) <= _MAX_JSON_BYTES:
             self.body += chunk
 
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Around the caller's read of the body: settle when it ends, failed if it raised."""
+        try:
+            yield
+        except GeneratorExit:  # the caller stopped reading: its close() settles
+            raise
+        except BaseException:
+            self.finish(failed=True)
+            raise
+        self.finish(failed=False)
+
     def finish(self, failed: bool) -> None:
         """Settle with the reported usage (else the estimate) and record the call, once."""
         with self._lock:
@@ -143,38 +156,28 @@ def backend_lost(step: Callable[[], object]) -> str | None:
 
 
 def _meter_stream_iter(inner: Any, sink: UsageSink) -> Iterator[bytes]:
-    try:
+    with sink.watching():
         for chunk in inner:
             sink.feed(chunk)
             yield chunk
-    except GeneratorExit:
-        raise
-    except BaseException:
-        sink.finish(failed=True)
-        raise
-    sink.finish(failed=False)
 
 
 async def _meter_stream_aiter(inner: Any, sink: UsageSink) -> AsyncIterator[bytes]:
-    try:
+    with sink.watching():
         async for chunk in inner:
             sink.feed(chunk)
             yield chunk
-    except GeneratorExit:
-        raise
-    except BaseException:
-        sink.finish(failed=True)
-        raise
-    sink.finish(failed=False)
 
 
-class _SyncMeter:
+class _Meter:
     """Byte stream wrapper: the caller gets every chunk unchanged; the sink sees a copy."""
 
     def __init__(self, inner: Any, sink: UsageSink) -> None:
         self._inner = inner
         self._sink = sink
 
+
+class _SyncMeter(_Meter):
     def __iter__(self) -> Iterator[bytes]:
         return _meter_stream_iter(self._inner, self._sink)
 
@@ -185,13 +188,7 @@ class _SyncMeter:
             self._sink.finish(failed=False)
 
 
-class _AsyncMeter:
-    """Async byte stream wrapper (see `_SyncMeter`)."""
-
-    def __init__(self, inner: Any, sink: UsageSink) -> None:
-        self._inner = inner
-        self._sink = sink
-
+class _AsyncMeter(_Meter):
     def __aiter__(self) -> AsyncIterator[bytes]:
         return _meter_stream_aiter(self._inner, self._sink)
 

@@ -2,13 +2,13 @@
 
 Metrics exist only when `--llm-metrics-port`, `--llm-metrics-textfile` or `--llm-pushgateway` is
 set; `prometheus_client` is imported then and only then. They live in a dedicated
-`CollectorRegistry` (never the global one), read by one custom collector:
+`CollectorRegistry` (never the global one), as prometheus-client's own types:
 
-* per-call figures (`tokens_total`, `requests_total`, `rate_limit_events_total`, `wait_seconds`)
-  are added up from `CallRecord`s, fed by `BudgetSession.observers` as each call ends; on every
-  collection the collector also takes in any record of `session.calls` it has not seen (the
-  records xdist workers send the controller), so nothing is missed and nothing counted twice;
-* `cost_usd_total{vendor,model}` is the dollars of live calls (cost.py), fed like the tokens;
+* per-call figures (`tokens_total`, `requests_total`, `rate_limit_events_total`, `cost_usd_total`,
+  `replayed_total`, the `wait_seconds` histogram) are `Counter`s and a `Histogram` fed from
+  `session.calls`: it is append-only and also holds the records xdist workers send the
+  controller, so each collection counts the records after the last one it counted, and nothing is
+  missed or counted twice (like every prometheus-client counter, they carry `_created` samples);
 * `window_deferrals_total` is the sum of the buckets' `deferrals` (`session.bucket_stats()`, merged
   across workers: the figure the reports show), read at collection time;
 * `active_concurrency` is the calls in flight in the buckets this process uses, read from the
@@ -27,14 +27,11 @@ push are written once, at the end, by the controller, with every worker's figure
 
 from __future__ import annotations
 
-import collections
 import math
 import os
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-
-from .records import CallRecord
 
 if TYPE_CHECKING:
     from .session import BudgetSession
@@ -56,58 +53,80 @@ class BudgetMetrics:
     """The metrics of one `BudgetSession`, in their own registry, with the three outputs."""
 
     def __init__(self, session: BudgetSession) -> None:
-        from prometheus_client import CollectorRegistry
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.session = session
         self.registry = CollectorRegistry(auto_describe=False)
         self._lock = threading.Lock()
-        # Records already counted, by id; the records themselves are kept so ids stay unique.
-        self._seen: dict[int, CallRecord] = {}
-        self._tokens: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self._requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self._rate_limits: collections.Counter[str] = collections.Counter()
-        self._replayed: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._cost: dict[tuple[str, str], float] = {}
-        self._wait_counts = [0] * (len(WAIT_BUCKETS) + 1)  # per bucket (not cumulative), +Inf
-        self._wait_sum = 0.0
+        self._counted = 0  # how many of `session.calls`' records the metrics hold
         self._slots: list[float] = []
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self.active = Gauge(
+            f"{_P}active_concurrency", "LLM calls in flight now (this process's buckets).",
+            registry=None,
+        )
+        self.active.set_function(self.active_concurrency)
+        self.next_slot_epoch = Gauge(
+            f"{_P}next_slot_epoch",
+            "Epoch seconds when the next deferred LLM call may go; 0 when none waits.",
+            registry=None,
+        )
+        self.next_slot_epoch.set_function(self.next_slot)
+        self.rate_limits = Counter(
+            f"{_P}rate_limit_events", "429 responses received.", ["vendor"], registry=None
+        )
+        self.tokens = Counter(
+            f"{_P}tokens",
+            "Tokens of live LLM calls: provider-reported prompt/completion, and estimated.",
+            ["vendor", "model", "kind"],
+            registry=None,
+        )
+        self.requests = Counter(
+            f"{_P}requests",
+            "Live LLM calls (logical calls, however many attempts) by outcome.",
+            ["vendor", "model", "outcome"],
+            registry=None,
+        )
+        self.replayed = Counter(
+            f"{_P}replayed",
+            "LLM calls answered from a cassette (no budget, no wait).",
+            ["vendor", "model"],
+            registry=None,
+        )
+        self.cost = Counter(
+            f"{_P}cost_usd",
+            "US dollars of live LLM calls, priced from their reported usage (unpriced models 0).",
+            ["vendor", "model"],
+            registry=None,
+        )
+        self.waits = Histogram(
+            f"{_P}wait_seconds",
+            "Seconds each live LLM call waited for budget before it left.",
+            buckets=WAIT_BUCKETS,
+            registry=None,
+        )
         self.registry.register(_Collector(self))
-        session.observers.append(self.observe)
         session.limiter.deferral_listeners.append(self.deferred)
 
     # -- feeding ---------------------------------------------------------------------------
-    def observe(self, record: CallRecord) -> None:
-        """Count one finished call (a `BudgetSession` observer); a record is counted once."""
-        with self._lock:
-            self._add(record)
-
-    def _add(self, record: CallRecord) -> None:
-        if id(record) in self._seen:
-            return
-        self._seen[id(record)] = record
-        if record.replayed:
-            self._replayed[(record.vendor, record.model)] += 1
-            return
-        vendor, model = record.vendor, record.model
-        self._requests[(vendor, model, record.status)] += 1
-        self._tokens[(vendor, model, "prompt")] += record.prompt_tokens
-        self._tokens[(vendor, model, "completion")] += record.completion_tokens
-        self._tokens[(vendor, model, "estimated")] += record.estimated
-        self._cost[(vendor, model)] = self._cost.get((vendor, model), 0.0) + (record.cost_usd or 0)
-        self._rate_limits[vendor] += record.rate_limit_events
-        waited = max(0.0, record.waited_s)
-        index = next((i for i, b in enumerate(WAIT_BUCKETS) if waited <= b), len(WAIT_BUCKETS))
-        self._wait_counts[index] += 1
-        self._wait_sum += waited
-
     def catch_up(self) -> None:
-        """Count the session's records no observer call brought (e.g. merged xdist workers')."""
+        """Count the session's records not counted yet (its log only grows, workers' included)."""
         records = self.session.calls.records()
         with self._lock:
-            for record in records:
-                self._add(record)
+            fresh, self._counted = records[self._counted :], len(records)
+            for record in fresh:
+                vendor, model = record.vendor, record.model
+                if record.replayed:
+                    self.replayed.labels(vendor, model).inc()
+                    continue
+                self.requests.labels(vendor, model, record.status).inc()
+                self.tokens.labels(vendor, model, "prompt").inc(record.prompt_tokens)
+                self.tokens.labels(vendor, model, "completion").inc(record.completion_tokens)
+                self.tokens.labels(vendor, model, "estimated").inc(record.estimated)
+                self.cost.labels(vendor, model).inc(record.cost_usd or 0.0)
+                self.rate_limits.labels(vendor).inc(record.rate_limit_events)
+                self.waits.observe(max(0.0, record.waited_s))
 
     def deferred(self, bucket: str, ready_at: float) -> None:
         """Note that a call of `bucket` waits until `ready_at` (a `Limiter` deferral listener)."""
@@ -188,98 +207,28 @@ class BudgetMetrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self.observe in self.session.observers:
-            self.session.observers.remove(self.observe)
         if self.deferred in self.session.limiter.deferral_listeners:
             self.session.limiter.deferral_listeners.remove(self.deferred)
 
 
 class _Collector:
-    """Builds every `llm_budget_` metric family from a `BudgetMetrics` at collection time."""
+    """Yields every `llm_budget_` metric family of a `BudgetMetrics`, caught up first."""
 
     def __init__(self, metrics: BudgetMetrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
         """The metric families, consistent with the reports at the moment of the scrape."""
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
+        from prometheus_client.core import CounterMetricFamily
 
         m = self.metrics
         m.catch_up()
-        deferrals = sum(b.deferrals for b in m.session.bucket_stats())
-        active = m.active_concurrency()
-        next_slot = m.next_slot()
-        with m._lock:
-            tokens = sorted(m._tokens.items())
-            requests = sorted(m._requests.items())
-            rate_limits = sorted(m._rate_limits.items())
-            replayed = sorted(m._replayed.items())
-            cost = sorted(m._cost.items())
-            wait_counts = list(m._wait_counts)
-            wait_sum = m._wait_sum
-
-        yield GaugeMetricFamily(
-            f"{_P}active_concurrency", "LLM calls in flight now (this process's buckets).", active
-        )
-        yield GaugeMetricFamily(
-            f"{_P}next_slot_epoch",
-            "Epoch seconds when the next deferred LLM call may go; 0 when none waits.",
-            next_slot,
-        )
+        yield from m.active.collect()
+        yield from m.next_slot_epoch.collect()
         yield CounterMetricFamily(
             f"{_P}window_deferrals",
             "LLM calls that had to wait for room in their bucket's window.",
-            deferrals,
+            sum(b.deferrals for b in m.session.bucket_stats()),
         )
-        family = CounterMetricFamily(
-            f"{_P}rate_limit_events", "429 responses received.", labels=["vendor"]
-        )
-        for vendor, count in rate_limits:
-            family.add_metric([vendor], count)
-        yield family
-        family = CounterMetricFamily(
-            f"{_P}tokens",
-            "Tokens of live LLM calls: provider-reported prompt/completion, and estimated.",
-            labels=["vendor", "model", "kind"],
-        )
-        for key, count in tokens:
-            family.add_metric(list(key), count)
-        yield family
-        family = CounterMetricFamily(
-            f"{_P}requests",
-            "Live LLM calls (logical calls, however many attempts) by outcome.",
-            labels=["vendor", "model", "outcome"],
-        )
-        for key, count in requests:
-            family.add_metric(list(key), count)
-        yield family
-        family = CounterMetricFamily(
-            f"{_P}replayed",
-            "LLM calls answered from a cassette (no budget, no wait).",
-            labels=["vendor", "model"],
-        )
-        for (vendor, model), count in replayed:
-            family.add_metric([vendor, model], count)
-        yield family
-        family = CounterMetricFamily(
-            f"{_P}cost_usd",
-            "US dollars of live LLM calls, priced from their reported usage (unpriced models 0).",
-            labels=["vendor", "model"],
-        )
-        for (vendor, model), dollars in cost:
-            family.add_metric([vendor, model], dollars)
-        yield family
-        cumulative, running = [], 0
-        for bound, count in zip((*WAIT_BUCKETS, math.inf), wait_counts, strict=True):
-            running += count
-            cumulative.append(("+Inf" if bound == math.inf else repr(bound), float(running)))
-        yield HistogramMetricFamily(
-            f"{_P}wait_seconds",
-            "Seconds each live LLM call waited for budget before it left.",
-            buckets=cumulative,
-            sum_value=wait_sum,
-        )
+        for metric in (m.rate_limits, m.tokens, m.requests, m.replayed, m.cost, m.waits):
+            yield from metric.collect()

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from .cost import PriceFileError
+from .errors import PriceFileError, SettingsError
 from .llm_tests import MARKER
 from .redact import mask_loggers, redact
-from .settings import OPTIONS, Settings, SettingsError
+from .settings.resolved import OPTIONS, Settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from .cassettes import CassettePolicy, cassette_path
 from .limiter import LimitRule, rule_for
-from .llm_tests import MARKER
-from .matrix import LLMModel, scenario_of
-from .settings import Settings
+from .matrix import LLMModel
+from .session import TestContext
+from .settings.resolved import Settings
+from .tokens.policy import EstimatePolicy
 
 if TYPE_CHECKING:
-    from .cost import PriceBook
+    from .cost.prices import PriceBook
 
 __all__ = [
     "Projection",
@@ -41,15 +42,12 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class TestEstimate:
-    """What one collected LLM test is expected to spend live."""
+class TestEstimate(TestContext):
+    """What one collected LLM test is expected to spend live (`tokens`, estimated if undeclared)."""
 
     __test__ = False
 
-    nodeid: str
-    tokens: int
-    vendor: str | None = None
-    model: str | None = None
+    tokens: int = 0
     replayed: bool = False
     declared: bool = True
 
@@ -192,7 +190,7 @@ def cost_note(
     None when no test runs live. A test's tokens are all priced at its model's output rate (the
     higher one), an upper bound whatever the split between input and output.
     """
-    from .cost import usd
+    from .cost.prices import usd
 
     total = 0.0
     live = unpriced = 0
@@ -249,16 +247,11 @@ def over_budget_message(projection: Projection, max_duration: float) -> str | No
 
 def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> TestEstimate:
     """What one LLM test item is expected to spend live (zero-cost when its cassette replays)."""
-    mark = item.get_closest_marker(MARKER)
-    kwargs: dict[str, Any] = dict(mark.kwargs) if mark is not None else {}
-    scenario = scenario_of(item)
-    grounded = kwargs.get("grounded") or (scenario is not None and scenario.grounded)
-    tokens = int(kwargs.get("tokens") or 0) or settings.est_tokens
-    if not kwargs.get("tokens") and grounded:
-        tokens = math.ceil(tokens * (1 + settings.grounded_overhead))
+    context = TestContext.of(item)
+    tokens = EstimatePolicy.of(settings).test_tokens(context.tokens, grounded=context.grounded)
     callspec = getattr(item, "callspec", None)
     model = callspec.params.get("llm_model") if callspec is not None else None
-    vendor, name = kwargs.get("vendor"), kwargs.get("model")
+    vendor, name = context.vendor, context.model
     if isinstance(model, LLMModel):
         vendor, name = vendor or model.vendor, name or model.name
     fixtures = getattr(item, "fixturenames", ())
@@ -271,4 +264,12 @@ def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> Test
         and not item.get_closest_marker("vcr")
         and policy.replays(cassette_path(item.path, settings.cassette_dir, item.nodeid))
     )
-    return TestEstimate(item.nodeid, tokens, vendor, name, replayed, bool(kwargs.get("tokens")))
+    return TestEstimate(
+        item.nodeid,
+        tokens,
+        vendor,
+        name,
+        grounded=context.grounded,
+        replayed=replayed,
+        declared=bool(context.tokens),
+    )

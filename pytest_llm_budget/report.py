@@ -54,7 +54,7 @@ def bucket_costs(
 
 def _cost_cell(cost: float, unknown: int) -> str:
     """`$0.01234`, `unknown`, or `$0.01234 + 2 unknown`."""
-    from .cost import usd
+    from .cost.prices import usd
 
     if not unknown:
         return usd(cost)
@@ -63,7 +63,7 @@ def _cost_cell(cost: float, unknown: int) -> str:
 
 def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | None) -> str:
     """The summary's cost line: spend, replayed calls' live price, unpriced models, refusals."""
-    from .cost import usd
+    from .cost.prices import usd
 
     sent = totals.calls - totals.replayed - totals.cost_refused
     plural = "" if sent == 1 else "s"

@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +38,15 @@ from .retry import (
     passable,
     remember,
 )
+from .steps import LOAD, PAY, READ, SEND, Flow, Steps, ado, do
 
 if TYPE_CHECKING:
-    from .cost import CostHold
+    from .cost.caps import CostHold
     from .limiter import Reservation
     from .providers import Estimate, Provider, Usage
     from .session import BudgetSession
-    from .tokens import EstimatePolicy, TokenCounter
+    from .tokens.counting import TokenCounter
+    from .tokens.policy import EstimatePolicy
 
 
 #: Predicates `(request) -> bool` saying a request will be answered from a cassette: such
@@ -53,7 +55,6 @@ REPLAY_CHECKS: list[Callable[[Any], bool]] = []
 
 _IN_SEND: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_budget_in_send", default=False)
 _GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("llm_budget_gate", default=None)
-
 
 def in_routed_send() -> bool:
     """True inside the send of a routed request (the class patch then passes it straight on)."""
@@ -102,21 +103,19 @@ class Gate:
 
     def pay(self) -> None:
         """Estimate and reserve (blocking); a budget error is kept for the router, then raised."""
-        self.taken = True
-        try:
+        with self._paying():
             self.reservation = self.router._reserve(self.call)
-        except LLMBudgetError as err:
-            self.error = err
-            raise
-        except BackendUnavailable:
-            self.router._record(self.call, None, "backend_error", malformed=False)
-            raise
 
     async def apay(self) -> None:
         """`pay` for event loops."""
+        with self._paying():
+            self.reservation = await self.router._areserve(self.call)
+
+    @contextlib.contextmanager
+    def _paying(self) -> Iterator[None]:
         self.taken = True
         try:
-            self.reservation = await self.router._areserve(self.call)
+            yield
         except LLMBudgetError as err:
             self.error = err
             raise
@@ -143,44 +142,63 @@ class Router:
         counter: TokenCounter | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        from .tokens import EstimatePolicy, default_counter
+        from .tokens.counting import default_counter
+        from .tokens.policy import EstimatePolicy
 
         s = session.settings
         self.session = session
         self.raise_errors = raise_errors
         self.counter = counter or default_counter()
-        self.policy: EstimatePolicy = EstimatePolicy(
-            s.safety_margin, s.grounded_overhead, s.est_tokens
-        )
+        self.policy: EstimatePolicy = EstimatePolicy.of(s)
         self.retry = RetryPolicy(
             s.retries, s.backoff_base, s.backoff_max, s.max_wait, session.limiter.margin
         )
         self.rng = rng or random.Random()
 
-    # -- sync ----------------------------------------------------------------------------------
+    # -- drivers -------------------------------------------------------------------------------
+    # One call's attempts are written once, as a generator of I/O steps (`_flow`); `handle` and
+    # `ahandle` carry the steps out with blocking or awaited I/O (as httpx drives an auth flow).
     def handle(self, request: Any, send: Callable[[Any], Any], *, pooled: bool = True) -> Any:
         """Send `request` through the budget; `send` is the inner transport's handle_request.
 
         `pooled`: the inner transport sends through an httpcore pool, which pays the gate (and a
         mock above the pool answers without paying); else the gate is paid before sending.
         """
+        steps = Steps(self._flow(request, pooled=pooled, is_async=False))
+        for kind, arg in steps:
+            with steps.answering():
+                steps.result = do(kind, arg, send)
+        return steps.value
+
+    async def ahandle(
+        self, request: Any, send: Callable[[Any], Awaitable[Any]], *, pooled: bool = True
+    ) -> Any:
+        """`handle` for async transports: waits with asyncio, never blocking the loop."""
+        steps = Steps(self._flow(request, pooled=pooled, is_async=True))
+        for kind, arg in steps:
+            with steps.answering():
+                steps.result = await ado(kind, arg, send)
+        return steps.value
+
+    def _flow(self, request: Any, *, pooled: bool, is_async: bool) -> Flow:
+        """Gate -> send -> settle, retrying 429s as `after_429` decides; yields each I/O step."""
         provider = self._provider(request)
         if provider is None:
-            return send(request)
+            return (yield SEND, request)
         if not hasattr(request, "_content"):
             with contextlib.suppress(Exception):  # a body we cannot read is estimated as empty
-                request.read()
+                yield LOAD, request
         call = self._begin(request, provider)
         while True:
             gate = Gate(self, call)
             if not pooled:
                 with contextlib.suppress(LLMBudgetError):
-                    gate.pay()
+                    yield PAY, gate
                 if gate.error is not None:
                     return self._fail(call, request, gate.error, None)
             tokens = (_IN_SEND.set(True), _GATE.set(gate))
             try:
-                response = send(request)
+                response = yield SEND, request
             except LLMBudgetError as err:
                 if err is not gate.error:
                     raise
@@ -195,57 +213,8 @@ class Router:
             if reservation is None:  # answered above the network: a mock or a cassette
                 return response
             if response.status_code != 429:
-                return deliver(self, call, reservation, response)
-            try:
-                body = response.read()
-            finally:
-                response.close()
-            outcome = self._rejected(call, reservation, response, body)
-            self._announce_429(call, outcome)
-            if isinstance(outcome, LLMBudgetError):
-                return self._fail(call, request, outcome, (response, body))
-
-    # -- async ---------------------------------------------------------------------------------
-    async def ahandle(
-        self, request: Any, send: Callable[[Any], Awaitable[Any]], *, pooled: bool = True
-    ) -> Any:
-        """`handle` for async transports: waits with asyncio, never blocking the loop."""
-        provider = self._provider(request)
-        if provider is None:
-            return await send(request)
-        if not hasattr(request, "_content"):
-            with contextlib.suppress(Exception):
-                await request.aread()
-        call = self._begin(request, provider)
-        while True:
-            gate = Gate(self, call)
-            if not pooled:
-                with contextlib.suppress(LLMBudgetError):
-                    await gate.apay()
-                if gate.error is not None:
-                    return self._fail(call, request, gate.error, None)
-            tokens = (_IN_SEND.set(True), _GATE.set(gate))
-            try:
-                response = await send(request)
-            except LLMBudgetError as err:
-                if err is not gate.error:
-                    raise
-                return self._fail(call, request, err, None)
-            except BaseException:
-                self._abort(call, gate)
-                raise
-            finally:
-                _GATE.reset(tokens[1])
-                _IN_SEND.reset(tokens[0])
-            reservation = gate.reservation
-            if reservation is None:
-                return response
-            if response.status_code != 429:
-                return deliver(self, call, reservation, response, is_async=True)
-            try:
-                body = await response.aread()
-            finally:
-                await response.aclose()
+                return deliver(self, call, reservation, response, is_async=is_async)
+            body = yield READ, response
             outcome = self._rejected(call, reservation, response, body)
             self._announce_429(call, outcome)
             if isinstance(outcome, LLMBudgetError):
@@ -269,23 +238,26 @@ class Router:
         return estimate
 
     def _reserve(self, call: _Call) -> Reservation:
-        estimate = self._estimate(call)
-        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
-        limiter = self.session.limiter
-        reservation = limiter.reserve(
+        estimate = self._hold(call)
+        reservation = self.session.limiter.reserve(
             call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
         )
         self._admitted(call, reservation)
         return reservation
 
     async def _areserve(self, call: _Call) -> Reservation:
-        estimate = self._estimate(call)
-        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
+        estimate = self._hold(call)
         reservation = await self.session.limiter.areserve(
             call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
         )
         self._admitted(call, reservation)
         return reservation
+
+    def _hold(self, call: _Call) -> Estimate:
+        """Estimate the call and hold its worst-case cost before it waits for the budget."""
+        estimate = self._estimate(call)
+        call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
+        return estimate
 
     @staticmethod
     def _admitted(call: _Call, reservation: Reservation) -> None:

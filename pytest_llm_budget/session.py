@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, open_backend
-from .cost import CostGuard
+from .cost.caps import CostGuard
 from .events import RateLimitEvent, WaitEvent
 from .limiter import BucketStats, Limiter, Reservation
+from .llm_tests import MARKER
 from .records import CallLog, CallRecord, TestUsage
-from .settings import Settings
+from .settings.resolved import Settings
 
 __all__ = ["BudgetSession", "BudgetSnapshot", "TestContext"]
 
@@ -30,6 +31,21 @@ class TestContext:
     vendor: str | None = None
     model: str | None = None
     grounded: bool = False
+
+    @classmethod
+    def of(cls, item: Any) -> TestContext:
+        """A test item's `llm_budget` marker arguments, grounded too when its scenario is."""
+        mark = item.get_closest_marker(MARKER)
+        kwargs = mark.kwargs if mark is not None else {}
+        grounded = bool(kwargs.get("grounded", False))
+        if not grounded and "llm_scenario" in getattr(item, "fixturenames", ()):
+            from .matrix import scenario_of
+
+            scenario = scenario_of(item)
+            grounded = scenario is not None and scenario.grounded
+        return cls(
+            item.nodeid, kwargs.get("tokens"), kwargs.get("vendor"), kwargs.get("model"), grounded
+        )
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ class BudgetSession:
             sleep=sleep,
             owner=f"{os.getpid()}:{worker}",
         )
-        #: Prices and dollar caps (cost.py): the router holds and settles every call here.
+        #: Prices and dollar caps (cost/): the router holds and settles every call here.
         self.costs = CostGuard(settings, self.backend)
         self.calls = CallLog()
         self.merged_stats: list[BucketStats] = []

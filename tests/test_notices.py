@@ -40,9 +40,9 @@ def _notices(output: str) -> list[re.Match[str]]:
     return [m for line in output.splitlines() if (m := NOTICE.match(line.strip()))]
 
 
-def _long_waits(pytester: pytest.Pytester) -> list[str]:
+def _waits(pytester: pytest.Pytester, longer_than: float) -> set[str]:
     calls = json.loads((pytester.path / "run.json").read_text())["calls"]
-    return sorted(c["test"] for c in calls if c["waited_s"] > 1.0)
+    return {c["test"] for c in calls if c["waited_s"] > longer_than}
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["n0", "n2"])
@@ -56,9 +56,13 @@ def test_one_notice_per_wait_during_a_waiting_run(
     )
     result.assert_outcomes(passed=5)
     notices = _notices(result.stdout.str())
-    waited = _long_waits(pytester)
-    assert waited, "the run should have waited"
-    assert sorted(m[3] for m in notices) == waited  # one line per wait, naming its test
+    named = [m[3] for m in notices]
+    long_waits = _waits(pytester, 1.0)
+    assert long_waits, "the run should have waited"
+    # one line per wait, naming its test: every long wait has its line, and a line names a test
+    # that waited (one predicted over 0.5 s may end sooner on a loaded machine)
+    assert len(named) == len(set(named))
+    assert long_waits <= set(named) <= _waits(pytester, 0.0)
     for m in notices:
         assert 0.5 <= float(m[1]) <= 2.5 and int(m[2]) > 0
         assert bool(m[4]) == bool(workers)  # under xdist the controller names the worker

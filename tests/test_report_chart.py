@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "pytest.ini").write_text(INI)
     (folder / "test_paced.py").write_text(SUITE)
     run = subprocess.run(
-        ["python", "-m", "pytest", "-p", "no:cacheprovider", "--llm-report", "run.json",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--llm-report", "run.json",
          "--llm-report", "run.html"],
         cwd=folder, capture_output=True, text=True, timeout=300,
     )
@@ -62,6 +63,10 @@ def test_chart_points_equal_the_json_calls(reports: Path) -> None:
     assert page.count('class="wait"') == sum(1 for c in live if c["waited_s"] > 0)
     # per-test table sorted by spend, slowest waits, wall time beside the preflight projection
     assert "<h2>Tests by spend</h2>" in page and "<h2>Slowest waits</h2>" in page
+    assert page.count('<table class="tests">') == 1 and "<h2>Tests</h2>" not in page
+    rows = re.findall(r'<tr><td class="test">([^<]+)</td><td class="n">(\d+)</td>', page)
+    assert sorted(test for test, _ in rows) == sorted({c["test"] for c in live})
+    assert [int(t) for _, t in rows] == sorted((int(t) for _, t in rows), reverse=True)
     assert re.search(r'data-run="wall time">\d+\.\ds<', page)
     assert 'data-run="preflight projection">at least 2s, ~6000 tokens<' in page
     assert "<script" not in page and "http://" not in page.replace(

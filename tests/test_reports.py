@@ -181,6 +181,38 @@ def test_html_shows_totals_buckets_and_settings() -> None:
     assert "secret" not in render_html(_document())
 
 
+TEST_HEADERS = [
+    "test", "tokens", "prompt", "completion", "calls", "replayed", "waits", "cost",
+    "declared tokens", "spent tokens", "duration", "outcome",
+]
+
+
+def test_html_has_one_per_test_table_sorted_by_spend_with_overspends() -> None:
+    document = _document()
+    document["calls"].append({**document["calls"][1], "replayed": False, "prompt_tokens": 5000,
+                              "completion_tokens": 0, "cost_usd": None, "waited_s": 1.5})
+    records = [CallRecord(**c) for c in document["calls"]]
+    document["tests"] = build_report({}, Totals(), [], records)["tests"]
+    document["tests"][0].update(outcome="failed", duration_s=2.25)
+    document["overspent"] = [{"test": "tests/test_y.py::test_plain", "declared": 10,
+                              "spent": 5100}]
+    page_text = render_html(document)
+    assert page_text.count('<table class="tests">') == 1 and "<h2>Tests</h2>" not in page_text
+    rows = _Page(page_text).tables["tests"]
+    assert rows[0] == TEST_HEADERS
+    assert rows[1] == [
+        "tests/test_y.py::test_plain", "5100", "5090", "10", "2", "1", "1 (1.5s)",
+        "$0; 2 unpriced", "10", "5100", "\u2014", "\u2014",
+    ]
+    assert rows[2] == [
+        NASTY, "1021", "700", "321", "1", "0", "1 (12.3s)", "$0", "\u2014", "\u2014", "2.2s",
+        "failed",
+    ]
+    assert '<tr class="over"><td class="test">tests/test_y.py::test_plain' in page_text
+    assert '<tr class="bad"><td class="test">tests/test_x.py' in page_text
+    assert "1 test(s) spent more than they declared" in page_text
+
+
 def test_html_429s_is_the_larger_of_calls_and_buckets_like_the_summary() -> None:
     document = _document()
     document["buckets"][0]["rate_limit_events"] = 7  # e.g. 429s seen outside any call record
@@ -203,6 +235,7 @@ def test_html_of_an_empty_run_says_so() -> None:
     assert page.totals["calls"] == "0" and page.totals["rate_limit_events"] == "0"
     text = render_html(document)
     assert "No LLM call was recorded." in text and "No live LLM call reserved budget." in text
+    assert "No test called an LLM." in text and "tests" not in page.tables
 
 
 def test_write_report_picks_the_format_by_extension(tmp_path: Path) -> None:
@@ -315,3 +348,9 @@ def test_a_run_writes_the_json_and_html_reports(pytester: pytest.Pytester) -> No
     assert page.totals["rate_limit_events"] == str(totals["rate_limit_events"])
     assert [row[1] for row in page.tables["calls"][1:]] == ["test_inner.py::test_spend", odd_id]
     assert sorted(row[0] for row in page.tables["buckets"][1:]) == ["gemini:*", "openai:*"]
+    assert html_text.count('<table class="tests">') == 1
+    tests = {row[0]: row for row in page.tables["tests"][1:]}
+    assert set(tests) == {"test_inner.py::test_spend", odd_id}
+    assert all(row[-1] == "passed" for row in tests.values())
+    spent = [int(row[1]) for row in page.tables["tests"][1:]]
+    assert spent == sorted(spent, reverse=True) and sum(spent) == totals["total_tokens"]

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget import tokens
 from pytest_llm_budget.tokens import (
     CL100K_BASE,
     NON_TEXT_PART_TOKENS,
@@ -23,6 +22,7 @@ from pytest_llm_budget.tokens import (
     TokenCounter,
     chars_tokens,
     encoding_name_for,
+    encodings,
     fallback_tokens,
     seed_tiktoken_cache,
 )
@@ -121,9 +121,9 @@ def test_seeded_cache_is_read_by_tiktoken_without_network(
 
 
 def test_expected_hashes_are_read_from_tiktoken_ext() -> None:
-    sources = tokens._tiktoken_sources()
-    assert sources[O200K_BASE] == (O200K_URL, tokens._KNOWN_SOURCES[O200K_BASE][1])
-    assert sources[CL100K_BASE] == (CL100K_URL, tokens._KNOWN_SOURCES[CL100K_BASE][1])
+    sources = encodings._tiktoken_sources()
+    assert sources[O200K_BASE] == (O200K_URL, encodings._KNOWN_SOURCES[O200K_BASE][1])
+    assert sources[CL100K_BASE] == (CL100K_URL, encodings._KNOWN_SOURCES[CL100K_BASE][1])
 
 
 def test_seed_without_bpe_openai_raises_clearly(
@@ -141,7 +141,7 @@ def test_seed_hash_mismatch_raises_and_writes_nothing(
     fake.mkdir()
     for name in (O200K_BASE, CL100K_BASE):
         (fake / f"{name}.tiktoken.gz").write_bytes(gzip.compress(b"not a vocabulary\n"))
-    monkeypatch.setattr(tokens, "_bpe_openai_data_dir", lambda: fake)
+    monkeypatch.setattr(encodings, "_bpe_openai_data_dir", lambda: fake)
     target = tmp_path / "cache"
     with pytest.raises(TiktokenSeedError, match="sha256"):
         seed_tiktoken_cache(target)
@@ -300,7 +300,7 @@ def test_tampered_bpe_openai_data_is_not_trusted(
     fake = tmp_path / "data"
     fake.mkdir()
     (fake / "o200k_base.tiktoken.gz").write_bytes(gzip.compress(b"aGk= 0\n"))
-    monkeypatch.setattr(tokens, "_bpe_openai_data_dir", lambda: fake)
+    monkeypatch.setattr(encodings, "_bpe_openai_data_dir", lambda: fake)
     with pytest.warns(LLMBudgetWarning, match="sha256"):
         assert TokenCounter().count_text("hello", "gpt-4o") == fallback_tokens("hello") == 2
     assert empty_cache == []

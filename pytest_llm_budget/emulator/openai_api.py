@@ -155,29 +155,47 @@ def _common(payload: Any, api: str) -> tuple[dict[str, Any], str]:
     return payload, model
 
 
+def _charged_call(
+    payload: dict[str, Any],
+    model: str,
+    api: str,
+    text: object,
+    items: int,
+    output_keys: tuple[str, ...],
+    sizes: tuple[int, int, int],
+    include_usage: bool = False,
+) -> Call:
+    """A Call charged ceil(chars / 4) of `text` plus its declared output (else the default)."""
+    default_max_output, lo, hi = sizes
+    chars = text_chars(text)
+    max_out = _max_output(payload, *output_keys)
+    budget = max_out if max_out is not None else default_max_output
+    return Call(
+        vendor="openai",
+        api=api,
+        model=model,
+        stream=bool(payload.get("stream")),
+        prompt_chars=chars,
+        prompt_tokens=chars_tokens(chars) + MESSAGE_OVERHEAD * items,
+        max_output=max_out,
+        charge=chars_tokens(chars) + budget,
+        reply=synthesize(request_digest(payload, api), max_out, lo, hi),
+        include_usage=include_usage,
+        payload=payload,
+    )
+
+
 def parse_chat(raw: Any, default_max_output: int, lo: int, hi: int) -> Call:
     """POST /v1/chat/completions -> Call (charge = ceil(chars/4) + max output)."""
     payload, model = _common(raw, "chat")
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("Invalid 'messages': expected a non-empty array.", "messages")
-    chars = text_chars(messages)
-    max_out = _max_output(payload, "max_completion_tokens", "max_tokens")
-    budget = max_out if max_out is not None else default_max_output
-    reply = synthesize(request_digest(payload, "chat"), max_out, lo, hi)
     options = payload.get("stream_options") or {}
-    return Call(
-        vendor="openai",
-        api="chat",
-        model=model,
-        stream=bool(payload.get("stream")),
-        prompt_chars=chars,
-        prompt_tokens=chars_tokens(chars) + MESSAGE_OVERHEAD * len(messages),
-        max_output=max_out,
-        charge=chars_tokens(chars) + budget,
-        reply=reply,
+    return _charged_call(
+        payload, model, "chat", messages, len(messages),
+        ("max_completion_tokens", "max_tokens"), (default_max_output, lo, hi),
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-        payload=payload,
     )
 
 
@@ -187,22 +205,10 @@ def parse_responses(raw: Any, default_max_output: int, lo: int, hi: int) -> Call
     inp = payload.get("input")
     if inp is None:
         raise BadRequest("Missing required parameter: 'input'.", "input")
-    chars = text_chars([inp, payload.get("instructions")])
     items = len(inp) if isinstance(inp, list) else 1
-    max_out = _max_output(payload, "max_output_tokens")
-    budget = max_out if max_out is not None else default_max_output
-    reply = synthesize(request_digest(payload, "responses"), max_out, lo, hi)
-    return Call(
-        vendor="openai",
-        api="responses",
-        model=model,
-        stream=bool(payload.get("stream")),
-        prompt_chars=chars,
-        prompt_tokens=chars_tokens(chars) + MESSAGE_OVERHEAD * items,
-        max_output=max_out,
-        charge=chars_tokens(chars) + budget,
-        reply=reply,
-        payload=payload,
+    return _charged_call(
+        payload, model, "responses", [inp, payload.get("instructions")], items,
+        ("max_output_tokens",), (default_max_output, lo, hi),
     )
 
 

@@ -11,7 +11,6 @@ from ..llm_tests import MARKER
 from ..records import TestUsage
 from ..session import BudgetSession, TestContext
 from . import budget
-from .recording import with_scenario
 
 _MARKER_ARGS = ("tokens", "vendor", "model", "grounded")
 
@@ -55,23 +54,10 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
     return report
 
 
-def _test_context(item: pytest.Item) -> TestContext:
-    mark = item.get_closest_marker(MARKER)
-    kwargs = mark.kwargs if mark else {}
-    context = TestContext(
-        nodeid=item.nodeid,
-        tokens=kwargs.get("tokens"),
-        vendor=kwargs.get("vendor"),
-        model=kwargs.get("model"),
-        grounded=bool(kwargs.get("grounded", False)),
-    )
-    return with_scenario(item, context)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
     session = budget(item.config)
-    session.test = _test_context(item)
+    session.test = TestContext.of(item)
     session.calls.declare(item.nodeid, session.test.tokens)
     try:
         return (yield)

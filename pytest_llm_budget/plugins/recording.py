@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 from ..llm_tests import MATRIX_ARGS, is_llm_test
-from ..session import TestContext
 from . import budget, live
 
 # matrix.py and preflight.py are imported where first needed: a run without them never loads them
@@ -72,16 +70,6 @@ def llm_scenario(request: pytest.FixtureRequest) -> Scenario:
 def llm_model(request: pytest.FixtureRequest) -> LLMModel:
     """This case's model (`.vendor`, `.name`, `.id` = vendor:name); tests are parametrized."""
     return cast("LLMModel", request.param)
-
-
-def with_scenario(item: pytest.Item, context: TestContext) -> TestContext:
-    """The test context, grounded when the test's `llm_scenario` is (the estimate adds overhead)."""
-    if "llm_scenario" not in getattr(item, "fixturenames", ()):
-        return context
-    from ..matrix import scenario_of
-
-    scenario = scenario_of(item)
-    return replace(context, grounded=True) if scenario and scenario.grounded else context
 
 
 @pytest.hookimpl(trylast=True)  # after the terminal lists the collected tests

@@ -39,14 +39,19 @@ def pytest_runtest_makereport(
     return report
 
 
+def _closed_after(config: pytest.Config, builder: str) -> Generator[Any, None, None]:
+    """A client from `clients.<builder>`, closed when the test is done."""
+    from .. import clients
+
+    client = getattr(clients, builder)(budget(config))
+    yield client
+    client.close()
+
+
 @pytest.fixture
 def openai_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
     """`openai.OpenAI` routed through the budget, SDK retries off (OPENAI_API_KEY/BASE_URL)."""
-    from ..clients import openai_client as build
-
-    client = build(budget(pytestconfig))
-    yield client
-    client.close()
+    yield from _closed_after(pytestconfig, "openai_client")
 
 
 @pytest.fixture
@@ -60,11 +65,7 @@ def async_openai_client(pytestconfig: pytest.Config) -> Any:
 @pytest.fixture
 def gemini_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
     """`genai.Client` whose sync and `.aio` calls are routed (GEMINI_API_KEY, base URL env)."""
-    from ..clients import gemini_client as build
-
-    client = build(budget(pytestconfig))
-    yield client
-    client.close()
+    yield from _closed_after(pytestconfig, "gemini_client")
 
 
 @pytest.fixture

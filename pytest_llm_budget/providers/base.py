@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pytest_llm_budget.tokens import EstimatePolicy, TokenCounter
+from pytest_llm_budget.tokens.counting import TokenCounter
+from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = [
     "Estimate",
@@ -18,8 +19,10 @@ __all__ = [
     "SSEUsageParser",
     "Usage",
     "as_int",
+    "error_object",
     "load_json",
     "lower_headers",
+    "times_choices",
 ]
 
 
@@ -50,6 +53,28 @@ class Usage:
     reasoning_tokens: int = 0
     #: OpenAI's `service_tier` of the response ("default", "flex", "priority"), when reported.
     service_tier: str | None = None
+
+    @classmethod
+    def reported(
+        cls,
+        prompt: int,
+        completion: int,
+        total: int | None,
+        *,
+        cached: int = 0,
+        reasoning: int = 0,
+        service_tier: str | None = None,
+    ) -> Usage:
+        """Usage from a provider's counts: the total from the parts when it has none, and the
+        cached / reasoning details never more than the part they belong to."""
+        return cls(
+            prompt,
+            completion,
+            prompt + completion if total is None else total,
+            cached_tokens=min(cached, prompt),
+            reasoning_tokens=min(reasoning, completion),
+            service_tier=service_tier,
+        )
 
 
 class RejectionKind(enum.Enum):
@@ -156,6 +181,19 @@ def as_int(value: object) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return None
+
+
+def error_object(data: object) -> dict[str, Any]:
+    """The `error` object of a parsed error body (both vendors nest it so), else empty."""
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def times_choices(budget: int | None, choices: int | None) -> int | None:
+    """A declared output budget for all the answers asked for (OpenAI `n`, `candidateCount`)."""
+    if budget is not None and choices is not None and choices > 1:
+        return budget * choices
+    return budget
 
 
 def lower_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -27,8 +27,10 @@ from pytest_llm_budget.providers.base import (
     SSEUsageParser,
     Usage,
     as_int,
+    error_object,
     load_json,
     lower_headers,
+    times_choices,
 )
 from pytest_llm_budget.providers.retry_hints import (
     parse_gemini_retry_info,
@@ -36,7 +38,8 @@ from pytest_llm_budget.providers.retry_hints import (
     retry_delay_from_headers,
 )
 from pytest_llm_budget.providers.sse import JSONEventUsageParser
-from pytest_llm_budget.tokens import EstimatePolicy, TextMeasure, TokenCounter
+from pytest_llm_budget.tokens.counting import TextMeasure, TokenCounter
+from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = ["GeminiProvider", "gemini_method", "gemini_model"]
 
@@ -176,11 +179,10 @@ class GeminiProvider:
         config = _get(data, "generationConfig", "generation_config")
         if not isinstance(config, Mapping):
             return None
-        budget = as_int(_get(config, "maxOutputTokens", "max_output_tokens"))
-        candidates = as_int(_get(config, "candidateCount", "candidate_count"))
-        if budget is not None and candidates is not None and candidates > 1:
-            return budget * candidates
-        return budget
+        return times_choices(
+            as_int(_get(config, "maxOutputTokens", "max_output_tokens")),
+            as_int(_get(config, "candidateCount", "candidate_count")),
+        )
 
     def usage_from_json(self, body: bytes) -> Usage | None:
         """usageMetadata of a response, or of the last element of a JSON-array stream."""
@@ -199,8 +201,7 @@ class GeminiProvider:
     ) -> Rejection:
         """RATE_LIMIT with RetryInfo's delay, or QUOTA for per-day / zero-limit quotas."""
         data = load_json(body)
-        error = data.get("error") if isinstance(data, dict) else None
-        error = error if isinstance(error, dict) else {}
+        error = error_object(data)
         message = str(error.get("message") or "") or f"HTTP {status}"
         violations = _quota_violations(error)
         limit = next(
@@ -267,10 +268,4 @@ def _response_usage(response: object) -> Usage | None:
     cached = as_int(_get(meta, "cachedContentTokenCount", "cached_content_token_count")) or 0
     completion = (candidates or 0) + (thoughts or 0)
     prompt = prompt or 0
-    return Usage(
-        prompt,
-        completion,
-        prompt + completion if total is None else total,
-        cached_tokens=min(cached, prompt),
-        reasoning_tokens=thoughts or 0,
-    )
+    return Usage.reported(prompt, completion, total, cached=cached, reasoning=thoughts or 0)

@@ -24,15 +24,18 @@ from pytest_llm_budget.providers.base import (
     SSEUsageParser,
     Usage,
     as_int,
+    error_object,
     load_json,
     lower_headers,
+    times_choices,
 )
 from pytest_llm_budget.providers.retry_hints import (
     parse_retry_hint_in_message,
     retry_delay_from_headers,
 )
 from pytest_llm_budget.providers.sse import JSONEventUsageParser
-from pytest_llm_budget.tokens import EstimatePolicy, TokenCounter, chars_tokens
+from pytest_llm_budget.tokens.counting import TokenCounter
+from pytest_llm_budget.tokens.policy import EstimatePolicy, chars_tokens
 
 __all__ = ["OpenAIProvider", "request_chars"]
 
@@ -77,10 +80,7 @@ def request_chars(value: object) -> int:
 def _declared_output(body: Mapping[str, Any], *keys: str) -> int | None:
     """The first non-negative integer among keys, multiplied by `n` choices when given."""
     budget = next((v for v in (as_int(body.get(k)) for k in keys) if v is not None), None)
-    choices = as_int(body.get("n"))
-    if budget is not None and choices is not None and choices > 1:
-        return budget * choices
-    return budget
+    return times_choices(budget, as_int(body.get("n")))
 
 
 class OpenAIProvider:
@@ -165,9 +165,7 @@ class OpenAIProvider:
         self, status: int, headers: Mapping[str, str], body: bytes, now: float
     ) -> Rejection:
         """Quota (never retry), request too large (never retry), or a rate limit with its delay."""
-        data = load_json(body)
-        error = data.get("error") if isinstance(data, dict) else None
-        error = error if isinstance(error, dict) else {}
+        error = error_object(load_json(body))
         message = str(error.get("message") or "")
         code = str(error.get("code") or "")
         limit_type = str(error.get("type") or "") or None
@@ -226,12 +224,12 @@ def _usage(raw: object, tier: object = None) -> Usage | None:
     reasoning = _detail(
         raw, ("completion_tokens_details", "output_tokens_details"), "reasoning_tokens"
     )
-    return Usage(
+    return Usage.reported(
         prompt,
         completion,
-        prompt + completion if total is None else total,
-        cached_tokens=min(cached, prompt),
-        reasoning_tokens=min(reasoning, completion),
+        total,
+        cached=cached,
+        reasoning=reasoning,
         service_tier=tier if isinstance(tier, str) and tier else None,
     )
 

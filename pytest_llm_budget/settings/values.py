@@ -1,0 +1,199 @@
+"""How an option's text becomes its value: one parser per kind, each raising ValueError.
+
+The message of a ValueError says what the value must be; `Settings.resolve` prefixes the option
+and the source it came from (`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..backends import validate_backend_spec
+from ..limiter import LimitRule
+
+__all__ = [
+    "backend_spec",
+    "boolean",
+    "choice",
+    "headroom",
+    "limit_rules",
+    "lines",
+    "non_negative_float",
+    "non_negative_int",
+    "notice_after",
+    "optional_duration",
+    "optional_positive_int",
+    "optional_usd",
+    "parse_duration",
+    "parse_limit_rule",
+    "positive_float",
+    "positive_int",
+    "reports",
+]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip().replace("_", ""))
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+T = TypeVar("T")
+
+
+def _or_none(parse: Callable[[str], T], *words: str) -> Callable[[str], T | None]:
+    """A parser that also takes `words` (e.g. none, off) for None."""
+
+    def parse_or_none(text: str) -> T | None:
+        return None if text.strip().lower() in words else parse(text)
+
+    return parse_or_none
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise ValueError("must be a whole number above 0")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a number above 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number, 0 or more")
+    return value
+
+
+def headroom(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise ValueError("must be at least 0 and below 1 (a fraction of the TPM kept unused)")
+    return value
+
+
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
+)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `10m`, `1h30m`, `1.5h`; raises ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not text.strip() or not match or not any(match.groups()):
+        raise ValueError("must be a duration such as 90s, 10m or 1h30m")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError("must be a duration above 0")
+    return total
+
+
+optional_positive_int = _or_none(positive_int, "", "none", "unlimited", "off")
+notice_after = _or_none(non_negative_float, "off", "none", "never")
+optional_duration = _or_none(parse_duration, "", "none", "off")
+
+
+def _usd(text: str) -> float:
+    """Dollars (`5`, `0.50`, `$5`, `1,000`)."""
+    try:
+        value = float(text.strip().lower().removeprefix("$").replace(",", "").replace("_", ""))
+    except ValueError:
+        raise ValueError("must be an amount in US dollars, e.g. 5 or 0.50") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be an amount in US dollars above 0")
+    return value
+
+
+optional_usd = _or_none(_usd, "", "none", "off", "unlimited")
+
+
+def backend_spec(text: str) -> str:
+    return validate_backend_spec(text.strip())
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def choice(*choices: str) -> Callable[[str], str]:
+    """A parser taking one of `choices` (any case)."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def reports(text: str) -> tuple[str, ...]:
+    """Report paths, separated by spaces or commas; each must end in .json or .html."""
+    paths = tuple(w for w in re.split(r"[\s,]+", text) if w)
+    for path in paths:
+        if not path.lower().endswith((".json", ".html", ".htm")):
+            raise ValueError(f"{path!r}: a report path must end in .json or .html")
+    return paths
+
+
+_RULE = re.compile(r"^(?P<vendor>[^\s:]+):(?P<model>\S+)(?P<rest>(?:\s+\w+=\S+)*)\s*$")
+
+
+def parse_limit_rule(line: str) -> LimitRule:
+    """`openai:gpt-5* tpm=30000 rpm=500` -> LimitRule; raises ValueError naming the fault."""
+    match = _RULE.match(line.strip())
+    if not match:
+        raise ValueError(f"{line.strip()!r} is not 'vendor:model tpm=N [rpm=M]'")
+    values: dict[str, int] = {}
+    for pair in match["rest"].split():
+        key, _, raw = pair.partition("=")
+        if key not in ("tpm", "rpm"):
+            raise ValueError(f"{line.strip()!r}: unknown key {key!r} (expected tpm or rpm)")
+        try:
+            values[key] = positive_int(raw)
+        except ValueError:
+            raise ValueError(
+                f"{line.strip()!r}: {key}={raw!r} must be a whole number above 0"
+            ) from None
+    if "tpm" not in values:
+        raise ValueError(f"{line.strip()!r}: a rule needs tpm=N")
+    return LimitRule(match["vendor"], match["model"], values["tpm"], values.get("rpm"))
+
+
+def limit_rules(text: str) -> tuple[LimitRule, ...]:
+    """One rule a line (blank lines skipped)."""
+    return tuple(parse_limit_rule(line) for line in text.splitlines() if line.strip())
+
+
+def lines(text: str) -> tuple[str, ...]:
+    """The non-blank lines, stripped."""
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
