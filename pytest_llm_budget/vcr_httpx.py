@@ -58,6 +58,7 @@ def _httpx_modules() -> list[ModuleType]:
 
 def vcr_cassette_open() -> bool:
     """True when a vcr cassette other than ours has stubbed an httpx transport right now."""
+    # every stub vcr's factory builds shares one code object (functools.wraps copies the names)
     stub_code = vcr_httpx_stubs()[0](None, _httpx_modules, None).__code__
     methods = (module.HTTPTransport.handle_request for module in _httpx_modules())
     return any(getattr(method, "__code__", None) is stub_code for method in methods)
