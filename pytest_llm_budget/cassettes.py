@@ -1,11 +1,9 @@
 """vcrpy glue: one cassette per LLM test, record modes, secret filters, replay accounting.
 
-vcrpy is imported only when a cassette is opened (record mode other than `off`). Ordering with the
-routing layer: vcr's patch of `httpx2.HTTPTransport.handle_request` (and the async twin) is
-installed per test *over* whatever is installed when the cassette opens (the routing wrapper), and
-vcr's saved "real" method is pointed at that same routed method while the cassette is open. So a
-replayed call is answered by vcr before the limiter sees it (no wait, no budget), and a recorded
-call goes vcr -> routing (limiter, retries) -> network.
+vcrpy is imported only when a cassette is opened (record mode other than `off`) and used through
+its public options (`vcr.VCR`, a registered matcher, `before_record_*` hooks, `skip_patchers`);
+its httpx stubs are installed over the routing by `vcr_httpx.Tape`, so a replayed call never
+waits or spends budget and a recorded one is paced, on httpx2 and legacy httpx alike.
 
 Cassettes hold LLM traffic only (requests a provider recognises, or hosts in `llm_hosts`); other
 HTTP passes through untouched and unrecorded.
@@ -25,34 +23,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .records import CallRecord
-from .redact import mask_loggers, mask_url
+from .redact import mask_loggers
 from .settings.resolved import Settings
 
 __all__ = [
-    "PLACEHOLDER_KEYS",
-    "REPLAYING_MODES",
-    "SECRET_HEADERS",
-    "SECRET_QUERY",
-    "CassettePolicy",
-    "CassetteUse",
-    "Cassettes",
-    "cassette_name",
-    "cassette_path",
-    "placeholder_key",
-    "replayed_record",
-    "use_placeholder_keys",
+    "PLACEHOLDER_KEYS", "REPLAYING_MODES", "SECRET_HEADERS", "SECRET_QUERY", "CassettePolicy",
+    "CassetteUse", "Cassettes", "cassette_name", "cassette_path", "placeholder_key",
+    "replayed_record", "use_placeholder_keys",
 ]
 
 #: Request headers never written to a cassette (plus ini `llm_filter_headers`).
 SECRET_HEADERS = (
-    "authorization",
-    "x-goog-api-key",
-    "api-key",
-    "openai-organization",
-    "openai-project",
-    "cookie",
-    "set-cookie",
-    "proxy-authorization",
+    "authorization", "x-goog-api-key", "api-key", "openai-organization", "openai-project",
+    "cookie", "set-cookie", "proxy-authorization",
 )
 #: Response headers never written to a cassette (plus ini `llm_filter_headers`).
 SECRET_RESPONSE_HEADERS = ("set-cookie", "openai-organization", "openai-project")
@@ -215,39 +198,28 @@ def _model_of(path: str, body: Any) -> str:
     return match.group(1) if match else "*"
 
 
-def _headers_get(headers: Any, name: str) -> str:
-    """A response header from a cassette's `{name: [values]}` mapping, case-insensitively."""
-    for key, values in (headers or {}).items():
-        if str(key).lower() == name:
-            return str(values[0] if isinstance(values, list) and values else values)
-    return ""
-
-
 def replayed_record(
-    method: str, uri: str, body: Any, response: dict[str, Any], *, test: str, worker: str
+    request: Any, status: int, content_type: str, payload: bytes, *, test: str, worker: str
 ) -> CallRecord | None:
     """The CallRecord of one replayed call: usage parsed from the recorded response, replayed."""
     from .traffic import classify
 
-    split = urlsplit(uri)
-    provider = classify(split.hostname or "", split.port, split.path).provider
+    url = request.url
+    provider = classify(url.host, url.port, url.path).provider
     if provider is None:
         return None
-    raw = response.get("body", {}).get("string", b"")
-    payload = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-    if "text/event-stream" in _headers_get(response.get("headers"), "content-type"):
+    if "text/event-stream" in content_type:
         parser = provider.sse_usage_parser()
         parser.feed(payload)
         parser.close()
         usage = parser.usage
     else:
         usage = provider.usage_from_json(payload)
-    status = int(response.get("status", {}).get("code", 200))
     return CallRecord(
         t=time.time(),
         test=test,
         vendor=provider.vendor,
-        model=_model_of(split.path, body),
+        model=_model_of(url.path, request.content),
         estimated=0,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
@@ -265,11 +237,6 @@ def replayed_record(
     )
 
 
-def _is_vcr_wrapper(method: object) -> bool:
-    """True when an httpx2 transport method is vcr's stub (a cassette is already open)."""
-    return "vcr_handle" in getattr(method, "__qualname__", "")
-
-
 class Cassettes:
     """Opens per-test cassettes for a session; builds the vcr.VCR object on first use."""
 
@@ -282,6 +249,8 @@ class Cassettes:
     def _build(self) -> Any:
         """The vcr.VCR configured with the policy (imports vcrpy: only ever called lazily)."""
         import vcr
+
+        from .vcr_httpx import HTTPX_PATCHERS
 
         policy = self.policy
 
@@ -304,17 +273,11 @@ class Cassettes:
             decode_compressed_response=True,
             before_record_request=before_record_request,
             before_record_response=before_record_response,
+            skip_patchers=HTTPX_PATCHERS,  # vcr_httpx.Tape installs them over the routing
         )
         recorder.register_matcher("llm_body", _body_matcher)
-        _mask_vcr_logs()
+        mask_loggers(_VCR_LOGGERS)
         return recorder
-
-    @staticmethod
-    def nested() -> bool:
-        """True when some other vcr cassette is open right now (then this one steps aside)."""
-        import httpx2
-
-        return _is_vcr_wrapper(httpx2.HTTPTransport.handle_request)
 
     @contextlib.contextmanager
     def use(self, path: Path, test: str) -> Iterator[CassetteUse]:
@@ -323,98 +286,31 @@ class Cassettes:
         Steps aside (yields a use with `aside=True`, opens nothing) when another vcr cassette is
         already open, e.g. a user's own `vcr.use_cassette` around the test.
         """
-        if self.nested():
-            yield CassetteUse(path, self.policy.mode, test, aside=True)
-            return
         if self._vcr is None:
             self._vcr = self._build()
-        from .transport import REPLAY_CHECKS
+        from .vcr_httpx import Tape, vcr_cassette_open
 
+        if vcr_cassette_open():
+            yield CassetteUse(path, self.policy.mode, test, aside=True)
+            return
         use = CassetteUse(path, self.policy.mode, test)
-        with _vcr_real_calls_routed(), self._vcr.use_cassette(str(path)) as cassette:
-            check = self._instrument(cassette, use)
-            REPLAY_CHECKS.append(check)  # fixtures' BudgetTransport: replays skip the budget
-            try:
-                yield use
-            finally:
-                REPLAY_CHECKS.remove(check)
+        with self._vcr.use_cassette(str(path)) as cassette, Tape(cassette, use, self._replayed):
+            yield use
 
-    def _instrument(self, cassette: Any, use: CassetteUse) -> Callable[[Any], bool]:
-        """Wrap the cassette's play/lookup methods to report replays and note misses.
-
-        Returns the routing layer's replay check: True for an httpx request this cassette will
-        answer, so a wrapping `BudgetTransport` (fixtures' clients) passes it on unbudgeted.
-        """
-        play, can_play = cassette.play_response, cassette.can_play_response_for
-
-        def play_response(request: Any) -> Any:
-            response = play(request)
-            use.replayed += 1
-            record = replayed_record(
-                request.method,
-                request.uri,
-                request.body,
-                response,
-                test=use.test,
-                worker=self._worker,
-            )
-            if record is not None:
-                self._record(record)
-            return response
-
-        def can_play_response_for(request: Any) -> Any:
-            found = can_play(request)
-            if not found and cassette.write_protected and cassette.filter_request(request):
-                # vcr raises next, quoting the request: let its message carry no credential
-                request.uri = mask_url(request.uri)
-                miss = f"{request.method} {request.uri}"
-                if miss not in use.misses:
-                    use.misses.append(miss)
-            return found
-
-        def will_replay(request: Any) -> bool:
-            from vcr.request import Request
-
-            body = getattr(request, "_content", None)
-            vcr_request = Request(request.method, str(request.url), body, dict(request.headers))
-            return bool(can_play(vcr_request))
-
-        cassette.play_response = play_response
-        cassette.can_play_response_for = can_play_response_for
-        return will_replay
+    def _replayed(self, use: CassetteUse, request: Any, response: Any) -> None:
+        """Count one replayed call and record its usage (priced as if live by the session)."""
+        use.replayed += 1
+        record = replayed_record(
+            request,
+            response.status_code,
+            response.headers.get("content-type", ""),
+            response.content,
+            test=use.test,
+            worker=self._worker,
+        )
+        if record is not None:
+            self._record(record)
 
 
 #: vcr's loggers that quote request URLs (with any `?key=`) at INFO and DEBUG.
 _VCR_LOGGERS = ("vcr.request", "vcr.cassette", "vcr.stubs", "vcr.stubs.httpx_stubs")
-
-
-def _mask_vcr_logs() -> None:
-    """Mask URLs in vcr's log records (for the rest of the process: vcr stays imported)."""
-    mask_loggers(_VCR_LOGGERS)
-
-
-@contextlib.contextmanager
-def _vcr_real_calls_routed() -> Iterator[None]:
-    """Point vcr's saved "real" httpx2 methods at the installed (routed) ones while open.
-
-    vcr.patch saves `httpx2.HTTPTransport.handle_request` when it is first imported; if that was
-    before the routing layer patched the class, a recorded call would skip the limiter. While our
-    cassette is open, vcr's real call is whatever is installed now: the routing wrapper.
-    """
-    import httpx2
-    import vcr.patch as vcr_patch
-
-    names = {
-        "_Httpx2HttpTransport_handle_request": httpx2.HTTPTransport.handle_request,
-        "_Httpx2AsyncHttpTransport_handle_async_request": (
-            httpx2.AsyncHTTPTransport.handle_async_request
-        ),
-    }
-    saved = {name: getattr(vcr_patch, name) for name in names}
-    for name, method in names.items():
-        setattr(vcr_patch, name, method)
-    try:
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(vcr_patch, name, method)

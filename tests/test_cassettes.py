@@ -1,12 +1,17 @@
-"""Cassettes: naming, record/replay of every call kind, secrets, `none` mode offline failure."""
+"""Cassettes: naming, record/replay of every call kind, secrets, `none` mode offline failure.
+
+Run under both venvs: openai 3.x on httpx2, and (`.ci/run`, tox env `openai2`) 2.x on httpx.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -338,3 +343,120 @@ def test_pytest_recording_vcr_marker_is_left_alone(
     assert "CannotOverwriteExistingCassetteException" in replay.stdout.str()
     assert "pytest-llm-budget: no recording" not in replay.stdout.str()
     assert counting.connections == 0
+
+
+# -- the SDK installed (openai 3.x on httpx2, or 2.x on httpx in the legacy venv) -----------------
+SDK_SUITE = """
+import asyncio, importlib
+import openai, pytest
+
+MAJOR = int(openai.__version__.split(".")[0])
+HTTP = importlib.import_module("httpx" if MAJOR < 3 else "httpx2")
+MSG = [{"role": "user", "content": "sdk"}]
+
+
+@pytest.mark.llm_budget
+def test_app_client():
+    client = openai.OpenAI(max_retries=0)
+    assert isinstance(client._client, HTTP.Client)  # the legacy venv really runs on httpx
+    r = client.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=6000)
+    assert r.choices[0].message.content
+
+
+@pytest.mark.llm_budget
+def test_app_async_client():
+    async def go():
+        client = openai.AsyncOpenAI(max_retries=0)
+        r = await client.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=6001)
+        return r.choices[0].message.content
+    assert asyncio.run(go())
+
+
+def test_fixture_client(openai_client):
+    r = openai_client.chat.completions.create(model="gpt-5", messages=MSG, max_tokens=6002)
+    assert r.choices[0].message.content
+"""
+#: A project's own vcr setup, imported before the plugin routes httpx2/httpx (vcr then saves the
+#: unrouted transport methods as its "real" ones).
+VCR_FIRST = "import vcr  # noqa: F401\n"
+
+
+def _report(pytester: pytest.Pytester, name: str) -> dict[str, Any]:
+    return cast("dict[str, Any]", json.loads((pytester.path / name).read_text()))
+
+
+def test_sdk_calls_recorded_paced_and_replayed_free(
+    pytester: pytest.Pytester, counting: CountingServer
+) -> None:
+    """Recorded through the budget even when vcr is imported first; replayed offline, unpaid,
+    under either route mode and a budget below one call (a paid call would be too large)."""
+    pytester.makeconftest(VCR_FIRST)
+    pytester.makepyfile(test_sdk=SDK_SUITE)
+    with Emulator() as emulator:
+        _env(pytester, f"127.0.0.1:{emulator.port}")
+        _run(pytester, "--llm-record-mode", "all", "--llm-report", "rec.json").assert_outcomes(
+            passed=3
+        )
+        assert len(emulator.log) == 3
+    recorded = _report(pytester, "rec.json")["calls"]
+    assert [(c["replayed"], c["estimated"] > 6000) for c in recorded] == [(False, True)] * 3
+    _env(pytester, f"127.0.0.1:{counting.port}")
+    for route in ("all", "fixtures"):
+        args = ("--llm-record-mode", "none", "--llm-route", route, "--llm-tpm", "5000")
+        _run(pytester, *args, "--llm-report", "rep.json").assert_outcomes(passed=3)
+        replayed = _report(pytester, "rep.json")
+        assert replayed["totals"]["replayed"] == 3 and replayed["totals"]["waited_s"] == 0
+        assert [c["cost_usd"] for c in replayed["calls"]] == [0.0] * 3
+        assert sorted(c["would_cost_usd"] for c in replayed["calls"]) == sorted(
+            c["cost_usd"] for c in recorded
+        )
+        tokens = sorted((c["prompt_tokens"], c["completion_tokens"]) for c in replayed["calls"])
+        assert tokens == sorted((c["prompt_tokens"], c["completion_tokens"]) for c in recorded)
+    assert counting.connections == 0
+
+
+def test_a_cassette_the_project_opened_first_is_left_to_it(pytester: pytest.Pytester) -> None:
+    """A user's own vcr cassette open around the test: ours steps aside, theirs records."""
+    pytester.makeconftest(
+        """
+        import pytest, vcr
+
+        @pytest.fixture(autouse=True, scope="session")
+        def their_cassette():
+            with vcr.use_cassette("theirs.yaml"):
+                yield
+        """
+    )
+    pytester.makepyfile(test_sdk=SDK_SUITE)
+    with Emulator() as emulator:
+        _env(pytester, f"127.0.0.1:{emulator.port}")
+        _run(pytester, "--llm-record-mode", "all", "-k", "test_app_client").assert_outcomes(
+            passed=1
+        )
+    assert "/v1/chat/completions" in (pytester.path / "theirs.yaml").read_text()
+    assert not (pytester.path / "cassettes").exists()
+
+
+def test_vcr_httpx_stubs_still_answer_from_a_cassette(tmp_path: Path) -> None:
+    """The one vcrpy name outside its documented API (vcr_httpx.vcr_httpx_stubs): a vcrpy
+    release that drops or changes the stub factories fails here first."""
+    import httpx2
+    import vcr
+
+    from pytest_llm_budget.vcr_httpx import HTTPX_PATCHERS, vcr_httpx_stubs
+
+    sent: list[str] = []
+
+    def real(transport: Any, request: Any) -> Any:
+        sent.append(str(request.url))
+        return httpx2.Response(200, content=b'{"ok": true}', request=request)
+
+    recorder = vcr.VCR(skip_patchers=HTTPX_PATCHERS)  # ValueError if vcr renames the groups
+    sync, async_ = vcr_httpx_stubs()
+    for _ in range(2):  # records, then replays
+        with recorder.use_cassette(str(tmp_path / "c.yaml")) as cassette:
+            stub = sync(cassette, real, httpx2)
+            response = stub(None, httpx2.Request("GET", "http://llm.test/v1/x"))
+            assert response.read() == b'{"ok": true}'
+    assert sent == ["http://llm.test/v1/x"]
+    assert callable(async_)
