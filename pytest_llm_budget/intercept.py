@@ -21,12 +21,12 @@ patches over them and calls them for requests it passes through.
 google-genai's async client sends through aiohttp whenever aiohttp is importable; while routing
 is installed, `BaseApiClient._use_aiohttp` answers False so that it uses its (routed) httpx client.
 
-Cassettes (vcrpy) note: vcr saves `HTTPTransport.handle_request` when `vcr.patch` is imported
-and installs its stub over the class attribute while a cassette is active. For replayed calls
-to skip the budget, vcr must be OUTSIDE this patch: import `vcr.patch` after `install()` (its
-saved "original" is then `routed_handle_request`). If `vcr.patch` was imported first, its saved
-originals are the unrouted methods: re-point them (vcr.patch._Httpx2HttpTransport_handle_request
-= httpx2.HTTPTransport.handle_request, same for the async one) after `install()`.
+`install(session, apps=False)` (`--llm-route fixtures`) patches the same methods but routes no
+app-built client: the pools still gate the plugin's own clients, so a mock or a cassette that
+answers them is never paid for either.
+
+Cassettes (`vcr_httpx.py`) put vcr's httpx stubs over these patched transport methods while a
+cassette is open, so recorded calls go through the budget and replayed ones never reach a pool.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ _UNSENT = ("ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol
 ORIGINALS: dict[tuple[str, str, str], Callable[..., Any]] = {}
 
 _lock = threading.RLock()
-_stack: list[tuple[BudgetSession, tuple[str, ...]]] = []
+_stack: list[tuple[BudgetSession, tuple[str, ...], bool]] = []
 _finder: _PatchOnImport | None = None
 
 
@@ -83,7 +83,9 @@ def _router_for_request(request: Any) -> Router | None:
     with _lock:
         if not _stack:
             return None
-        session, hosts = _stack[-1]
+        session, hosts, apps = _stack[-1]
+    if not apps:
+        return None
     url = request.url
     if not classify(url.host, url.port, url.path, hosts).llm_host:
         return None
@@ -154,9 +156,19 @@ def gated_methods(
     return handle_request, handle_async_request
 
 
-def _no_aiohttp(self: Any) -> bool:
-    """google-genai asks whether to send async calls through aiohttp: never while routing."""
-    return False
+def _no_aiohttp(original: Callable[..., bool]) -> Callable[..., bool]:
+    """google-genai asks whether to send async calls through aiohttp: never while apps are
+    routed (its httpx client is routed, aiohttp is not)."""
+
+    def use_aiohttp(self: Any) -> bool:
+        return not _routes_apps() and original(self)
+
+    return use_aiohttp
+
+
+def _routes_apps() -> bool:
+    with _lock:
+        return bool(_stack) and _stack[-1][2]
 
 
 def _patch(module: ModuleType) -> None:
@@ -164,7 +176,7 @@ def _patch(module: ModuleType) -> None:
     if name == _GENAI:
         cls = getattr(module, "BaseApiClient", None)
         if cls is not None and hasattr(cls, "_use_aiohttp"):
-            _replace(name, cls, "_use_aiohttp", lambda original: _no_aiohttp)
+            _replace(name, cls, "_use_aiohttp", _no_aiohttp)
         return
     pool = name in _POOLS
     sync_cls = module.ConnectionPool if pool else module.HTTPTransport
@@ -232,11 +244,15 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 
 # -- install / uninstall -------------------------------------------------------------------------
-def install(session: BudgetSession, *, hosts: Sequence[str] | None = None) -> None:
-    """Route app-built clients' LLM requests into `session` until the matching `uninstall()`."""
+def install(
+    session: BudgetSession, *, hosts: Sequence[str] | None = None, apps: bool = True
+) -> None:
+    """Gate the connection pools for `session` and, with `apps`, route app-built clients' LLM
+    requests into it, until the matching `uninstall()`."""
     global _finder
     with _lock:
-        _stack.append((session, tuple(session.settings.hosts if hosts is None else hosts)))
+        hosts = tuple(session.settings.hosts if hosts is None else hosts)
+        _stack.append((session, hosts, apps))
         for name in _MODULES:
             module = sys.modules.get(name)
             if module is not None:

@@ -49,10 +49,6 @@ if TYPE_CHECKING:
     from .tokens.policy import EstimatePolicy
 
 
-#: Predicates `(request) -> bool` saying a request will be answered from a cassette: such
-#: requests skip the budget entirely (for the cassette support to register).
-REPLAY_CHECKS: list[Callable[[Any], bool]] = []
-
 _IN_SEND: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_budget_in_send", default=False)
 _GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("llm_budget_gate", default=None)
 
@@ -266,14 +262,11 @@ class Router:
 
     # -- steps ---------------------------------------------------------------------------------
     def _provider(self, request: Any) -> Provider | None:
-        """The provider of an LLM request; None for anything else (or one a cassette answers)."""
+        """The provider of an LLM request; None for anything else."""
         from .traffic import classify
 
         url = request.url
-        provider = classify(url.host, url.port, url.path).provider
-        if provider is None or any(check(request) for check in REPLAY_CHECKS):
-            return None
-        return provider
+        return classify(url.host, url.port, url.path).provider
 
     def _begin(self, request: Any, provider: Provider) -> _Call:
         """Open an LLM request's call state (its estimate waits until it is admitted)."""

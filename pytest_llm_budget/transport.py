@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from .metering import BACKEND_LOST
 from .retry import ERRORS_LOCK, RetryPolicy, errors_for
-from .router import REPLAY_CHECKS, Gate, Router, in_routed_send, pending_gate
+from .router import Gate, Router, in_routed_send, pending_gate
 
 if TYPE_CHECKING:
     from .session import BudgetSession
 
 __all__ = [
     "BACKEND_LOST",
-    "REPLAY_CHECKS",
     "AsyncBudgetTransport",
     "BudgetTransport",
     "Gate",

@@ -68,8 +68,8 @@ class Tape:
     """One open cassette in the httpx transports: vcr's stubs, each call watched.
 
     A call answered without going live is a replay (`replayed(use, request, response)` reports
-    it); a request the cassette lacks is noted in `use.misses`. While installed, the router asks
-    `will_replay` (a fixture client's router pays before it sends under `--llm-route fixtures`).
+    it); a request the cassette lacks is noted in `use.misses`. A replayed call never reaches a
+    connection pool, so it never pays the budget (`intercept.py`).
     """
 
     def __init__(
@@ -83,8 +83,6 @@ class Tape:
 
     def __enter__(self) -> Tape:
         """Install the stubs on httpx2's and httpx's transports (undone by `__exit__`)."""
-        from .transport import REPLAY_CHECKS
-
         sync, async_ = vcr_httpx_stubs()
         stubs = {"handle_request": (sync, self._sync)}
         stubs["handle_async_request"] = (async_, self._async)
@@ -97,23 +95,11 @@ class Tape:
                 stub = factory(self.cassette, self._marking_live(getattr(cls, attr)), module)
                 self._saved.append((cls, attr, vars(cls)[attr]))
                 setattr(cls, attr, watched(stub))
-        REPLAY_CHECKS.append(self.will_replay)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from .transport import REPLAY_CHECKS
-
-        REPLAY_CHECKS.remove(self.will_replay)
         for cls, attr, method in reversed(self._saved):
             setattr(cls, attr, method)
-
-    def will_replay(self, request: Any) -> bool:
-        """True for an httpx request this cassette will answer (the router skips its budget)."""
-        from vcr import Request
-
-        body = getattr(request, "_content", None)
-        vcr_request = Request(request.method, str(request.url), body, {})
-        return bool(self.cassette.can_play_response_for(vcr_request))
 
     def _marking_live(self, real: Callable[..., Any]) -> Callable[..., Any]:
         """`real`, noting each request it sends (sync, or returning the coroutine for async)."""

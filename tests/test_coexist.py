@@ -107,6 +107,28 @@ def test_respx_mocks_are_not_paced(pytester: pytest.Pytester, user_env: None) ->
     run_suite(pytester, body, passed=6)
 
 
+def test_mocked_fixture_clients_are_not_paced_under_route_fixtures(
+    pytester: pytest.Pytester, user_env: None
+) -> None:
+    """`--llm-route fixtures` routes no app client, but the pools still gate the plugin's own."""
+    mock = "respx_mock" if LEGACY else "httpx2_mock"
+    body = f"""
+        @pytest.mark.parametrize("i", range(3))
+        def test_answer({mock}, openai_client, i):
+            route = {mock}.post(URL).mock(return_value=httpx.Response(200, json=BODY))
+            assert ask(openai_client).choices[0].message.content == "mocked"
+            assert route.call_count == 1
+    """
+    pytester.makepyfile(test_user=COMMON + textwrap.dedent(body))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--llm-tpm", "5000", "--llm-route", "fixtures",
+        "--llm-report", "r.json",
+    )
+    result.assert_outcomes(passed=3)
+    report = json.loads((pytester.path / "r.json").read_text())
+    assert report["calls"] == [] and report["totals"]["calls"] == 0
+
+
 def test_pytest_httpx_mocks_are_not_paced(pytester: pytest.Pytester, user_env: None) -> None:
     # pytest-httpx mocks httpx only: openai 2.x itself, or (openai 3.x) a legacy httpx client
     # that the app points at the OpenAI API, which the plugin routes as well.

@@ -13,13 +13,13 @@ from . import budget
 
 @pytest.hookimpl(trylast=True)  # after the matrix and the record mode are checked
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Route clients the code under test builds (`--llm-route all`); undone at unconfigure."""
-    config = session.config
-    if budget(config).settings.route == "all":
-        from .. import intercept
+    """Gate the connection pools, and route clients the code under test builds (`--llm-route
+    all`); undone at unconfigure."""
+    from .. import intercept
 
-        intercept.install(budget(config))
-        config.add_cleanup(intercept.uninstall)
+    config = session.config
+    intercept.install(budget(config), apps=budget(config).settings.route == "all")
+    config.add_cleanup(intercept.uninstall)
 
 
 @pytest.hookimpl(wrapper=True)
