@@ -91,7 +91,9 @@ def ask_gemini(question: str, model: str, vantage: str, grounding: str) -> Answe
     from google.genai import types
 
     client = genai.Client(
-        http_options=types.HttpOptions(base_url=os.environ.get("GOOGLE_GEMINI_BASE_URL"))
+        http_options=types.HttpOptions(
+            base_url=os.environ.get("GOOGLE_GEMINI_BASE_URL"), api_version="v1"
+        )
     )
     tools = [types.Tool(google_search=types.GoogleSearch())] if grounding != "off" else None
     result = client.models.generate_content(
