@@ -26,7 +26,7 @@ BASELINE_CONFTEST = """
 import os, sys
 from pathlib import Path
 import pytest
-from pytest_llm_budget.cassettes import cassette_name, _body_matcher
+from pytest_llm_budget.replay.cassettes import cassette_name, _body_matcher
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OPENAI_BASE_URL", "http://127.0.0.1:8787/v1")

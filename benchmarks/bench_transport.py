@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 
-from pytest_llm_budget import BudgetSession, Settings, clients
+from pytest_llm_budget import BudgetSession, Settings
 from pytest_llm_budget.emulator import Emulator, EmulatorConfig, LimitSpec
+from pytest_llm_budget.routing import clients
+from pytest_llm_budget.routing.transport import BudgetTransport, router_for
 from pytest_llm_budget.tokens import seed_tiktoken_cache
-from pytest_llm_budget.transport import BudgetTransport, router_for
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
 HEADERS = {"authorization": "Bearer sk-bench"}

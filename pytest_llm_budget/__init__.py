@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .api import budget_session, open_budget, summary_text, write_reports
-from .buckets import LimitRule
-from .errors import (
+from pytest_llm_budget.api import budget_session, open_budget, summary_text, write_reports
+from pytest_llm_budget.errors import (
     BudgetWaitTimeout,
     CostCapExceeded,
     LLMBudgetError,
@@ -14,10 +13,11 @@ from .errors import (
     RateLimitExhausted,
     RequestTooLarge,
 )
-from .events import RateLimitEvent, WaitEvent
-from .limiter import Limiter, Reservation
-from .session import BudgetSession
-from .settings.resolved import Settings
+from pytest_llm_budget.events import RateLimitEvent, WaitEvent
+from pytest_llm_budget.limiting.buckets import LimitRule
+from pytest_llm_budget.limiting.limiter import Limiter, Reservation
+from pytest_llm_budget.session import BudgetSession
+from pytest_llm_budget.settings.resolved import Settings
 
 __all__ = [
     "BudgetSession",
@@ -42,13 +42,13 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .clients import wrap
+    from pytest_llm_budget.routing.clients import wrap
 
 
 def __getattr__(name: str) -> Any:
     """`wrap` loads the routing layer, so it is imported on first use, not with the plugin."""
     if name == "wrap":
-        from .clients import wrap
+        from pytest_llm_budget.routing.clients import wrap
 
         return wrap
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,11 +21,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
-from .events import RateLimitEvent, WaitEvent
-from .notices import retry_line, wait_line
-from .report import bucket_costs, cost_line, summary_lines, write_report
-from .session import BudgetSession
-from .settings.resolved import OPTIONS, Settings
+from pytest_llm_budget.events import RateLimitEvent, WaitEvent
+from pytest_llm_budget.reporting.notices import retry_line, wait_line
+from pytest_llm_budget.reporting.report import bucket_costs, cost_line, summary_lines, write_report
+from pytest_llm_budget.session import BudgetSession
+from pytest_llm_budget.settings.resolved import OPTIONS, Settings
 
 __all__ = ["budget_session", "open_budget", "report_document", "summary_text", "write_reports"]
 
@@ -89,7 +89,7 @@ def budget_session(
 
 def summary_text(session: BudgetSession) -> str:
     """The `LLM budget` summary the plugin prints at the end of a pytest run."""
-    from .live import calls_by_bucket
+    from pytest_llm_budget.plugins.live import calls_by_bucket
 
     records = session.calls.records()
     totals = session.calls.totals()
@@ -108,7 +108,7 @@ def summary_text(session: BudgetSession) -> str:
 
 def report_document(session: BudgetSession) -> dict[str, Any]:
     """The JSON report's document of the session so far (with `run` wall time and `tests`)."""
-    from .live import session_report
+    from pytest_llm_budget.plugins.live import session_report
 
     document = session_report(session)
     started = session.started

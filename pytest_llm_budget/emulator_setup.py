@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .emulator import EmulatorConfig, LimitSpec
-from .settings.resolved import Settings
+from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
+from pytest_llm_budget.settings.resolved import Settings
 
 __all__ = ["emulator_config"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .events import RateLimitEvent, WaitEvent
+    from pytest_llm_budget.events import RateLimitEvent, WaitEvent
 
 hookspec = pluggy.HookspecMarker("pytest")
 

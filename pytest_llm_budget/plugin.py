@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from .errors import PriceFileError, SettingsError
-from .llm_tests import MARKER
-from .redact import mask_loggers, redact
-from .settings.resolved import OPTIONS, Settings
+from pytest_llm_budget.errors import PriceFileError, SettingsError
+from pytest_llm_budget.redact import mask_loggers, redact
+from pytest_llm_budget.settings.resolved import OPTIONS, Settings
+from pytest_llm_budget.suite.llm_tests import MARKER
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     """Declare the `pytest_llm_budget_*` hooks users implement (hookspecs.py)."""
-    from . import hookspecs
+    from pytest_llm_budget import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
 
@@ -59,10 +59,18 @@ def _settings(config: pytest.Config) -> Settings:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    from . import plugins
-    from .live import LiveHooks
-    from .plugins import cassettes, core, metrics, recording, reports, routing, xdist
-    from .session import BudgetSession
+    from pytest_llm_budget import plugins
+    from pytest_llm_budget.plugins import (
+        cassettes,
+        core,
+        metrics,
+        recording,
+        reports,
+        routing,
+        xdist,
+    )
+    from pytest_llm_budget.plugins.live import LiveHooks
+    from pytest_llm_budget.session import BudgetSession
 
     config.addinivalue_line(
         "markers",
@@ -77,7 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _settings(config)
     config.add_cleanup(mask_loggers(("httpx2", "httpx")))  # they log each request's URL
     if settings.record_mode == "none":  # replay only: the SDKs need no key (see cassettes.py)
-        from .cassettes import use_placeholder_keys
+        from pytest_llm_budget.replay.cassettes import use_placeholder_keys
 
         config.add_cleanup(use_placeholder_keys(os.environ))
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
@@ -120,8 +128,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from . import plugins
-    from .plugins.xdist import XdistHooks
+    from pytest_llm_budget import plugins
+    from pytest_llm_budget.plugins.xdist import XdistHooks
 
     session = config.stash.get(plugins.SESSION_KEY, None)
     if session is not None:

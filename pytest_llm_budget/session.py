@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import Backend, open_backend
-from .buckets import BucketStats
-from .cost.caps import CostGuard
-from .events import RateLimitEvent, WaitEvent
-from .limiter import Limiter, Reservation
-from .llm_tests import MARKER
-from .records import CallLog, CallRecord, TestUsage
-from .settings.resolved import Settings
+from pytest_llm_budget.backends import Backend, open_backend
+from pytest_llm_budget.cost.caps import CostGuard
+from pytest_llm_budget.events import RateLimitEvent, WaitEvent
+from pytest_llm_budget.limiting.buckets import BucketStats
+from pytest_llm_budget.limiting.limiter import Limiter, Reservation
+from pytest_llm_budget.records import CallLog, CallRecord, TestUsage
+from pytest_llm_budget.settings.resolved import Settings
+from pytest_llm_budget.suite.llm_tests import MARKER
 
 __all__ = ["BudgetSession", "BudgetSnapshot", "TestContext"]
 
@@ -40,7 +40,7 @@ class TestContext:
         kwargs = mark.kwargs if mark is not None else {}
         grounded = bool(kwargs.get("grounded", False))
         if not grounded and "llm_scenario" in getattr(item, "fixturenames", ()):
-            from .matrix import scenario_of
+            from pytest_llm_budget.suite.matrix import scenario_of
 
             scenario = scenario_of(item)
             grounded = scenario is not None and scenario.grounded
@@ -108,7 +108,7 @@ class BudgetSession:
         self.estimate_hooks: list[Callable[[Any, str, str, int], int | None]] = []
         self.notice_after: float | None = settings.notice_after
         self.started = time.time()
-        from .watch import WaitWatch
+        from pytest_llm_budget.limiting.watch import WaitWatch
 
         WaitWatch(self).attach()
 

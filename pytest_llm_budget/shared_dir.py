@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .buckets import BucketStats
-from .records import CallRecord
+from pytest_llm_budget.limiting.buckets import BucketStats
+from pytest_llm_budget.records import CallRecord
 
 __all__ = [
     "PREFIX",
@@ -53,7 +53,7 @@ def clean_stale_dirs(
     root: str | None = None, *, now: float | None = None, min_age: float = STALE_AFTER
 ) -> list[str]:
     """Remove `llm-budget-<pid>-*` folders whose pid is dead and untouched for `min_age` s."""
-    from .backends.file import pid_alive
+    from pytest_llm_budget.backends.file import pid_alive
 
     root = root or tempfile.gettempdir()
     now = time.time() if now is None else now
@@ -146,7 +146,7 @@ class Handover:
 
     def lost(self, worker: str | None = None) -> tuple[list[CallRecord], list[BucketStats]]:
         """Records and figures of spools not handed over (of `worker`'s dead processes, or all)."""
-        from .backends.file import pid_alive
+        from pytest_llm_budget.backends.file import pid_alive
 
         records: list[CallRecord] = []
         buckets: list[BucketStats] = []

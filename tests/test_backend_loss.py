@@ -11,8 +11,9 @@ import openai
 import pytest
 from redis_server import RedisServer
 
-from pytest_llm_budget import BudgetSession, Settings, clients
+from pytest_llm_budget import BudgetSession, Settings
 from pytest_llm_budget.errors import BackendUnavailable
+from pytest_llm_budget.routing import clients
 
 MSG = [{"role": "user", "content": "hello"}]
 

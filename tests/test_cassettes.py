@@ -15,8 +15,8 @@ from typing import Any, cast
 
 import pytest
 
-from pytest_llm_budget.cassettes import MAX_NAME, _body_matcher, cassette_name, cassette_path
 from pytest_llm_budget.emulator import Emulator
+from pytest_llm_budget.replay.cassettes import MAX_NAME, _body_matcher, cassette_name, cassette_path
 
 SAFE = re.compile(r"^[A-Za-z0-9_.\-\[\]]+$")
 
@@ -443,7 +443,7 @@ def test_vcr_httpx_stubs_still_answer_from_a_cassette(tmp_path: Path) -> None:
     import httpx2
     import vcr
 
-    from pytest_llm_budget.vcr_httpx import HTTPX_PATCHERS, vcr_httpx_stubs
+    from pytest_llm_budget.replay.vcr_httpx import HTTPX_PATCHERS, vcr_httpx_stubs
 
     sent: list[str] = []
 

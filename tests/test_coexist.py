@@ -230,7 +230,7 @@ def test_pytest_recording_replays_are_not_paced(
         pytest_plugins = []
 
         def pytest_configure(config):
-            from pytest_llm_budget import intercept
+            from pytest_llm_budget.routing import intercept
             intercept.add_host("127.0.0.1:{emu.port}")
         """
     )
@@ -282,7 +282,7 @@ def test_genai_async_client_built_by_the_app_is_routed_despite_aiohttp(
     import aiohttp  # noqa: F401 - the point: it is importable
     from google import genai
 
-    from pytest_llm_budget import intercept
+    from pytest_llm_budget.routing import intercept
 
     budget = make_budget()
     intercept.install(budget)

@@ -20,7 +20,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 from redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 
-from pytest_llm_budget import CostCapExceeded, clients
+from pytest_llm_budget import CostCapExceeded
 from pytest_llm_budget.backends import MemoryBackend
 from pytest_llm_budget.backends.file import FileBackend
 from pytest_llm_budget.backends.ledger import IDLE_TTL, NANO
@@ -29,6 +29,7 @@ from pytest_llm_budget.cost import CostWarning, PriceBook, PriceFileError, load_
 from pytest_llm_budget.emulator import Emulator, EmulatorConfig, LimitSpec
 from pytest_llm_budget.providers import GeminiProvider, OpenAIProvider, Usage
 from pytest_llm_budget.records import CallRecord
+from pytest_llm_budget.routing import clients
 from pytest_llm_budget.session import TestContext
 from pytest_llm_budget.settings import Settings, SettingsError
 
@@ -149,7 +150,7 @@ def test_cached_and_reasoning_tokens_are_read_and_priced_as_genai_prices_does(
 
 
 def test_preflight_worst_case_prices_every_token_as_output() -> None:
-    from pytest_llm_budget.preflight import TestEstimate, cost_note
+    from pytest_llm_budget.suite.preflight import TestEstimate, cost_note
 
     book = PriceBook()
     tests = [
@@ -300,7 +301,7 @@ def test_async_calls_are_capped_and_a_stream_without_usage_keeps_its_worst_case(
 def test_an_app_built_client_gets_the_refusal_as_a_final_429(emu: Any, make_budget: Any) -> None:
     import openai
 
-    from pytest_llm_budget import intercept
+    from pytest_llm_budget.routing import intercept
 
     fixed_replies(emu)
     budget = make_budget(max_cost=0.003)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget import clients
+from pytest_llm_budget.routing import clients
 from pytest_llm_budget.tokens import default_counter
 
 PROMPTS = {

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pytest_llm_budget import LimitRule
 from pytest_llm_budget.backends import MemoryBackend
 from pytest_llm_budget.emulator.limits import BucketLimiter
-from pytest_llm_budget.limiter import Limiter, Reservation
+from pytest_llm_budget.limiting.limiter import Limiter, Reservation
 
 TPM, W = 10_000, 6.0
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from pytest_llm_budget import BudgetWaitTimeout, LimitRule, RequestTooLarge
 from pytest_llm_budget.backends import MemoryBackend
-from pytest_llm_budget.limiter import Limiter, Reservation
-from pytest_llm_budget.window import Admitted, Deferred
+from pytest_llm_budget.limiting.limiter import Limiter, Reservation
+from pytest_llm_budget.limiting.window import Admitted, Deferred
 
 W = 60.0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llm_budget.matrix import (
+from pytest_llm_budget.suite.matrix import (
     DEFAULT_SCENARIOS,
     LLMModel,
     MatrixError,

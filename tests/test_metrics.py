@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_llm_budget.backends import MemoryBackend
-from pytest_llm_budget.metrics import PUSH_JOB, BudgetMetrics
 from pytest_llm_budget.records import CallRecord
+from pytest_llm_budget.reporting.metrics import PUSH_JOB, BudgetMetrics
 from pytest_llm_budget.session import BudgetSession
 from pytest_llm_budget.settings import Settings
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_llm_budget.events import WaitEvent
-from pytest_llm_budget.notices import wait_line
+from pytest_llm_budget.reporting.notices import wait_line
 
 # Budget 2550 tokens per 2 s window; each call charges about 1010: two fit, the third waits.
 INI = """

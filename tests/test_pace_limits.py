@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget import LimitRule, clients
+from pytest_llm_budget import LimitRule
 from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
 from pytest_llm_budget.emulator.config import ModelLimit
+from pytest_llm_budget.routing import clients
 
 WINDOW, TPM = 2.0, 3000
 TEXT = "Summarise the following notes in one line, please. " * 12  # ~600 characters

@@ -9,15 +9,15 @@ from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llm_budget.limiter import LimitRule
-from pytest_llm_budget.preflight import (
+from pytest_llm_budget.limiting.limiter import LimitRule
+from pytest_llm_budget.settings import Settings
+from pytest_llm_budget.suite.preflight import (
     TestEstimate,
     default_vendor,
     format_duration,
     over_budget_message,
     project,
 )
-from pytest_llm_budget.settings import Settings
 
 
 def test_format_duration() -> None:
@@ -185,7 +185,7 @@ def test_the_bound_is_never_above_the_real_wall(tests: list[Any], tpm: int) -> N
     """Generated runs through the real limiter (fake clock): tests that spend at least what
     they declare never finish sooner than the preflight's "at least"."""
     from pytest_llm_budget.backends.memory import MemoryBackend
-    from pytest_llm_budget.limiter import Limiter
+    from pytest_llm_budget.limiting.limiter import Limiter
 
     config = Settings(tpm=tpm, window=10.0, limits=(LimitRule("gemini", "*", tpm * 2),))
     estimates = [TestEstimate(f"t{i}", t[0], t[4]) for i, t in enumerate(tests)]

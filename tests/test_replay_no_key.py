@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llm_budget.cassettes import PLACEHOLDER_KEYS, placeholder_key, use_placeholder_keys
 from pytest_llm_budget.emulator import Emulator
+from pytest_llm_budget.replay.cassettes import (
+    PLACEHOLDER_KEYS,
+    placeholder_key,
+    use_placeholder_keys,
+)
 
 SUITE = """
 import asyncio

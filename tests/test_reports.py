@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from services import require
 
-from pytest_llm_budget.html_report import render_html
-from pytest_llm_budget.limiter import BucketStats
+from pytest_llm_budget.limiting.limiter import BucketStats
 from pytest_llm_budget.records import CallRecord, Totals
-from pytest_llm_budget.report import build_report, write_report
+from pytest_llm_budget.reporting.html_report import render_html
+from pytest_llm_budget.reporting.report import build_report, write_report
 from pytest_llm_budget.settings import Settings
 
 NASTY = 'tests/test_x.py::test_odd[<script>alert("&amp;")</script>\'&<b>]'

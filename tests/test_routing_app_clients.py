@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget import clients, intercept, wrap
+from pytest_llm_budget import wrap
+from pytest_llm_budget.routing import clients, intercept
 
 MSG = [{"role": "user", "content": "hi"}]
 

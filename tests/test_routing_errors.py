@@ -243,8 +243,8 @@ def test_app_client_gets_final_429_without_sdk_retries(
 ) -> None:
     import openai
 
-    from pytest_llm_budget import intercept
-    from pytest_llm_budget.transport import errors_for
+    from pytest_llm_budget.routing import intercept
+    from pytest_llm_budget.routing.transport import errors_for
 
     budget = make_budget(retries=1)
     intercept.install(budget)

@@ -6,8 +6,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pytest_llm_budget import clients
 from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
+from pytest_llm_budget.routing import clients
 
 MODEL = "gemini-2.5-flash"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget import clients
 from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
+from pytest_llm_budget.routing import clients
 
 MSG = [{"role": "user", "content": "Say something short."}]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .base import Backend, StateBackend
-from .memory import MemoryBackend
+from pytest_llm_budget.backends.base import Backend, StateBackend
+from pytest_llm_budget.backends.memory import MemoryBackend
 
 __all__ = ["Backend", "MemoryBackend", "StateBackend", "open_backend", "validate_backend_spec"]
 
@@ -29,7 +29,7 @@ def open_backend(spec: str, *, shared_dir: str | None = None, xdist: bool = Fals
     if spec == "memory":
         return MemoryBackend()
     if spec == "file" or spec.startswith("file:"):
-        from .file import FileBackend
+        from pytest_llm_budget.backends.file import FileBackend
 
         path = (
             spec[5:]
@@ -37,6 +37,6 @@ def open_backend(spec: str, *, shared_dir: str | None = None, xdist: bool = Fals
             else os.path.join(shared_dir or os.getcwd(), "llm-budget-state.json")
         )
         return FileBackend(path)
-    from .redis import RedisBackend
+    from pytest_llm_budget.backends.redis import RedisBackend
 
     return RedisBackend.from_url(spec)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractContextManager
 
-from ..admission import Decision, Limits
-from ..window import WindowSnapshot, WindowState
-from .ledger import LedgerAnswer, LedgerState
+from pytest_llm_budget.backends.ledger import LedgerAnswer, LedgerState
+from pytest_llm_budget.limiting.admission import Decision, Limits
+from pytest_llm_budget.limiting.window import WindowSnapshot, WindowState
 
 __all__ = ["Backend", "StateBackend"]
 

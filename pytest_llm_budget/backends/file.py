@@ -24,10 +24,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ..errors import StateFileLocked, StateFileWarning
-from ..window import WindowState
-from .base import StateBackend
-from .ledger import LedgerState
+from pytest_llm_budget.backends.base import StateBackend
+from pytest_llm_budget.backends.ledger import LedgerState
+from pytest_llm_budget.errors import StateFileLocked, StateFileWarning
+from pytest_llm_budget.limiting.window import WindowState
 
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
 

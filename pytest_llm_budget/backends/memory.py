@@ -6,9 +6,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..window import WindowState
-from .base import StateBackend
-from .ledger import LedgerState
+from pytest_llm_budget.backends.base import StateBackend
+from pytest_llm_budget.backends.ledger import LedgerState
+from pytest_llm_budget.limiting.window import WindowState
 
 __all__ = ["MemoryBackend"]
 

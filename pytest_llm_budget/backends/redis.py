@@ -23,12 +23,12 @@ import time
 from importlib import resources
 from typing import Any
 
-from ..admission import Admitted, Decision, Deferred, Limits
-from ..errors import BackendUnavailable
-from ..redact import mask_url, redact
-from ..window import WindowSnapshot
-from .base import Backend
-from .ledger import IDLE_TTL, LedgerAnswer, LedgerState
+from pytest_llm_budget.backends.base import Backend
+from pytest_llm_budget.backends.ledger import IDLE_TTL, LedgerAnswer, LedgerState
+from pytest_llm_budget.errors import BackendUnavailable
+from pytest_llm_budget.limiting.admission import Admitted, Decision, Deferred, Limits
+from pytest_llm_budget.limiting.window import WindowSnapshot
+from pytest_llm_budget.redact import mask_url, redact
 
 __all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
 
@@ -191,7 +191,7 @@ class RedisBackend(Backend):
 
     def _dead_local(self, owners: list[str]) -> list[str]:
         """Owners (`host:pid[:worker]`) on this host whose process no longer exists."""
-        from .file import owner_pid, pid_alive
+        from pytest_llm_budget.backends.file import owner_pid, pid_alive
 
         dead = []
         for owner in set(owners):

@@ -1,6 +1,6 @@
 -- One bucket's sliding window, kept in Redis as ONE MessagePack blob and changed atomically.
 --
--- This is a line-by-line port of pytest_llm_budget/window.py (WindowState), admission.py (when a
+-- This is a line-by-line port of pytest_llm_budget/limiting/window.py (WindowState), admission.py (when a
 -- charge fits) and correction.py (the learned factor): the same entries, leases, waiters (first
 -- come, first served, with overtaking that delays no one), pause, learned factor and clock, the
 -- same admission, settling and learning rules. The blob's one-letter fields hold what

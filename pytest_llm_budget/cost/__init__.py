@@ -6,9 +6,9 @@ first priced); `caps` holds a call's worst case against the caps and settles its
 
 from __future__ import annotations
 
-from ..errors import CostWarning, PriceFileError
-from .caps import CostGuard, CostHold
-from .prices import ModelPrice, PriceBook, load_price_file, usd
+from pytest_llm_budget.cost.caps import CostGuard, CostHold
+from pytest_llm_budget.cost.prices import ModelPrice, PriceBook, load_price_file, usd
+from pytest_llm_budget.errors import CostWarning, PriceFileError
 
 __all__ = [
     "CostGuard",

@@ -25,15 +25,15 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from ..backends.ledger import NANO, LedgerState
-from ..errors import CostCapExceeded, CostWarning, PriceFileError
-from .prices import PriceBook, load_price_file, usd
+from pytest_llm_budget.backends.ledger import NANO, LedgerState
+from pytest_llm_budget.cost.prices import PriceBook, load_price_file, usd
+from pytest_llm_budget.errors import CostCapExceeded, CostWarning, PriceFileError
 
 if TYPE_CHECKING:
-    from ..backends import Backend
-    from ..providers import Estimate, Usage
-    from ..records import CallRecord
-    from ..settings.resolved import Settings
+    from pytest_llm_budget.backends import Backend
+    from pytest_llm_budget.providers import Estimate, Usage
+    from pytest_llm_budget.records import CallRecord
+    from pytest_llm_budget.settings.resolved import Settings
 
 __all__ = ["CostGuard", "CostHold"]
 
@@ -104,7 +104,7 @@ class CostGuard:
         """A replayed record with what it would have cost live (`would_cost_usd`)."""
         if not record.replayed or record.would_cost_usd is not None:
             return record
-        from ..providers import Usage
+        from pytest_llm_budget.providers import Usage
 
         usage = Usage(
             record.prompt_tokens,

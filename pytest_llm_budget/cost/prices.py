@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PriceFileError
+from pytest_llm_budget.errors import PriceFileError
 
 if TYPE_CHECKING:
-    from ..providers import Usage
+    from pytest_llm_budget.providers import Usage
 
 __all__ = [
     "ModelPrice",
@@ -172,7 +172,7 @@ class PriceBook:
         self, vendor: str, model: str, input_tokens: int, output_tokens: int
     ) -> Decimal | None:
         """Dollars of `input_tokens` (uncached) and `output_tokens`: a call's highest cost."""
-        from ..providers import Usage
+        from pytest_llm_budget.providers import Usage
 
         total = input_tokens + output_tokens
         return self.price(vendor, model, Usage(input_tokens, output_tokens, total))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ..live import LiveHooks
-from ..session import BudgetSession
+from pytest_llm_budget.plugins.live import LiveHooks
+from pytest_llm_budget.session import BudgetSession
 
 SESSION_KEY = pytest.StashKey[BudgetSession]()
 LIVE_KEY = pytest.StashKey[LiveHooks]()

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..llm_tests import is_llm_test
-from ..redact import redact
-from . import budget
+from pytest_llm_budget.plugins import budget
+from pytest_llm_budget.redact import redact
+from pytest_llm_budget.suite.llm_tests import is_llm_test
 
 if TYPE_CHECKING:
-    from ..cassettes import Cassettes, CassetteUse  # noqa: F401 - named in a StashKey string
+    from pytest_llm_budget.replay.cassettes import Cassettes, CassetteUse  # noqa: F401 - named in a StashKey string
 
 _CASSETTES_KEY = pytest.StashKey["Cassettes"]()
 _CASSETTE_USE_KEY = pytest.StashKey["CassetteUse"]()
@@ -20,7 +20,7 @@ _CASSETTE_USE_KEY = pytest.StashKey["CassetteUse"]()
 
 def _cassettes(config: pytest.Config) -> Cassettes | None:
     """The session's cassette opener, or None when the policy records nothing."""
-    from ..cassettes import CassettePolicy, Cassettes
+    from pytest_llm_budget.replay.cassettes import CassettePolicy, Cassettes
 
     session = budget(config)
     policy = CassettePolicy.from_settings(session.settings)
@@ -38,7 +38,7 @@ def _llm_budget_cassette(request: pytest.FixtureRequest) -> Generator[None, None
     if cassettes is None or not is_llm_test(item) or item.get_closest_marker("vcr"):
         yield
         return
-    from ..cassettes import cassette_path
+    from pytest_llm_budget.replay.cassettes import cassette_path
 
     path = cassette_path(item.path, budget(request.config).settings.cassette_dir, item.nodeid)
     with cassettes.use(path, item.nodeid) as use:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from ..llm_tests import MARKER
-from ..records import TestUsage
-from ..session import BudgetSession, TestContext
-from . import budget
+from pytest_llm_budget.plugins import budget
+from pytest_llm_budget.records import TestUsage
+from pytest_llm_budget.session import BudgetSession, TestContext
+from pytest_llm_budget.suite.llm_tests import MARKER
 
 _MARKER_ARGS = ("tokens", "vendor", "model", "grounded")
 

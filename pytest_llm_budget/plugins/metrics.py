@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..errors import LLMBudgetMetricsWarning
-from ..redact import redact
-from ..session import BudgetSession
+from pytest_llm_budget.errors import LLMBudgetMetricsWarning
+from pytest_llm_budget.redact import redact
+from pytest_llm_budget.session import BudgetSession
 
 if TYPE_CHECKING:
-    from ..metrics import BudgetMetrics
+    from pytest_llm_budget.reporting.metrics import BudgetMetrics
 
 
 def _metrics_warning(config: pytest.Config, message: str) -> None:
@@ -30,7 +30,7 @@ def start_metrics(config: pytest.Config, session: BudgetSession) -> None:
     """Start metrics if an option asks for them; not in xdist workers (the controller merges)."""
     if hasattr(config, "workerinput") or not session.settings.metrics_wanted:
         return
-    from ..metrics import BudgetMetrics
+    from pytest_llm_budget.reporting.metrics import BudgetMetrics
 
     metrics = BudgetMetrics(session)
     port = session.settings.metrics_port

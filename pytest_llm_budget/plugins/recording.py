@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from ..llm_tests import MATRIX_ARGS, is_llm_test
-from . import budget, live
+from pytest_llm_budget.plugins import budget, live
+from pytest_llm_budget.suite.llm_tests import MATRIX_ARGS, is_llm_test
 
 # matrix.py and preflight.py are imported where first needed: a run without them never loads them
 if TYPE_CHECKING:
-    from ..matrix import LLMModel, Scenario
+    from pytest_llm_budget.suite.matrix import LLMModel, Scenario
 
 _MATRIX_KEY = pytest.StashKey["tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]"]()
 PREFLIGHT_FILE = "preflight.json"
@@ -32,7 +32,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def _matrix(config: pytest.Config) -> tuple[tuple[LLMModel, ...], tuple[Scenario, ...]]:
     """The session's models and scenarios (ini `llm_models`, `llm_scenarios`), loaded once."""
-    from ..matrix import MatrixError, load_scenarios, parse_models
+    from pytest_llm_budget.suite.matrix import MatrixError, load_scenarios, parse_models
 
     if _MATRIX_KEY not in config.stash:
         settings = budget(config).settings
@@ -50,7 +50,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize tests taking `llm_model` / `llm_scenario` over the matrix (models outer)."""
     if not any(name in metafunc.fixturenames for name in MATRIX_ARGS):
         return
-    from ..matrix import argnames, matrix_params
+    from pytest_llm_budget.suite.matrix import argnames, matrix_params
 
     marks = metafunc.definition.iter_markers("parametrize")
     taken = {name for mark in marks for name in argnames(mark.args[0])}
@@ -103,8 +103,13 @@ def preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]]
     llm_items = [i for i in session.items if is_llm_test(i)]
     if not llm_items:
         return None
-    from ..cassettes import CassettePolicy
-    from ..preflight import cost_note, estimate_item, over_budget_message, project
+    from pytest_llm_budget.replay.cassettes import CassettePolicy
+    from pytest_llm_budget.suite.preflight import (
+        cost_note,
+        estimate_item,
+        over_budget_message,
+        project,
+    )
 
     run = budget(session.config)
     settings = run.settings

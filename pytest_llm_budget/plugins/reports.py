@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from ..live import calls_by_bucket, session_report
-from ..report import bucket_costs, cost_line, summary_lines, write_report
-from . import budget, live
+from pytest_llm_budget.plugins import budget, live
+from pytest_llm_budget.plugins.live import calls_by_bucket, session_report
+from pytest_llm_budget.reporting.report import bucket_costs, cost_line, summary_lines, write_report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

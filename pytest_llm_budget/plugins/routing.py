@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from ..redact import redact_report
-from . import budget
+from pytest_llm_budget.plugins import budget
+from pytest_llm_budget.redact import redact_report
 
 
 @pytest.hookimpl(trylast=True)  # after the matrix and the record mode are checked
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Gate the connection pools, and route clients the code under test builds (`--llm-route
     all`); undone at unconfigure."""
-    from .. import intercept
+    from pytest_llm_budget.routing import intercept
 
     config = session.config
     intercept.install(budget(config), apps=budget(config).settings.route == "all")
@@ -30,7 +30,7 @@ def pytest_runtest_makereport(
     credentials (a `?key=` in a request URL, say) out of what the report shows and saves."""
     report = yield
     if report.failed:
-        from ..transport import errors_for
+        from pytest_llm_budget.routing.transport import errors_for
 
         errors = errors_for(budget(item.config), item.nodeid)
         if errors:
@@ -41,7 +41,7 @@ def pytest_runtest_makereport(
 
 def _closed_after(config: pytest.Config, builder: str) -> Generator[Any, None, None]:
     """A client from `clients.<builder>`, closed when the test is done."""
-    from .. import clients
+    from pytest_llm_budget.routing import clients
 
     client = getattr(clients, builder)(budget(config))
     yield client
@@ -57,7 +57,7 @@ def openai_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
 @pytest.fixture
 def async_openai_client(pytestconfig: pytest.Config) -> Any:
     """`openai.AsyncOpenAI` routed through the budget, SDK retries off; bound to one loop."""
-    from ..clients import async_openai_client as build
+    from pytest_llm_budget.routing.clients import async_openai_client as build
 
     return build(budget(pytestconfig))
 
@@ -71,7 +71,7 @@ def gemini_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
 @pytest.fixture
 def llm_http_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
     """An `httpx2.Client` whose LLM requests are routed, for any other SDK."""
-    from ..clients import http_client
+    from pytest_llm_budget.routing.clients import http_client
 
     with http_client(budget(pytestconfig)) as client:
         yield client
@@ -80,7 +80,7 @@ def llm_http_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
 @pytest.fixture
 def llm_async_http_client(pytestconfig: pytest.Config) -> Any:
     """An `httpx2.AsyncClient` whose LLM requests are routed, for any other SDK."""
-    from ..clients import async_http_client
+    from pytest_llm_budget.routing.clients import async_http_client
 
     return async_http_client(budget(pytestconfig))
 
@@ -97,9 +97,9 @@ def llm_emulator(
 ) -> Generator[Any, None, None]:
     """A provider emulator on a free port with the plugin's limits (see `llm_emulator_config`);
     the SDKs' base-URL and key env vars point at it."""
-    from .. import intercept
-    from ..emulator import Emulator
-    from ..emulator_setup import emulator_config
+    from pytest_llm_budget.emulator import Emulator
+    from pytest_llm_budget.emulator_setup import emulator_config
+    from pytest_llm_budget.routing import intercept
 
     try:
         config = emulator_config(budget(pytestconfig).settings, llm_emulator_config)

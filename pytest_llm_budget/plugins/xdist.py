@@ -9,18 +9,18 @@ from typing import Any
 
 import pytest
 
-from ..buckets import BucketStats
-from ..records import CallRecord
-from ..session import BudgetSession
-from . import budget, live
-from .recording import PREFLIGHT_FILE, preflight, report_preflight
+from pytest_llm_budget.limiting.buckets import BucketStats
+from pytest_llm_budget.plugins import budget, live
+from pytest_llm_budget.plugins.recording import PREFLIGHT_FILE, preflight, report_preflight
+from pytest_llm_budget.records import CallRecord
+from pytest_llm_budget.session import BudgetSession
 
 
 class XdistHooks:
     """Controller-side xdist hooks, registered only when xdist is present."""
 
     def __init__(self) -> None:
-        from ..shared_dir import Handover, make_shared_dir
+        from pytest_llm_budget.shared_dir import Handover, make_shared_dir
 
         self.dir = make_shared_dir()  # stale folders of dead controllers are removed first
         self.handover = Handover(self.dir)
@@ -86,7 +86,7 @@ def start_spool(
     config: pytest.Config, session: BudgetSession, workerinput: dict[str, Any], folder: str
 ) -> None:
     """Spool a worker's finished calls to the shared folder: a crashed worker's still count."""
-    from ..shared_dir import RecordSpool
+    from pytest_llm_budget.shared_dir import RecordSpool
 
     spool = RecordSpool(folder, session.worker, session.limiter.stats)
     session.observers.append(spool)

@@ -7,10 +7,10 @@ defaults and the resolution. Nothing here imports pytest; bad values raise `Sett
 
 from __future__ import annotations
 
-from ..errors import SettingsError
-from .options import RECORD_MODES, Option
-from .resolved import OPTIONS, Settings
-from .values import parse_duration, parse_limit_rule
+from pytest_llm_budget.errors import SettingsError
+from pytest_llm_budget.settings.options import RECORD_MODES, Option
+from pytest_llm_budget.settings.resolved import OPTIONS, Settings
+from pytest_llm_budget.settings.values import parse_duration, parse_limit_rule
 
 __all__ = [
     "OPTIONS",

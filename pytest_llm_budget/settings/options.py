@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import values
+from pytest_llm_budget.settings import values
 
 __all__ = ["DECLARED", "RECORD_MODES", "Option"]
 

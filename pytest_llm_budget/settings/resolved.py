@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..buckets import LimitRule
-from ..errors import SettingsError
-from ..redact import mask_url, redact
-from ..tokens.policy import EstimatePolicy
-from .options import DECLARED, Option
+from pytest_llm_budget.errors import SettingsError
+from pytest_llm_budget.limiting.buckets import LimitRule
+from pytest_llm_budget.redact import mask_url, redact
+from pytest_llm_budget.settings.options import DECLARED, Option
+from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = ["DEFAULT_MODELS", "OPTIONS", "Settings"]
 

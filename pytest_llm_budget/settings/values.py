@@ -10,8 +10,8 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..backends import validate_backend_spec
-from ..buckets import LimitRule
+from pytest_llm_budget.backends import validate_backend_spec
+from pytest_llm_budget.limiting.buckets import LimitRule
 
 __all__ = [
     "backend_spec",

@@ -9,8 +9,8 @@ imported only when an encoding is first needed.
 
 from __future__ import annotations
 
-from ..errors import LLMBudgetWarning, TiktokenSeedError
-from .counting import (
+from pytest_llm_budget.errors import LLMBudgetWarning, TiktokenSeedError
+from pytest_llm_budget.tokens.counting import (
     NON_TEXT_PART_TOKENS,
     TextMeasure,
     TokenCounter,
@@ -18,14 +18,14 @@ from .counting import (
     fallback_tokens,
     iter_message_texts,
 )
-from .encodings import (
+from pytest_llm_budget.tokens.encodings import (
     CL100K_BASE,
     O200K_BASE,
     encoding_name_for,
     load_encoding,
     seed_tiktoken_cache,
 )
-from .policy import EstimatePolicy, chars_tokens
+from pytest_llm_budget.tokens.policy import EstimatePolicy, chars_tokens
 
 __all__ = [
     "CL100K_BASE",

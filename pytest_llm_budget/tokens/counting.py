@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LLMBudgetWarning
-from .encodings import encoding_name_for, load_encoding
+from pytest_llm_budget.errors import LLMBudgetWarning
+from pytest_llm_budget.tokens.encodings import encoding_name_for, load_encoding
 
 if TYPE_CHECKING:
     import tiktoken

@@ -22,8 +22,8 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import write_atomically
-from ..errors import TiktokenSeedError
+from pytest_llm_budget.atomic import write_atomically
+from pytest_llm_budget.errors import TiktokenSeedError
 
 if TYPE_CHECKING:
     import tiktoken

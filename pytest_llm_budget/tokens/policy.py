@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..settings.resolved import Settings
+    from pytest_llm_budget.settings.resolved import Settings
 
 __all__ = ["EstimatePolicy", "chars_tokens"]
 

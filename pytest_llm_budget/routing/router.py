@@ -26,10 +26,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendUnavailable, LLMBudgetError
-from .metering import deliver, stream_usage_expected
-from .records import CallRecord
-from .retry import (
+from pytest_llm_budget.errors import BackendUnavailable, LLMBudgetError
+from pytest_llm_budget.records import CallRecord
+from pytest_llm_budget.routing.metering import deliver, stream_usage_expected
+from pytest_llm_budget.routing.retry import (
     STATUS_OF,
     Retry,
     RetryPolicy,
@@ -38,15 +38,15 @@ from .retry import (
     passable,
     remember,
 )
-from .steps import LOAD, PAY, READ, SEND, Flow, Steps, ado, do
+from pytest_llm_budget.routing.steps import LOAD, PAY, READ, SEND, Flow, Steps, ado, do
 
 if TYPE_CHECKING:
-    from .cost.caps import CostHold
-    from .limiter import Reservation
-    from .providers import Estimate, Provider, Usage
-    from .session import BudgetSession
-    from .tokens.counting import TokenCounter
-    from .tokens.policy import EstimatePolicy
+    from pytest_llm_budget.cost.caps import CostHold
+    from pytest_llm_budget.limiting.limiter import Reservation
+    from pytest_llm_budget.providers import Estimate, Provider, Usage
+    from pytest_llm_budget.session import BudgetSession
+    from pytest_llm_budget.tokens.counting import TokenCounter
+    from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 
 _IN_SEND: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_budget_in_send", default=False)
@@ -138,8 +138,8 @@ class Router:
         counter: TokenCounter | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        from .tokens.counting import default_counter
-        from .tokens.policy import EstimatePolicy
+        from pytest_llm_budget.tokens.counting import default_counter
+        from pytest_llm_budget.tokens.policy import EstimatePolicy
 
         s = session.settings
         self.session = session
@@ -227,7 +227,7 @@ class Router:
         call.model = estimate.model
         call.charge = max(1, call.provider.charge_estimate(estimate))
         if self.session.estimate_hooks:
-            from .hooks import estimate_override
+            from pytest_llm_budget.routing.hooks import estimate_override
 
             call.charge = estimate_override(self.session, call.request, call)
         call.estimate = estimate
@@ -263,7 +263,7 @@ class Router:
     # -- steps ---------------------------------------------------------------------------------
     def _provider(self, request: Any) -> Provider | None:
         """The provider of an LLM request; None for anything else."""
-        from .traffic import classify
+        from pytest_llm_budget.routing.traffic import classify
 
         url = request.url
         return classify(url.host, url.port, url.path).provider
@@ -318,7 +318,7 @@ class Router:
     def _announce_429(self, call: _Call, outcome: LLMBudgetError | None) -> None:
         """Tell the session's rate-limit observers about the 429 just handled."""
         if self.session.rate_limit_observers:
-            from .hooks import rate_limit_event
+            from pytest_llm_budget.routing.hooks import rate_limit_event
 
             rate_limit_event(self.session, call, outcome)
 

@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .admission import Limits
+    from pytest_llm_budget.limiting.admission import Limits
 
 __all__ = ["FACTOR_STEP_DOWN", "Probe", "corrected", "factor_bound", "learned"]
 

@@ -32,7 +32,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from pytest_llm_budget.errors import (
     CostCapExceeded,
     LLMBudgetError,
     QuotaExhausted,
@@ -41,8 +41,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .providers import Rejection
-    from .session import BudgetSession
+    from pytest_llm_budget.providers import Rejection
+    from pytest_llm_budget.session import BudgetSession
 
 _DROPPED_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 STATUS_OF = {
@@ -90,7 +90,7 @@ def after_429(
     model: str,
 ) -> Retry | LLMBudgetError:
     """What follows the 429 that ended attempt number `attempts`: a retry, or the error."""
-    from .providers import RejectionKind
+    from pytest_llm_budget.providers import RejectionKind
 
     limit = f"limit {rejection.limit}" if rejection.limit is not None else "limit unknown"
     where = f"{vendor} model {model}"

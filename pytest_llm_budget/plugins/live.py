@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .events import RateLimitEvent, WaitEvent
-from .notices import NoticeRelay, NoticeTail, retry_line, wait_line
+from pytest_llm_budget.events import RateLimitEvent, WaitEvent
+from pytest_llm_budget.reporting.notices import NoticeRelay, NoticeTail, retry_line, wait_line
 
 if TYPE_CHECKING:
-    from .session import BudgetSession
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = ["LiveHooks", "calls_by_bucket"]
 
@@ -32,7 +32,7 @@ def calls_by_bucket(session: BudgetSession) -> dict[str, int]:
 
 def session_report(session: BudgetSession) -> dict[str, Any]:
     """The report document (report.py) of what the session has seen so far."""
-    from .report import build_report
+    from pytest_llm_budget.reporting.report import build_report
 
     return build_report(
         session.settings.public(),

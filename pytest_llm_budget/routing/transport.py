@@ -11,12 +11,12 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .metering import BACKEND_LOST
-from .retry import ERRORS_LOCK, RetryPolicy, errors_for
-from .router import Gate, Router, in_routed_send, pending_gate
+from pytest_llm_budget.routing.metering import BACKEND_LOST
+from pytest_llm_budget.routing.retry import ERRORS_LOCK, RetryPolicy, errors_for
+from pytest_llm_budget.routing.router import Gate, Router, in_routed_send, pending_gate
 
 if TYPE_CHECKING:
-    from .session import BudgetSession
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
     "BACKEND_LOST",
@@ -55,7 +55,7 @@ def is_pooled(transport: Any) -> bool:
 def _pays(pooled: bool) -> bool:
     """A pool pays the gate only while `intercept` has patched it (outside pytest, `wrap()`
     of a client with no routing installed pays before sending instead)."""
-    from .intercept import active_session
+    from pytest_llm_budget.routing.intercept import active_session
 
     return pooled and active_session() is not None
 

@@ -25,7 +25,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from .errors import MatrixError
+from pytest_llm_budget.errors import MatrixError
 
 __all__ = [
     "DEFAULT_SCENARIOS",

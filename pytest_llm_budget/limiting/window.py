@@ -13,7 +13,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from .admission import (
+from pytest_llm_budget.limiting.admission import (
     Admitted,
     Decision,
     Deferred,
@@ -23,7 +23,7 @@ from .admission import (
     time_to_free,
     token_wait,
 )
-from .correction import Probe, corrected, factor_bound, learned
+from pytest_llm_budget.limiting.correction import Probe, corrected, factor_bound, learned
 
 __all__ = [
     "Admitted",

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from .events import RateLimitEvent, WaitEvent
+from pytest_llm_budget.events import RateLimitEvent, WaitEvent
 
 __all__ = ["NOTICE_FILE", "NoticeRelay", "NoticeTail", "retry_line", "wait_line"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from .providers import Provider
+    from pytest_llm_budget.providers import Provider
 
 __all__ = ["DEFAULT_HOSTS", "Traffic", "add_host", "classify", "remove_host"]
 
@@ -49,7 +49,7 @@ def classify(host: str, port: int | None, path: str, hosts: Sequence[str] = ()) 
     `provider`: the provider whose API path this is (None: not an LLM call). `llm_host`: the host
     is an LLM host (defaults, base-URL env vars, `hosts`, `add_host`). `listed`: it is in `hosts`.
     """
-    from .providers import provider_for
+    from pytest_llm_budget.providers import provider_for
 
     host = host.lower().rstrip(".")
     env = [h for h in (_host_of(os.environ.get(name, "")) for name in _ENV_URLS) if h]

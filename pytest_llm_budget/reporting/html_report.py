@@ -12,8 +12,8 @@ import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .chart import CSS as CHART_CSS
-from .chart import visible_sections
+from pytest_llm_budget.reporting.chart import CSS as CHART_CSS
+from pytest_llm_budget.reporting.chart import visible_sections
 
 __all__ = ["render_html"]
 
@@ -108,7 +108,7 @@ def _esc(value: object) -> str:
 def _fmt(key: str, value: Any) -> str:
     """Display text of one report value: seconds with an `s`, booleans as yes/no, lists joined."""
     if key.endswith("cost_usd"):
-        from .cost.prices import usd
+        from pytest_llm_budget.cost.prices import usd
 
         return usd(value) if isinstance(value, (int, float)) or value is None else str(value)
     if value is None:
@@ -158,7 +158,7 @@ def _call_class(row: Mapping[str, Any]) -> str:
 
 def _call_row(call: Mapping[str, Any]) -> dict[str, Any]:
     """A call as displayed: an error code, when there is one, joins the status."""
-    from .cost.prices import usd
+    from pytest_llm_budget.cost.prices import usd
 
     row = dict(call)
     if row.get("error_code"):
@@ -170,7 +170,7 @@ def _call_row(call: Mapping[str, Any]) -> dict[str, Any]:
 
 def _test_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The report's tests with their waits, cost notes and overspend, the biggest spender first."""
-    from .cost.prices import usd
+    from pytest_llm_budget.cost.prices import usd
 
     waits: dict[str, list[float]] = {}
     for call in document.get("calls") or []:

@@ -15,10 +15,10 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
-from .events import WaitEvent, WaitTick
+from pytest_llm_budget.events import WaitEvent, WaitTick
 
 if TYPE_CHECKING:
-    from .session import BudgetSession
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = ["WaitWatch", "notify"]
 

@@ -15,13 +15,13 @@ import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .transport import AsyncBudgetTransport, BudgetTransport, router_for
+from pytest_llm_budget.routing.transport import AsyncBudgetTransport, BudgetTransport, router_for
 
 if TYPE_CHECKING:
     import openai
     from google import genai
 
-    from .session import BudgetSession
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
     "async_http_client",
@@ -41,15 +41,15 @@ _default_lock = threading.Lock()
 def default_session() -> BudgetSession:
     """The session `wrap()` uses when given none: the plugin's, else one with default settings."""
     global _default
-    from . import intercept
+    from pytest_llm_budget.routing import intercept
 
     active = intercept.active_session()
     if active is not None:
         return active
     with _default_lock:
         if _default is None:
-            from .session import BudgetSession
-            from .settings.resolved import Settings
+            from pytest_llm_budget.session import BudgetSession
+            from pytest_llm_budget.settings.resolved import Settings
 
             _default = BudgetSession(Settings())
         return _default
@@ -92,7 +92,7 @@ def async_http_client(
 def _replay_key(session: BudgetSession, variable: str, kwargs: dict[str, Any]) -> None:
     """In replay-only mode, give a client with no key a placeholder (cassettes answer it)."""
     if session.settings.record_mode == "none" and "api_key" not in kwargs:
-        from .cassettes import placeholder_key
+        from pytest_llm_budget.replay.cassettes import placeholder_key
 
         key = placeholder_key(variable, os.environ)
         if key is not None:

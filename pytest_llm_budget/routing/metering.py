@@ -15,12 +15,12 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendUnavailable
+from pytest_llm_budget.errors import BackendUnavailable
 
 if TYPE_CHECKING:
-    from .limiter import Reservation
-    from .providers import SSEUsageParser, Usage
-    from .router import Router, _Call
+    from pytest_llm_budget.limiting.limiter import Reservation
+    from pytest_llm_budget.providers import SSEUsageParser, Usage
+    from pytest_llm_budget.routing.router import Router, _Call
 
 _MAX_JSON_BYTES = 16 * 1024 * 1024
 
@@ -51,8 +51,8 @@ def _calibrate(
     router: Router, call: _Call, headers: Any, reservation: Reservation | None = None
 ) -> None:
     """Learn from `x-ratelimit-*-tokens`: a gap is charged, the estimate factor corrected."""
-    from .providers.base import as_int
-    from .providers.retry_hints import parse_go_duration
+    from pytest_llm_budget.providers.base import as_int
+    from pytest_llm_budget.providers.retry_hints import parse_go_duration
 
     limit = as_int(headers.get("x-ratelimit-limit-tokens"))
     remaining = call.provider.remaining_tokens(headers)

@@ -39,11 +39,11 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .traffic import DEFAULT_HOSTS, add_host, classify, remove_host
+from pytest_llm_budget.routing.traffic import DEFAULT_HOSTS, add_host, classify, remove_host
 
 if TYPE_CHECKING:
-    from .session import BudgetSession
-    from .transport import Router
+    from pytest_llm_budget.routing.transport import Router
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -76,7 +76,7 @@ def _router_for_request(request: Any) -> Router | None:
     """The active router when this request should be routed, else None."""
     # Imported here, not at module level: installing at session start stays cheap, and this
     # only runs once httpx2/httpx (far heavier) are in use.
-    from .transport import in_routed_send, router_for
+    from pytest_llm_budget.routing.transport import in_routed_send, router_for
 
     if in_routed_send():
         return None
@@ -98,7 +98,7 @@ def patched_methods(
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """`(routed_handle_request, routed_handle_async_request)` around the given originals."""
 
-    from .transport import is_pooled
+    from pytest_llm_budget.routing.transport import is_pooled
 
     def routed_handle_request(self: Any, request: Any) -> Any:
         router = _router_for_request(request)
@@ -125,7 +125,7 @@ def gated_methods(
     module: ModuleType, original_sync: Callable[..., Any], original_async: Callable[..., Any]
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """A connection pool's `(handle_request, handle_async_request)` that pay a pending gate."""
-    from .transport import pending_gate
+    from pytest_llm_budget.routing.transport import pending_gate
 
     unsent = tuple(getattr(module, name) for name in _UNSENT if hasattr(module, name))
 

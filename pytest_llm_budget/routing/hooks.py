@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .events import RateLimitEvent
+from pytest_llm_budget.events import RateLimitEvent
 
 if TYPE_CHECKING:
-    from .errors import LLMBudgetError
-    from .router import _Call
-    from .session import BudgetSession
+    from pytest_llm_budget.errors import LLMBudgetError
+    from pytest_llm_budget.routing.router import _Call
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = ["estimate_override", "rate_limit_event"]
 
@@ -36,7 +36,7 @@ def estimate_override(session: BudgetSession, request: Any, call: _Call) -> int:
 
 def rate_limit_event(session: BudgetSession, call: _Call, outcome: LLMBudgetError | None) -> None:
     """Build the event of the 429 a call just got and tell the observers."""
-    from .watch import notify
+    from pytest_llm_budget.limiting.watch import notify
 
     rejection = call.rejection
     limit = getattr(rejection, "limit", None)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .admission import Limits
+from pytest_llm_budget.limiting.admission import Limits
 
 __all__ = ["COUNTERS", "Bucket", "BucketStats", "Buckets", "LimitRule", "rule_for"]
 

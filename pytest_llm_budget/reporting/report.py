@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .atomic import write_atomically
-from .buckets import BucketStats, LimitRule, rule_for
-from .records import CallRecord, Overspend, Totals
+from pytest_llm_budget.atomic import write_atomically
+from pytest_llm_budget.limiting.buckets import BucketStats, LimitRule, rule_for
+from pytest_llm_budget.records import CallRecord, Overspend, Totals
 
 __all__ = [
     "backend_label",
@@ -54,7 +54,7 @@ def bucket_costs(
 
 def _cost_cell(cost: float, unknown: int) -> str:
     """`$0.01234`, `unknown`, or `$0.01234 + 2 unknown`."""
-    from .cost.prices import usd
+    from pytest_llm_budget.cost.prices import usd
 
     if not unknown:
         return usd(cost)
@@ -63,7 +63,7 @@ def _cost_cell(cost: float, unknown: int) -> str:
 
 def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | None) -> str:
     """The summary's cost line: spend, replayed calls' live price, unpriced models, refusals."""
-    from .cost.prices import usd
+    from pytest_llm_budget.cost.prices import usd
 
     sent = totals.calls - totals.replayed - totals.cost_refused
     plural = "" if sent == 1 else "s"
@@ -231,7 +231,7 @@ def _tests(calls: Sequence[CallRecord]) -> list[dict[str, Any]]:
 def write_report(path: str, document: dict[str, Any]) -> None:
     """Write the report as JSON (.json) or as a self-contained HTML page (.html)."""
     if path.lower().endswith((".html", ".htm")):
-        from .html_report import render_html
+        from pytest_llm_budget.reporting.html_report import render_html
 
         text = render_html(document)
     else:

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from .redact import mask_url
+from pytest_llm_budget.redact import mask_url
 
 if TYPE_CHECKING:
-    from .cassettes import CassetteUse
+    from pytest_llm_budget.replay.cassettes import CassetteUse
 
 __all__ = ["HTTPX_PATCHERS", "Tape", "vcr_cassette_open", "vcr_httpx_stubs"]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .records import CallRecord
-from .redact import mask_loggers
-from .settings.resolved import Settings
+from pytest_llm_budget.records import CallRecord
+from pytest_llm_budget.redact import mask_loggers
+from pytest_llm_budget.settings.resolved import Settings
 
 __all__ = [
     "PLACEHOLDER_KEYS", "REPLAYING_MODES", "SECRET_HEADERS", "SECRET_QUERY", "CassettePolicy",
@@ -139,7 +139,7 @@ class CassettePolicy:
 
     def is_llm(self, host: str, port: int | None, path: str) -> bool:
         """True for a request the cassette should hold (a provider's path, or an `llm_hosts`)."""
-        from .traffic import classify
+        from pytest_llm_budget.routing.traffic import classify
 
         traffic = classify(host, port, path, self.hosts)
         return traffic.provider is not None or traffic.listed
@@ -202,7 +202,7 @@ def replayed_record(
     request: Any, status: int, content_type: str, payload: bytes, *, test: str, worker: str
 ) -> CallRecord | None:
     """The CallRecord of one replayed call: usage parsed from the recorded response, replayed."""
-    from .traffic import classify
+    from pytest_llm_budget.routing.traffic import classify
 
     url = request.url
     provider = classify(url.host, url.port, url.path).provider
@@ -250,7 +250,7 @@ class Cassettes:
         """The vcr.VCR configured with the policy (imports vcrpy: only ever called lazily)."""
         import vcr
 
-        from .vcr_httpx import HTTPX_PATCHERS
+        from pytest_llm_budget.replay.vcr_httpx import HTTPX_PATCHERS
 
         policy = self.policy
 
@@ -288,7 +288,7 @@ class Cassettes:
         """
         if self._vcr is None:
             self._vcr = self._build()
-        from .vcr_httpx import Tape, vcr_cassette_open
+        from pytest_llm_budget.replay.vcr_httpx import Tape, vcr_cassette_open
 
         if vcr_cassette_open():
             yield CassetteUse(path, self.policy.mode, test, aside=True)

@@ -15,12 +15,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from .admission import Admitted, Limits
-from .backends.base import Backend
-from .buckets import Buckets, BucketStats, LimitRule, rule_for
-from .errors import BudgetWaitTimeout, RequestTooLarge
-from .events import WaitTick
-from .window import WindowSnapshot
+from pytest_llm_budget.backends.base import Backend
+from pytest_llm_budget.errors import BudgetWaitTimeout, RequestTooLarge
+from pytest_llm_budget.events import WaitTick
+from pytest_llm_budget.limiting.admission import Admitted, Limits
+from pytest_llm_budget.limiting.buckets import Buckets, BucketStats, LimitRule, rule_for
+from pytest_llm_budget.limiting.window import WindowSnapshot
 
 # LimitRule, BucketStats and rule_for live in buckets.py; importable from here too.
 __all__ = [

@@ -19,15 +19,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .buckets import LimitRule, rule_for
-from .cassettes import CassettePolicy, cassette_path
-from .matrix import LLMModel
-from .session import TestContext
-from .settings.resolved import Settings
-from .tokens.policy import EstimatePolicy
+from pytest_llm_budget.limiting.buckets import LimitRule, rule_for
+from pytest_llm_budget.replay.cassettes import CassettePolicy, cassette_path
+from pytest_llm_budget.session import TestContext
+from pytest_llm_budget.settings.resolved import Settings
+from pytest_llm_budget.suite.matrix import LLMModel
+from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 if TYPE_CHECKING:
-    from .cost.prices import PriceBook
+    from pytest_llm_budget.cost.prices import PriceBook
 
 __all__ = [
     "Projection",
@@ -190,7 +190,7 @@ def cost_note(
     None when no test runs live. A test's tokens are all priced at its model's output rate (the
     higher one), an upper bound whatever the split between input and output.
     """
-    from .cost.prices import usd
+    from pytest_llm_budget.cost.prices import usd
 
     total = 0.0
     live = unpriced = 0

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .session import BudgetSession
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
     "PUSH_JOB",

@@ -1,0 +1,1 @@
+"""Limiting: the session limiter, its buckets and the sliding-window rules."""

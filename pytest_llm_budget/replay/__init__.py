@@ -1,0 +1,1 @@
+"""Replay: vcrpy cassettes for LLM tests, over both httpx stacks."""

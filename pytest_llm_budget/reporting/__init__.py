@@ -1,0 +1,1 @@
+"""Reporting: the terminal summary, JSON/HTML reports, chart, metrics and notices."""

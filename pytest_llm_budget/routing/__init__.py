@@ -1,0 +1,1 @@
+"""Routing: every LLM request's path from the client to the budget and back."""
