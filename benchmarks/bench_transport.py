@@ -87,7 +87,9 @@ def saturated(
         session = BudgetSession(Settings(tpm=tpm, headroom=0.0, window=window))
         if margin is not None:
             session.limiter.margin = margin
-        client = clients.openai_client(session, base_url=emu.openai_base_url, api_key="sk-b")
+        client = clients.fixture_client(
+            "openai_client", session, base_url=emu.openai_base_url, api_key="sk-b"
+        )
         # The limiter reserves the estimate (input with margin + max_tokens): that is the
         # charge that paces it, so the ideal uses it rather than the server's smaller charge.
         def one(i: int) -> None:

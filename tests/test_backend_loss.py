@@ -29,7 +29,7 @@ def redis_budget(tmp_path: Path) -> Any:
 
 def test_an_answer_survives_the_backend_lost_before_settling(emu: Any, redis_budget: Any) -> None:
     server, budget = redis_budget
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     emu.queue_fault("latency=1.5")  # the provider takes its time; Redis dies meanwhile
 
     def kill_once_admitted() -> None:
@@ -52,7 +52,7 @@ def test_an_answer_survives_the_backend_lost_before_settling(emu: Any, redis_bud
 
 def test_an_admission_the_backend_cannot_make_is_counted(emu: Any, redis_budget: Any) -> None:
     server, budget = redis_budget
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     server.kill()
     with pytest.raises((BackendUnavailable, openai.APIConnectionError)):
         client.chat.completions.create(model="gpt-5", max_tokens=20, messages=MSG)

@@ -27,7 +27,9 @@ from pytest_llm_budget.backends.ledger import IDLE_TTL, NANO
 from pytest_llm_budget.backends.redis import RedisBackend
 from pytest_llm_budget.cost import CostWarning, PriceBook, PriceFileError, load_price_file, usd
 from pytest_llm_budget.emulator import Emulator, EmulatorConfig, LimitSpec
-from pytest_llm_budget.providers import GeminiProvider, OpenAIProvider, Usage
+from pytest_llm_budget.providers.base import Usage
+from pytest_llm_budget.providers.gemini import GeminiProvider
+from pytest_llm_budget.providers.openai import OpenAIProvider
 from pytest_llm_budget.records import CallRecord
 from pytest_llm_budget.routing import clients
 from pytest_llm_budget.session import TestContext
@@ -175,7 +177,7 @@ def test_openai_chat_responses_and_streams_cost_what_genai_prices_says(
     emu: Any, make_budget: Any
 ) -> None:
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     client.chat.completions.create(
         model="gpt-5", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=50
     )
@@ -189,7 +191,7 @@ def test_openai_chat_responses_and_streams_cost_what_genai_prices_says(
         list(events)
 
     async def chat_async() -> None:
-        aclient = clients.async_openai_client(budget)
+        aclient = clients.fixture_client("async_openai_client", budget)
         await aclient.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "async"}],
             max_completion_tokens=50,
@@ -210,7 +212,7 @@ def test_gemini_sync_async_and_streams_cost_what_genai_prices_says(
     emu: Any, make_budget: Any
 ) -> None:
     budget = make_budget()
-    client = clients.gemini_client(budget)
+    client = clients.fixture_client("gemini_client", budget)
     client.models.generate_content(model="gemini-2.5-pro", contents="hi")
     list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="stream"))
 
@@ -242,7 +244,7 @@ def test_a_call_whose_worst_case_would_pass_the_cap_is_not_sent(
 ) -> None:
     fixed_replies(emu)
     budget = make_budget(max_cost=0.0055)  # two 200-token gpt-5 replies ($0.002 each) fit
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     ask(client, "one", REPLY)
     ask(client, "two", REPLY)
     with pytest.raises(CostCapExceeded) as refused:
@@ -269,7 +271,7 @@ def test_async_calls_are_capped_and_a_stream_without_usage_keeps_its_worst_case(
 ) -> None:
     fixed_replies(emu)
     budget = make_budget(max_cost=0.005)
-    client = clients.async_openai_client(budget)
+    client = clients.fixture_client("async_openai_client", budget)
 
     async def main() -> None:
         stream = await client.chat.completions.create(  # no include_usage: no usage arrives
@@ -321,7 +323,7 @@ def test_an_app_built_client_gets_the_refusal_as_a_final_429(emu: Any, make_budg
 def test_the_per_test_cap_counts_each_test_apart(emu: Any, make_budget: Any) -> None:
     fixed_replies(emu)
     budget = make_budget(max_cost_per_test=0.0045)
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     budget.test = TestContext(nodeid="test_a")
     ask(client, "a1", REPLY)
     ask(client, "a2", REPLY)
@@ -341,7 +343,7 @@ def test_provider_refusals_cost_nothing_and_free_their_hold(emu: Any, make_budge
     emu.configure(EmulatorConfig(window=1.0, openai=LimitSpec(tpm=1_000_000, rpm=None),
                                  insufficient_quota=True))
     budget = make_budget(max_cost=1.0)
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     with pytest.raises(Exception, match="LLM_QUOTA_EXHAUSTED"):
         ask(client, "quota", 100)
     (record,) = budget.calls.records()
@@ -407,7 +409,7 @@ def test_an_unknown_model_costs_unknown_warns_once_and_is_never_refused(
     emu: Any, make_budget: Any
 ) -> None:
     budget = make_budget(max_cost=0.000001)
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for text in ("a", "b"):
@@ -432,7 +434,7 @@ def test_without_genai_prices_costs_are_unknown_and_a_cap_needs_a_price_file(
     with pytest.raises(PriceFileError, match=r"pip install 'pytest-llm-budget\[cost\]'"):
         make_budget(max_cost=1.0)
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ask(client, "a", 10)
@@ -444,7 +446,7 @@ def test_without_genai_prices_costs_are_unknown_and_a_cap_needs_a_price_file(
     prices = tmp_path / "p.toml"
     prices.write_text('["openai:*"]\ninput_mtok = 1\noutput_mtok = 1\n')
     capped = make_budget(max_cost=1.0, prices=str(prices))
-    ask(clients.openai_client(capped), "c", 10)
+    ask(clients.fixture_client("openai_client", capped), "c", 10)
     assert capped.calls.records()[0].cost_usd
 
 

@@ -40,7 +40,7 @@ def test_openai_estimate_is_the_emulator_charge(
     emu: Any, make_budget: Any, kind: str, api: str
 ) -> None:
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     prompt = PROMPTS[kind]
     if api == "chat":
         client.chat.completions.create(
@@ -68,7 +68,7 @@ def test_openai_estimate_without_max_tokens_uses_the_default_output(
     emu: Any, make_budget: Any
 ) -> None:
     budget = make_budget(est_tokens=321)
-    clients.openai_client(budget).chat.completions.create(
+    clients.fixture_client("openai_client", budget).chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": PROMPTS["english"]}]
     )
     [record] = budget.calls.records()
@@ -80,7 +80,7 @@ def test_gemini_estimate_is_input_only_and_covers_the_charge(
     emu: Any, make_budget: Any, kind: str
 ) -> None:
     budget = make_budget()
-    client = clients.gemini_client(budget)
+    client = clients.fixture_client("gemini_client", budget)
     prompt = PROMPTS[kind]
     client.models.generate_content(
         model="gemini-2.5-flash", contents=prompt, config={"max_output_tokens": 1500}

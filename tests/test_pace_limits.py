@@ -22,8 +22,8 @@ TEXT = "Summarise the following notes in one line, please. " * 12  # ~600 charac
 
 def burst(budget: Any, jobs: list[tuple[str, str]], threads: int = 8) -> None:
     """Run every (vendor, model) job through routed SDK clients, `threads` at a time."""
-    openai_client = clients.openai_client(budget)
-    gemini_client = clients.gemini_client(budget)
+    openai_client = clients.fixture_client("openai_client", budget)
+    gemini_client = clients.fixture_client("gemini_client", budget)
 
     def one(job: tuple[str, str]) -> None:
         vendor, model = job

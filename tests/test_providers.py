@@ -14,14 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_llm_budget.providers import (
+from pytest_llm_budget.providers.base import (
     Estimate,
-    GeminiProvider,
-    OpenAIProvider,
+    RateLimitHeaders,
     RejectionKind,
+    ServerLimits,
     Usage,
-    provider_for,
 )
+from pytest_llm_budget.providers.gemini import GeminiProvider
+from pytest_llm_budget.providers.openai import OpenAIProvider
+from pytest_llm_budget.providers.registry import provider_for
 from pytest_llm_budget.providers.retry_hints import (
     parse_gemini_retry_info,
     parse_go_duration,
@@ -577,11 +579,16 @@ def test_openai_malformed_429_is_a_rate_limit(body: bytes) -> None:
     assert rejection.message
 
 
-def test_openai_remaining_tokens() -> None:
-    assert OPENAI.remaining_tokens(OPENAI_429_HEADERS) == 2690
-    assert OPENAI.remaining_tokens({"X-RateLimit-Remaining-Tokens": "15"}) == 15
-    assert OPENAI.remaining_tokens({"x-ratelimit-remaining-tokens": "lots"}) is None
-    assert OPENAI.remaining_tokens({}) is None
+def test_openai_rate_limit_headers_per_dimension() -> None:
+    parsed = OPENAI.rate_limits(OPENAI_429_HEADERS)
+    assert parsed.tokens == ServerLimits(30000, 2690, 6.828)
+    assert parsed.requests == ServerLimits(500, 499, 0.12)
+    assert parsed.input_tokens is None and parsed.output_tokens is None
+    assert OPENAI.rate_limits({"X-RateLimit-Remaining-Tokens": "15"}).tokens == ServerLimits(
+        None, 15, None
+    )
+    assert OPENAI.rate_limits({"x-ratelimit-remaining-tokens": "lots"}).tokens is None
+    assert OPENAI.rate_limits({}) == RateLimitHeaders()
 
 
 # --- retry hints ---------------------------------------------------------------------------
@@ -988,5 +995,5 @@ def test_gemini_malformed_429_is_a_rate_limit(body: bytes) -> None:
     assert rejection.retry_after_s == 5.0
 
 
-def test_gemini_has_no_remaining_header() -> None:
-    assert GEMINI.remaining_tokens({"x-ratelimit-remaining-tokens": "5"}) is None
+def test_gemini_has_no_rate_limit_headers() -> None:
+    assert GEMINI.rate_limits({"x-ratelimit-remaining-tokens": "5"}) == RateLimitHeaders()

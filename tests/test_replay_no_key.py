@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pytest_llm_budget.emulator import Emulator
-from pytest_llm_budget.replay.cassettes import (
-    PLACEHOLDER_KEYS,
-    placeholder_key,
-    use_placeholder_keys,
-)
+from pytest_llm_budget.providers.registry import placeholder_keys
+from pytest_llm_budget.replay.cassettes import use_placeholder_keys
+
+PLACEHOLDER_KEYS = placeholder_keys({})
 
 SUITE = """
 import asyncio
@@ -93,7 +92,7 @@ def test_replay_under_another_base_url_when_asked(recorded: pytest.Pytester) -> 
 
 def test_placeholders_fill_only_missing_keys() -> None:
     environ = {"GOOGLE_API_KEY": "real"}
-    assert placeholder_key("GEMINI_API_KEY", environ) is None
+    assert "GEMINI_API_KEY" not in placeholder_keys(environ)
     undo = use_placeholder_keys(environ)
     assert environ == {"GOOGLE_API_KEY": "real", "OPENAI_API_KEY": PLACEHOLDER_KEYS[
         "OPENAI_API_KEY"]}

@@ -54,7 +54,7 @@ def test_non_llm_requests_pass_untouched(emu: Any, routed: Any) -> None:
 
 
 def test_fixture_clients_are_not_routed_twice(emu: Any, routed: Any) -> None:
-    client = clients.openai_client(routed)
+    client = clients.fixture_client("openai_client", routed)
     client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=10)
     assert len(routed.calls.records()) == 1
     assert routed.bucket_stats()[0].calls == 1

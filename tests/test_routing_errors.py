@@ -12,13 +12,9 @@ from typing import Any
 import httpx2
 import pytest
 
-from pytest_llm_budget import (
-    QuotaExhausted,
-    RateLimitExhausted,
-    RequestTooLarge,
-    clients,
-)
+from pytest_llm_budget import QuotaExhausted, RateLimitExhausted, RequestTooLarge
 from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
+from pytest_llm_budget.routing import clients
 
 MSG = [{"role": "user", "content": "hi"}]
 OK_BODY = {
@@ -99,7 +95,9 @@ def test_openai_hints_are_honoured(
 ) -> None:
     server = scripted([(429, headers, _openai_429()), (200, {}, OK_BODY)])
     budget = make_budget(backoff_base=3.0, backoff_max=10.0)  # a backoff would wait >= 3 s
-    client = clients.openai_client(budget, base_url=f"{server.url}/v1", api_key="k")
+    client = clients.fixture_client(
+        "openai_client", budget, base_url=f"{server.url}/v1", api_key="k"
+    )
     client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
     assert low <= server.gap() < high, server.gap()
     [record] = budget.calls.records()
@@ -125,7 +123,9 @@ def test_gemini_retry_info_is_honoured(scripted: Any, make_budget: Any) -> None:
 def test_no_hint_backs_off_exponentially(scripted: Any, make_budget: Any) -> None:
     server = scripted([(429, {}, _openai_429())] * 2 + [(200, {}, OK_BODY)])
     budget = make_budget(backoff_base=1.5, backoff_max=10.0)
-    client = clients.openai_client(budget, base_url=f"{server.url}/v1", api_key="k")
+    client = clients.fixture_client(
+        "openai_client", budget, base_url=f"{server.url}/v1", api_key="k"
+    )
     client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
     first, second = (b - a for a, b in zip(server.arrivals, server.arrivals[1:], strict=False))
     assert 1.5 <= first < 1.5 * 1.1 + 0.3, first
@@ -135,7 +135,9 @@ def test_no_hint_backs_off_exponentially(scripted: Any, make_budget: Any) -> Non
 def test_hint_beyond_max_wait_fails_fast(scripted: Any, make_budget: Any) -> None:
     server = scripted([(429, {"retry-after": "30"}, _openai_429())])
     budget = make_budget(max_wait=5.0)
-    client = clients.openai_client(budget, base_url=f"{server.url}/v1", api_key="k")
+    client = clients.fixture_client(
+        "openai_client", budget, base_url=f"{server.url}/v1", api_key="k"
+    )
     start = time.monotonic()
     with pytest.raises(RateLimitExhausted) as excinfo:
         client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
@@ -147,7 +149,7 @@ def test_hint_beyond_max_wait_fails_fast(scripted: Any, make_budget: Any) -> Non
 def test_exhaustion_raises_structured_error(emu: Any, make_budget: Any) -> None:
     emu.queue_fault("rate_limit_no_hint", count=10)
     budget = make_budget(retries=2)
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     with pytest.raises(RateLimitExhausted) as excinfo:
         client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
     err = excinfo.value
@@ -164,7 +166,7 @@ def test_exhaustion_raises_structured_error(emu: Any, make_budget: Any) -> None:
 def test_quota_is_not_retried(emu: Any, make_budget: Any) -> None:
     emu.queue_fault("insufficient_quota", count=3)
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     with pytest.raises(QuotaExhausted) as excinfo:
         client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
     assert excinfo.value.code == "LLM_QUOTA_EXHAUSTED"
@@ -176,7 +178,7 @@ def test_quota_is_not_retried(emu: Any, make_budget: Any) -> None:
 def test_gemini_quota_is_not_retried(emu: Any, make_budget: Any) -> None:
     emu.queue_fault("insufficient_quota", count=3)
     budget = make_budget()
-    client = clients.gemini_client(budget)
+    client = clients.fixture_client("gemini_client", budget)
     with pytest.raises(QuotaExhausted):
         client.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert len(emu.log) == 1
@@ -185,7 +187,7 @@ def test_gemini_quota_is_not_retried(emu: Any, make_budget: Any) -> None:
 def test_request_too_large_by_the_server_is_not_retried(emu: Any, make_budget: Any) -> None:
     emu.configure(EmulatorConfig(window=1.0, openai=LimitSpec(tpm=200, rpm=None)))
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     with pytest.raises(RequestTooLarge) as excinfo:
         client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=500)
     assert excinfo.value.code == "LLM_REQUEST_TOO_LARGE"
@@ -195,7 +197,7 @@ def test_request_too_large_by_the_server_is_not_retried(emu: Any, make_budget: A
 
 def test_request_too_large_for_our_budget_never_leaves(emu: Any, make_budget: Any) -> None:
     budget = make_budget(tpm=300)
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     with pytest.raises(RequestTooLarge):
         client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=500)
     assert emu.log == []

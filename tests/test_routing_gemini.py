@@ -14,7 +14,7 @@ MODEL = "gemini-2.5-flash"
 
 def test_generate_and_stream(emu: Any, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.gemini_client(budget)
+    client = clients.fixture_client("gemini_client", budget)
     reply = client.models.generate_content(model=MODEL, contents="Say hi")
     chunks = list(client.models.generate_content_stream(model=MODEL, contents="Say hi twice"))
     plain, streamed = budget.calls.records()
@@ -32,7 +32,7 @@ def test_generate_and_stream(emu: Any, make_budget: Any) -> None:
 
 def test_aio_path_is_routed_not_aiohttp(emu: Any, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.gemini_client(budget)
+    client = clients.fixture_client("gemini_client", budget)
 
     async def main() -> tuple[Any, list[Any]]:
         reply = await client.aio.models.generate_content(model=MODEL, contents="Say hi")
@@ -52,7 +52,7 @@ def test_gemini_429s_are_retried_with_retry_info(emu: Any, make_budget: Any) -> 
         EmulatorConfig(window=1.0, gemini=LimitSpec(tpm=60, rpm=None), reply_max_tokens=10)
     )
     budget = make_budget(tpm=100_000)
-    client = clients.gemini_client(budget)
+    client = clients.fixture_client("gemini_client", budget)
     text = "x" * 100  # 25 input tokens: the emulator admits 2 per second
 
     def one(i: int) -> int:

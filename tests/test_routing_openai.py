@@ -17,7 +17,7 @@ MSG = [{"role": "user", "content": "Say something short."}]
 
 def test_sync_chat_settles_reported_usage(emu: Any, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     reply = client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=30)
     [record] = budget.calls.records()
     assert record.status == "ok" and record.attempts == 1 and not record.malformed
@@ -34,7 +34,7 @@ def test_sync_chat_settles_reported_usage(emu: Any, make_budget: Any) -> None:
 def test_stream_is_not_buffered_and_settles_at_the_end(emu: Any, make_budget: Any) -> None:
     emu.configure(stream_delay=0.05)
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     start = time.monotonic()
     stream = client.chat.completions.create(
         model="gpt-4o", messages=MSG, max_tokens=30, stream=True,
@@ -56,7 +56,7 @@ def test_stream_is_not_buffered_and_settles_at_the_end(emu: Any, make_budget: An
 
 def test_chat_stream_without_usage_settles_the_estimate(emu: Any, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     list(client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=20, stream=True))
     [record] = budget.calls.records()
     assert record.status == "ok" and not record.malformed and record.total_tokens == 0
@@ -66,7 +66,7 @@ def test_chat_stream_without_usage_settles_the_estimate(emu: Any, make_budget: A
 
 def test_responses_api_json_and_stream(emu: Any, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     plain = client.responses.create(model="gpt-4o", input="hello", max_output_tokens=40)
     events = list(
         client.responses.create(model="gpt-4o", input="hello", max_output_tokens=40, stream=True)
@@ -88,7 +88,7 @@ def test_async_chat_and_stream(emu: Any, make_budget: Any) -> None:
     budget = make_budget()
 
     async def main() -> tuple[Any, list[Any]]:
-        client = clients.async_openai_client(budget)
+        client = clients.fixture_client("async_openai_client", budget)
         reply = await client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=25)
         stream = await client.chat.completions.create(
             model="gpt-4o", messages=MSG, max_tokens=25, stream=True,
@@ -109,7 +109,7 @@ def test_burst_of_30_at_5_per_window_sees_no_429(emu: Any, make_budget: Any) -> 
     # Our budget: 700 * (1 - 0.15) = 595 per 1 s window, ~112 per call -> 5 per window.
     emu.configure(EmulatorConfig(window=1.0, openai=LimitSpec(tpm=700, rpm=None)))
     budget = make_budget(tpm=700, headroom=0.15)
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
 
     def one(i: int) -> int:
         messages = [{"role": "user", "content": f"call {i}"}]
@@ -137,7 +137,7 @@ def test_429s_are_retried_when_our_tpm_is_above_the_servers(
 ) -> None:
     emu.configure(EmulatorConfig(window=1.0, openai=LimitSpec(tpm=250, rpm=None)))
     budget = make_budget(tpm=100_000)
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
 
     def one(i: int) -> str:
         messages = [{"role": "user", "content": f"call {i}"}]
@@ -161,7 +161,7 @@ def test_fixture_client_never_lets_the_sdk_retry(emu: Any, make_budget: Any) -> 
 
     budget = make_budget()
     sent: list[str] = []
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     client._client.event_hooks["request"].append(
         lambda request: sent.append(request.headers.get("x-stainless-retry-count", "?"))
     )

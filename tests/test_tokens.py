@@ -371,7 +371,7 @@ def test_tiktoken_is_imported_lazily_and_never_for_openai() -> None:
     import sys
 
     code = (
-        "import sys, pytest_llm_budget.tokens as t, pytest_llm_budget.providers as p; "
+        "import sys, pytest_llm_budget.tokens as t, pytest_llm_budget.providers.openai as p; "
         "body = b'{\"model\": \"gpt-5\", \"messages\": [{\"content\": \"hi\"}]}'; "
         "e = p.OpenAIProvider().estimate('/v1/chat/completions', body, t.TokenCounter(), "
         "t.EstimatePolicy()); assert e.total == 7001, e; "

@@ -31,7 +31,7 @@ from pytest_llm_budget.errors import CostCapExceeded, CostWarning, PriceFileErro
 
 if TYPE_CHECKING:
     from pytest_llm_budget.backends import Backend
-    from pytest_llm_budget.providers import Estimate, Usage
+    from pytest_llm_budget.providers.base import Estimate, Usage
     from pytest_llm_budget.records import CallRecord
     from pytest_llm_budget.settings.resolved import Settings
 
@@ -104,7 +104,7 @@ class CostGuard:
         """A replayed record with what it would have cost live (`would_cost_usd`)."""
         if not record.replayed or record.would_cost_usd is not None:
             return record
-        from pytest_llm_budget.providers import Usage
+        from pytest_llm_budget.providers.base import Usage
 
         usage = Usage(
             record.prompt_tokens,

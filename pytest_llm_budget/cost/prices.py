@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llm_budget.errors import PriceFileError
 
 if TYPE_CHECKING:
-    from pytest_llm_budget.providers import Usage
+    from pytest_llm_budget.providers.base import Usage
 
 __all__ = [
     "ModelPrice",
@@ -40,8 +40,6 @@ __all__ = [
     "usd",
 ]
 
-#: genai-prices' provider id of each vendor name the plugin uses.
-_PROVIDER_IDS = {"openai": "openai", "gemini": "google"}
 _PRICE_KEYS = ("input_mtok", "cached_input_mtok", "output_mtok")
 _MILLION = Decimal(1_000_000)
 
@@ -172,7 +170,7 @@ class PriceBook:
         self, vendor: str, model: str, input_tokens: int, output_tokens: int
     ) -> Decimal | None:
         """Dollars of `input_tokens` (uncached) and `output_tokens`: a call's highest cost."""
-        from pytest_llm_budget.providers import Usage
+        from pytest_llm_budget.providers.base import Usage
 
         total = input_tokens + output_tokens
         return self.price(vendor, model, Usage(input_tokens, output_tokens, total))
@@ -182,6 +180,8 @@ def genai_price(vendor: str, model: str, usage: Usage) -> Decimal:
     """genai-prices' `calc_price(...).total_price` of a usage; raises LookupError if unknown."""
     from genai_prices import Usage as PriceUsage
     from genai_prices import calc_price
+
+    from pytest_llm_budget.providers.registry import price_id
 
     counts: dict[str, Any] = {
         "input_tokens": usage.prompt_tokens,
@@ -195,7 +195,7 @@ def genai_price(vendor: str, model: str, usage: Usage) -> Decimal:
     result = calc_price(
         PriceUsage(**counts),
         model_ref=_model_ref(model),
-        provider_id=_PROVIDER_IDS.get(vendor),
+        provider_id=price_id(vendor),
         price_context=context,
     )
     return Decimal(result.total_price)

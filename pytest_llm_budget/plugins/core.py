@@ -32,6 +32,13 @@ def _marker_problem(item: pytest.Item) -> str | None:
             value = mark.kwargs.get(key)
             if value is not None and not (isinstance(value, str) and value):
                 return f"{MARKER}({key}={value!r}): {key} must be a non-empty string"
+        vendor = mark.kwargs.get("vendor")
+        if vendor is not None:
+            from pytest_llm_budget.providers.registry import unknown_vendor
+
+            problem = unknown_vendor(vendor)
+            if problem:
+                return f"{MARKER}(vendor={vendor!r}): {problem}"
         if not isinstance(mark.kwargs.get("grounded", False), bool):
             return f"{MARKER}(grounded={mark.kwargs['grounded']!r}): grounded must be True/False"
     return None

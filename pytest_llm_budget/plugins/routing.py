@@ -39,11 +39,16 @@ def pytest_runtest_makereport(
     return report
 
 
-def _closed_after(config: pytest.Config, builder: str) -> Generator[Any, None, None]:
-    """A client from `clients.<builder>`, closed when the test is done."""
-    from pytest_llm_budget.routing import clients
+def _client(config: pytest.Config, fixture: str) -> Any:
+    """The SDK client of a fixture, built by the provider that declares it."""
+    from pytest_llm_budget.routing.clients import fixture_client
 
-    client = getattr(clients, builder)(budget(config))
+    return fixture_client(fixture, budget(config))
+
+
+def _closed_after(config: pytest.Config, fixture: str) -> Generator[Any, None, None]:
+    """`_client`, closed when the test is done."""
+    client = _client(config, fixture)
     yield client
     client.close()
 
@@ -57,9 +62,7 @@ def openai_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
 @pytest.fixture
 def async_openai_client(pytestconfig: pytest.Config) -> Any:
     """`openai.AsyncOpenAI` routed through the budget, SDK retries off; bound to one loop."""
-    from pytest_llm_budget.routing.clients import async_openai_client as build
-
-    return build(budget(pytestconfig))
+    return _client(pytestconfig, "async_openai_client")
 
 
 @pytest.fixture

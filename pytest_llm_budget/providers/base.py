@@ -1,4 +1,11 @@
-"""Records and protocols shared by the provider modules: estimates, usage, 429 classification."""
+"""The `Provider` protocol (all a vendor's wire knowledge) and the records its modules share.
+
+A provider module says everything vendor-specific once: which requests are its (`handles`), its
+hosts and base-URL variables, its key variables and replay placeholder, the secrets a cassette
+must drop, estimates, usage, 429 classification, rate-limit headers per dimension, the price id,
+and the fixtures it builds SDK clients for. It imports its SDK only inside `client` / `sdk_errors`.
+Register one with `pytest_llm_budget.providers.registry.register`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
 from pytest_llm_budget.tokens.counting import TokenCounter
@@ -14,14 +22,20 @@ from pytest_llm_budget.tokens.policy import EstimatePolicy
 __all__ = [
     "Estimate",
     "Provider",
+    "ProviderDefaults",
+    "RateLimitHeaders",
     "Rejection",
     "RejectionKind",
+    "RoutedHTTP",
     "SSEUsageParser",
+    "ServerLimits",
     "Usage",
     "as_int",
     "error_object",
     "load_json",
     "lower_headers",
+    "missing_key",
+    "server_limits",
     "times_choices",
 ]
 
@@ -115,15 +129,95 @@ class SSEUsageParser(Protocol):
         """How many events could not be parsed (counted, never raised)."""
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    """One dimension's limit as a response's headers state it (None: that header was absent)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    #: Seconds until the window is full again (`x-ratelimit-reset-*`), when stated.
+    reset_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    """A response's rate-limit headers, parsed per dimension (None: nothing sent for it)."""
+
+    tokens: ServerLimits | None = None
+    requests: ServerLimits | None = None
+    input_tokens: ServerLimits | None = None
+    output_tokens: ServerLimits | None = None
+
+
+class RoutedHTTP(Protocol):
+    """What routing lends a provider to build its SDK clients: routed httpx2 / httpx parts."""
+
+    @property
+    def replay_only(self) -> bool:
+        """True in record mode `none`: cassettes answer, so a client with no key may get the
+        provider's placeholder."""
+
+    def library(self, sdk_class: type | None = None) -> ModuleType:
+        """The HTTP library (httpx2 or httpx) an SDK class is built on, else the installed one."""
+
+    def transport(self, library: ModuleType, *, is_async: bool = False) -> Any:
+        """A transport of `library` whose LLM requests are routed (structured errors raised)."""
+
+    def client(self, library: ModuleType, *, is_async: bool = False, **kwargs: Any) -> Any:
+        """A `library.Client` (or `AsyncClient`) on a routed transport."""
+
+
 class Provider(Protocol):
-    """Wire knowledge of one vendor: request estimate, reported usage, 429 meaning, TPM charge."""
+    """Wire knowledge of one vendor: which requests are its, what they cost, what its answers
+    and refusals mean, and how its SDK clients are built."""
 
     @property
     def vendor(self) -> str:
-        """Vendor name used for buckets and reports ("openai", "gemini")."""
+        """Vendor name used for buckets, rules and reports ("openai", "gemini")."""
 
-    def handles(self, path: str) -> bool:
-        """True when a request to this URL path costs tokens at this vendor."""
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Default LLM hosts (globs; `host` or `host:port`)."""
+
+    @property
+    def base_url_env(self) -> tuple[str, ...]:
+        """Environment variables holding a base URL whose host is then an LLM host."""
+
+    @property
+    def key_env(self) -> tuple[str, ...]:
+        """API key environment variables the SDK reads; the first gets the placeholder."""
+
+    @property
+    def placeholder_key(self) -> str | None:
+        """Key set in replay-only mode when none of `key_env` is set (never sent anywhere)."""
+
+    @property
+    def secret_headers(self) -> tuple[str, ...]:
+        """Request headers (lower case) never written to a cassette."""
+
+    @property
+    def secret_response_headers(self) -> tuple[str, ...]:
+        """Response headers (lower case) never written to a cassette."""
+
+    @property
+    def secret_query(self) -> tuple[str, ...]:
+        """Query parameters never written to a cassette."""
+
+    @property
+    def price_id(self) -> str | None:
+        """genai-prices' provider id of this vendor, None to let it guess."""
+
+    @property
+    def fixtures(self) -> tuple[str, ...]:
+        """Names of the pytest fixtures whose clients `client` builds (they mark LLM tests)."""
+
+    @property
+    def counts_reported_usage(self) -> bool:
+        """True when the TPM limit keeps the reported usage, not the admission charge: an
+        over-estimate is then refunded at settle (Gemini); else the admission charge stays."""
+
+    def handles(self, host: str, path: str) -> bool:
+        """True when a request to this host and URL path costs tokens at this vendor."""
 
     def estimate(
         self,
@@ -142,24 +236,83 @@ class Provider(Protocol):
     def sse_usage_parser(self) -> SSEUsageParser:
         """A fresh parser for one streamed response."""
 
+    def stream_usage_expected(self, path: str, body: bytes) -> bool:
+        """False for a streamed request whose stream will carry no usage (not malformed then)."""
+
     def classify(
         self, status: int, headers: Mapping[str, str], body: bytes, now: float
     ) -> Rejection:
         """Classify a refusal (429) and extract when to retry."""
 
-    def remaining_tokens(self, headers: Mapping[str, str]) -> int | None:
-        """Tokens the provider says are left in its window, when it says so."""
-
-    @property
-    def counts_reported_usage(self) -> bool:
-        """True when the TPM limit keeps the reported usage, not the admission charge: an
-        over-estimate is then refunded at settle (Gemini); else the admission charge stays."""
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
+        """The rate-limit headers of a response, parsed per dimension."""
 
     def charge(self, usage: Usage) -> int:
         """Tokens the provider counts against its TPM limit for this usage."""
 
     def charge_estimate(self, estimate: Estimate) -> int:
         """Tokens to reserve against the TPM limit for this estimate."""
+
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        """Base classes a structured error must also be for this vendor's SDK to let it through
+        unwrapped; only of an SDK already imported (never imports it), else empty."""
+
+    def client(self, fixture: str, routed: RoutedHTTP, **kwargs: Any) -> Any:
+        """The SDK client of one of `fixtures`, on routed transports (imports the SDK)."""
+
+
+class ProviderDefaults:
+    """Neutral values for the optional parts of `Provider`, for a provider class to inherit."""
+
+    hosts: tuple[str, ...] = ()
+    base_url_env: tuple[str, ...] = ()
+    key_env: tuple[str, ...] = ()
+    placeholder_key: str | None = None
+    secret_headers: tuple[str, ...] = ()
+    secret_response_headers: tuple[str, ...] = ()
+    secret_query: tuple[str, ...] = ()
+    price_id: str | None = None
+    fixtures: tuple[str, ...] = ()
+    counts_reported_usage = False
+
+    def stream_usage_expected(self, path: str, body: bytes) -> bool:
+        """Every stream is expected to carry usage."""
+        return True
+
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
+        """No rate-limit headers."""
+        return RateLimitHeaders()
+
+    def charge(self, usage: Usage) -> int:
+        """Prompt plus completion tokens."""
+        return usage.prompt_tokens + usage.completion_tokens
+
+    def charge_estimate(self, estimate: Estimate) -> int:
+        """Input plus output estimate."""
+        return estimate.total
+
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        """No SDK error classes."""
+        return ()
+
+    def client(self, fixture: str, routed: RoutedHTTP, **kwargs: Any) -> Any:
+        """No fixtures: always raises."""
+        raise LookupError(f"{type(self).__name__} builds no client for fixture {fixture!r}")
+
+
+def server_limits(limit: object, remaining: object, reset_s: float | None) -> ServerLimits | None:
+    """One dimension's parsed figures, None when neither the limit nor the remainder is stated."""
+    parsed_limit, parsed_remaining = as_int(limit), as_int(remaining)
+    if parsed_limit is None and parsed_remaining is None:
+        return None
+    return ServerLimits(parsed_limit, parsed_remaining, reset_s)
+
+
+def missing_key(provider: Provider, environ: Mapping[str, str]) -> bool:
+    """True when none of a provider's key variables is set (and it has a placeholder)."""
+    return provider.placeholder_key is not None and not any(
+        environ.get(name) for name in provider.key_env
+    )
 
 
 def load_json(body: bytes | str) -> Any:

@@ -11,27 +11,37 @@ cost input only. A 429 is QUOTA, not retryable, when its quota is per day (a Quo
 `quotaId` or message naming a per-day quota) or its limit is 0 (the model has no quota on this
 tier): waiting inside a test run cannot help. Every other 429 is RATE_LIMIT with RetryInfo's
 delay, else the message's "Please retry in 26.5s", else Retry-After, else None (Vertex).
+Gemini's OpenAI-compatible endpoint on a Google host (`GeminiOpenAIProvider`) keeps the OpenAI
+wire format but the "gemini" vendor, since the quota it spends is Gemini's. The `gemini_client`
+fixture gets a `genai.Client` whose sync and `.aio` paths both use routed httpx2 (or httpx).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import re
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 from pytest_llm_budget.providers.base import (
     Estimate,
+    ProviderDefaults,
     Rejection,
     RejectionKind,
+    RoutedHTTP,
     SSEUsageParser,
     Usage,
     as_int,
     error_object,
     load_json,
     lower_headers,
+    missing_key,
     times_choices,
 )
+from pytest_llm_budget.providers.openai import OpenAIProvider
 from pytest_llm_budget.providers.retry_hints import (
     parse_gemini_retry_info,
     parse_retry_hint_in_message,
@@ -41,7 +51,11 @@ from pytest_llm_budget.providers.sse import JSONEventUsageParser
 from pytest_llm_budget.tokens.counting import TextMeasure, TokenCounter
 from pytest_llm_budget.tokens.policy import EstimatePolicy
 
-__all__ = ["GeminiProvider", "gemini_method", "gemini_model"]
+__all__ = [
+    "GeminiOpenAIProvider", "GeminiProvider", "gemini_method", "gemini_model", "genai_library",
+]
+
+_GOOGLE_HOST_SUFFIX = "googleapis.com"
 
 _PATH = re.compile(
     r"/(?:models|tunedModels|endpoints)/(?P<model>[^/:?]+):(?P<method>[A-Za-z]+)(?:\?.*)?$"
@@ -111,14 +125,26 @@ def _measure(
     return TextMeasure(tokens, chars)
 
 
-class GeminiProvider:
+class GeminiProvider(ProviderDefaults):
     """Google Gemini API and Vertex AI generateContent wire format."""
 
     vendor = "gemini"
+    hosts: tuple[str, ...] = (
+        "generativelanguage.googleapis.com",
+        "*-aiplatform.googleapis.com",
+        "aiplatform.googleapis.com",
+    )
+    base_url_env: tuple[str, ...] = ("GOOGLE_GEMINI_BASE_URL",)
+    key_env: tuple[str, ...] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    placeholder_key: str | None = "llm-budget-replay-placeholder"
+    secret_headers: tuple[str, ...] = ("x-goog-api-key", "authorization")
+    secret_query: tuple[str, ...] = ("key",)
+    price_id: str | None = "google"
+    fixtures: tuple[str, ...] = ("gemini_client",)
     #: Gemini's TPM counts the reported input tokens.
     counts_reported_usage = True
 
-    def handles(self, path: str) -> bool:
+    def handles(self, host: str, path: str) -> bool:
         """True for models/M:generateContent|streamGenerateContent|countTokens|embed* paths."""
         return _match(path) is not None
 
@@ -227,10 +253,6 @@ class GeminiProvider:
             return Rejection(RejectionKind.QUOTA, delay, message, limit, None)
         return Rejection(RejectionKind.RATE_LIMIT, delay, message, limit, None)
 
-    def remaining_tokens(self, headers: Mapping[str, str]) -> int | None:
-        """Gemini sends no remaining-quota headers."""
-        return None
-
     def charge(self, usage: Usage) -> int:
         """Gemini's TPM quota counts input (prompt) tokens."""
         return usage.prompt_tokens
@@ -238,6 +260,62 @@ class GeminiProvider:
     def charge_estimate(self, estimate: Estimate) -> int:
         """Gemini admits against input tokens only."""
         return estimate.input_tokens
+
+    def client(self, fixture: str, routed: RoutedHTTP, **kwargs: Any) -> Any:
+        """`genai.Client` whose sync and `.aio` paths both use routed clients (base URL and key
+        from the SDK's environment variables)."""
+        from google import genai
+        from google.genai import types
+
+        if fixture not in self.fixtures:
+            return super().client(fixture, routed, **kwargs)
+        options = kwargs.pop("http_options", None)
+        if isinstance(options, dict):
+            options = types.HttpOptions(**options)
+        options = options or types.HttpOptions()
+        library = genai_library(routed)
+        update: dict[str, Any] = {
+            "httpx_client": routed.client(library),
+            "httpx_async_client": routed.client(library, is_async=True),
+        }
+        base_url = next(filter(None, (os.environ.get(v) for v in self.base_url_env)), None)
+        if base_url and not options.base_url:
+            update["base_url"] = base_url
+        if "api_key" not in kwargs and not kwargs.get("vertexai"):
+            key = next(filter(None, (os.environ.get(v) for v in self.key_env)), None)
+            if key:
+                kwargs["api_key"] = key
+            elif routed.replay_only and missing_key(self, os.environ):
+                kwargs["api_key"] = self.placeholder_key
+        return genai.Client(http_options=options.model_copy(update=update), **kwargs)
+
+
+class GeminiOpenAIProvider(OpenAIProvider):
+    """Gemini's OpenAI-compatible endpoint: OpenAI paths on a Google host, Gemini's quota."""
+
+    vendor = "gemini"
+    hosts = ()
+    base_url_env = ()
+    key_env = ()
+    placeholder_key = None
+    secret_headers = ()
+    secret_response_headers = ()
+    price_id = "google"
+    fixtures = ()
+
+    def handles(self, host: str, path: str) -> bool:
+        """An OpenAI path on a `*.googleapis.com` host."""
+        hostname = host.split(":", 1)[0].lower().rstrip(".")
+        return hostname.endswith(_GOOGLE_HOST_SUFFIX) and super().handles(host, path)
+
+
+def genai_library(routed: RoutedHTTP) -> ModuleType:
+    """The HTTP library of google-genai's clients: httpx2 from genai 3 on, else httpx."""
+    from google.genai import _api_client
+
+    if getattr(_api_client, "httpx2", None):
+        return routed.library()
+    return importlib.import_module("httpx")
 
 
 def _quota_violations(error: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -8,28 +8,39 @@ Responses input items' text, function-call arguments and tool outputs; images, a
 count none, nor do tool schemas or the roles. A request with no declared output budget gets
 `--llm-est-tokens`. A body that is not a JSON object is estimated from its byte length (at least
 its characters). A 429's retry delay comes from `retry-after-ms`, then `retry-after`, then the
-message's "Please try again in 1.5s", then the `x-ratelimit-reset-*` headers.
+message's "Please try again in 1.5s", then the `x-ratelimit-reset-*` headers. The fixtures
+`openai_client` / `async_openai_client` get SDK clients with the SDK's retries off.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from pytest_llm_budget.providers.base import (
     Estimate,
+    ProviderDefaults,
+    RateLimitHeaders,
     Rejection,
     RejectionKind,
+    RoutedHTTP,
+    ServerLimits,
     SSEUsageParser,
     Usage,
     as_int,
     error_object,
     load_json,
     lower_headers,
+    missing_key,
+    server_limits,
     times_choices,
 )
 from pytest_llm_budget.providers.retry_hints import (
+    parse_go_duration,
     parse_retry_hint_in_message,
     retry_delay_from_headers,
 )
@@ -83,16 +94,24 @@ def _declared_output(body: Mapping[str, Any], *keys: str) -> int | None:
     return times_choices(budget, as_int(body.get("n")))
 
 
-class OpenAIProvider:
+class OpenAIProvider(ProviderDefaults):
     """OpenAI (and OpenAI-compatible, e.g. Azure) wire format."""
 
+    vendor = "openai"
+    hosts: tuple[str, ...] = ("api.openai.com", "*.openai.azure.com")
+    base_url_env: tuple[str, ...] = ("OPENAI_BASE_URL",)
+    key_env: tuple[str, ...] = ("OPENAI_API_KEY",)
+    placeholder_key: str | None = "sk-llm-budget-replay-placeholder"
+    secret_headers: tuple[str, ...] = (
+        "authorization", "api-key", "openai-organization", "openai-project",
+    )
+    secret_response_headers: tuple[str, ...] = ("openai-organization", "openai-project")
+    price_id: str | None = "openai"
+    fixtures: tuple[str, ...] = ("openai_client", "async_openai_client")
     #: OpenAI charges input estimate + max_tokens at admission, whatever the call then used.
     counts_reported_usage = False
 
-    def __init__(self, vendor: str = "openai") -> None:
-        self.vendor = vendor
-
-    def handles(self, path: str) -> bool:
+    def handles(self, host: str, path: str) -> bool:
         """True for .../chat/completions, .../responses, .../completions, .../embeddings."""
         return _endpoint(path) is not None
 
@@ -186,17 +205,57 @@ class OpenAIProvider:
         kind = RejectionKind.RATE_LIMIT if status == 429 else RejectionKind.OTHER
         return Rejection(kind, delay, message or f"HTTP {status}", limit, requested)
 
-    def remaining_tokens(self, headers: Mapping[str, str]) -> int | None:
-        """x-ratelimit-remaining-tokens, when present and numeric."""
-        return as_int(lower_headers(headers).get("x-ratelimit-remaining-tokens"))
+    def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
+        """`x-ratelimit-{limit,remaining,reset}-{tokens,requests}` (resets are Go durations)."""
+        lowered = lower_headers(headers)
 
-    def charge(self, usage: Usage) -> int:
-        """OpenAI counts prompt and completion tokens against TPM."""
-        return usage.prompt_tokens + usage.completion_tokens
+        def dimension(name: str) -> ServerLimits | None:
+            reset = parse_go_duration(lowered.get(f"x-ratelimit-reset-{name}", ""))
+            return server_limits(
+                lowered.get(f"x-ratelimit-limit-{name}"),
+                lowered.get(f"x-ratelimit-remaining-{name}"),
+                reset,
+            )
 
-    def charge_estimate(self, estimate: Estimate) -> int:
-        """OpenAI admits a request against input estimate plus the output budget."""
-        return estimate.total
+        return RateLimitHeaders(tokens=dimension("tokens"), requests=dimension("requests"))
+
+    def stream_usage_expected(self, path: str, body: bytes) -> bool:
+        """False for a chat stream that did not ask for usage (`stream_options.include_usage`)."""
+        if not path.rstrip("/").endswith("chat/completions") or b'"stream"' not in body:
+            return True
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return True
+        if not isinstance(data, dict) or not data.get("stream"):
+            return True
+        options = data.get("stream_options")
+        return isinstance(options, dict) and bool(options.get("include_usage"))
+
+    def sdk_errors(self) -> tuple[type[BaseException], ...]:
+        """`openai.OpenAIError`: openai < 3 turns any other exception of its transport into
+        APIConnectionError (and retries it), which would hide the structured error."""
+        base = getattr(sys.modules.get("openai"), "OpenAIError", None)
+        return (base,) if isinstance(base, type) and issubclass(base, BaseException) else ()
+
+    def client(self, fixture: str, routed: RoutedHTTP, **kwargs: Any) -> Any:
+        """`openai.OpenAI` (`async_openai_client`: `AsyncOpenAI`), the SDK's retries off."""
+        import openai
+
+        if fixture not in self.fixtures:
+            return super().client(fixture, routed, **kwargs)
+        is_async = fixture == "async_openai_client"
+        if routed.replay_only and "api_key" not in kwargs and missing_key(self, os.environ):
+            kwargs["api_key"] = self.placeholder_key
+        kwargs.setdefault("max_retries", 0)
+        if is_async:
+            library = routed.library(openai.DefaultAsyncHttpxClient)
+            transport = routed.transport(library, is_async=True)
+            http = openai.DefaultAsyncHttpxClient(transport=transport)
+            return openai.AsyncOpenAI(http_client=http, **kwargs)
+        library = routed.library(openai.DefaultHttpxClient)
+        sync_http = openai.DefaultHttpxClient(transport=routed.transport(library))
+        return openai.OpenAI(http_client=sync_http, **kwargs)
 
 
 def _number(pattern: re.Pattern[str], message: str) -> int | None:

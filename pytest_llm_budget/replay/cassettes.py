@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,47 +27,55 @@ from pytest_llm_budget.redact import mask_loggers
 from pytest_llm_budget.settings.resolved import Settings
 
 __all__ = [
-    "PLACEHOLDER_KEYS", "REPLAYING_MODES", "SECRET_HEADERS", "SECRET_QUERY", "CassettePolicy",
-    "CassetteUse", "Cassettes", "cassette_name", "cassette_path", "placeholder_key",
-    "replayed_record", "use_placeholder_keys",
+    "REPLAYING_MODES", "CassettePolicy", "CassetteUse", "Cassettes", "cassette_name",
+    "cassette_path", "replayed_record", "secret_headers", "secret_query",
+    "secret_response_headers", "use_placeholder_keys",
 ]
 
-#: Request headers never written to a cassette (plus ini `llm_filter_headers`).
-SECRET_HEADERS = (
-    "authorization", "x-goog-api-key", "api-key", "openai-organization", "openai-project",
-    "cookie", "set-cookie", "proxy-authorization",
-)
-#: Response headers never written to a cassette (plus ini `llm_filter_headers`).
-SECRET_RESPONSE_HEADERS = ("set-cookie", "openai-organization", "openai-project")
-#: Query parameters never written to a cassette (plus ini `llm_filter_query_parameters`).
-SECRET_QUERY = ("key",)
-#: Keys the SDKs find in replay-only mode when none is set: a cassette answers every LLM request
-#: of an LLM test, so these are never sent (and request key headers never reach a cassette).
-PLACEHOLDER_KEYS = {
-    "OPENAI_API_KEY": "sk-llm-budget-replay-placeholder",
-    "GEMINI_API_KEY": "llm-budget-replay-placeholder",
-}
+#: Headers no cassette keeps, whatever the provider (plus the providers' own, and ini
+#: `llm_filter_headers`).
+GENERIC_SECRET_HEADERS = ("authorization", "cookie", "set-cookie", "proxy-authorization")
+GENERIC_SECRET_RESPONSE_HEADERS = ("set-cookie",)
 #: Record modes in which an existing cassette is replayed.
 REPLAYING_MODES = ("once", "none", "new_episodes")
 MAX_NAME = 120
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]]")
 
 
-def placeholder_key(variable: str, environ: Mapping[str, str]) -> str | None:
-    """The placeholder for a key variable the SDKs would find missing, else None."""
-    same = ("GEMINI_API_KEY", "GOOGLE_API_KEY") if variable == "GEMINI_API_KEY" else (variable,)
-    return None if any(environ.get(name) for name in same) else PLACEHOLDER_KEYS[variable]
+def secret_headers() -> tuple[str, ...]:
+    """Request headers never written to a cassette: the generic ones and every provider's."""
+    from pytest_llm_budget.providers.registry import providers
+
+    return _unique(GENERIC_SECRET_HEADERS + tuple(h for p in providers() for h in p.secret_headers))
+
+
+def secret_response_headers() -> tuple[str, ...]:
+    """Response headers never written to a cassette: the generic ones and every provider's."""
+    from pytest_llm_budget.providers.registry import providers
+
+    named = tuple(h for p in providers() for h in p.secret_response_headers)
+    return _unique(GENERIC_SECRET_RESPONSE_HEADERS + named)
+
+
+def secret_query() -> tuple[str, ...]:
+    """Query parameters never written to a cassette: every provider's."""
+    from pytest_llm_budget.providers.registry import providers
+
+    return _unique(tuple(q for p in providers() for q in p.secret_query))
 
 
 def use_placeholder_keys(environ: MutableMapping[str, str]) -> Callable[[], None]:
-    """Set the placeholder of every missing key variable (replay-only mode); returns the undo."""
-    added = [v for v in PLACEHOLDER_KEYS if placeholder_key(v, environ)]
-    for variable in added:
-        environ[variable] = PLACEHOLDER_KEYS[variable]
+    """Set each provider's placeholder key where none of its key variables is set (replay-only
+    mode: a cassette answers every LLM request of an LLM test, so these are never sent, and
+    request key headers never reach a cassette); returns the undo."""
+    from pytest_llm_budget.providers.registry import placeholder_keys
+
+    added = placeholder_keys(environ)
+    environ.update(added)
 
     def undo() -> None:
-        for variable in added:
-            if environ.get(variable) == PLACEHOLDER_KEYS[variable]:
+        for variable, key in added.items():
+            if environ.get(variable) == key:
                 del environ[variable]
 
     return undo
@@ -103,9 +111,9 @@ class CassettePolicy:
     """What the settings say about cassettes: mode, filters, which hosts are LLM hosts."""
 
     mode: str = "off"
-    filter_headers: tuple[str, ...] = SECRET_HEADERS
-    filter_response_headers: tuple[str, ...] = SECRET_RESPONSE_HEADERS
-    filter_query: tuple[str, ...] = SECRET_QUERY
+    filter_headers: tuple[str, ...] = field(default_factory=secret_headers)
+    filter_response_headers: tuple[str, ...] = field(default_factory=secret_response_headers)
+    filter_query: tuple[str, ...] = field(default_factory=secret_query)
     hosts: tuple[str, ...] = ()
     match_host: bool = True
 
@@ -115,9 +123,9 @@ class CassettePolicy:
         extra = tuple(h.lower() for h in settings.filter_headers)
         return cls(
             mode=settings.record_mode,
-            filter_headers=_unique(SECRET_HEADERS + extra),
-            filter_response_headers=_unique(SECRET_RESPONSE_HEADERS + extra),
-            filter_query=_unique(SECRET_QUERY + tuple(settings.filter_query)),
+            filter_headers=_unique(secret_headers() + extra),
+            filter_response_headers=_unique(secret_response_headers() + extra),
+            filter_query=_unique(secret_query() + tuple(settings.filter_query)),
             hosts=tuple(h.lower() for h in settings.hosts),
             match_host=settings.match_host,
         )

@@ -1,16 +1,16 @@
-"""Routed clients: the fixtures' OpenAI / Gemini / httpx2 clients, and `wrap(client)` for others.
+"""Routed clients: httpx2 clients, the fixtures' SDK clients, and `wrap(client)` for others.
 
 The clients built here raise the plugin's structured errors (`RateLimitExhausted`, ...) and
-leave retrying 429s to the plugin: the OpenAI SDK's own retries are off (`max_retries=0`), and
-google-genai gets httpx2 clients for both its sync and `.aio` paths (never aiohttp). Keys and
-base URLs come from the SDKs' own environment variables.
+leave retrying 429s to the plugin. An SDK client of a fixture is built by the provider that
+declares the fixture (`Provider.client`), given a `Routed`: the OpenAI SDK's own retries are
+off (`max_retries=0`), google-genai gets httpx2 clients for both its sync and `.aio` paths
+(never aiohttp). Keys and base URLs come from the SDKs' own environment variables.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -18,19 +18,15 @@ from typing import TYPE_CHECKING, Any
 from pytest_llm_budget.routing.transport import AsyncBudgetTransport, BudgetTransport, router_for
 
 if TYPE_CHECKING:
-    import openai
-    from google import genai
-
     from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
+    "Routed",
     "async_http_client",
-    "async_openai_client",
     "default_session",
-    "gemini_client",
+    "fixture_client",
     "http_client",
     "http_library",
-    "openai_client",
     "wrap",
 ]
 
@@ -89,75 +85,44 @@ def async_http_client(
     return lib.AsyncClient(transport=transport, **kwargs)
 
 
-def _replay_key(session: BudgetSession, variable: str, kwargs: dict[str, Any]) -> None:
-    """In replay-only mode, give a client with no key a placeholder (cassettes answer it)."""
-    if session.settings.record_mode == "none" and "api_key" not in kwargs:
-        from pytest_llm_budget.replay.cassettes import placeholder_key
+class Routed:
+    """What a provider's client builder gets (`providers.base.RoutedHTTP`): one session's routed
+    httpx2 / httpx transports and clients."""
 
-        key = placeholder_key(variable, os.environ)
-        if key is not None:
-            kwargs["api_key"] = key
+    def __init__(self, session: BudgetSession) -> None:
+        self.session = session
 
+    @property
+    def replay_only(self) -> bool:
+        """True in record mode `none`."""
+        return self.session.settings.record_mode == "none"
 
-def openai_client(session: BudgetSession, **kwargs: Any) -> openai.OpenAI:
-    """`openai.OpenAI` with routed transport and the SDK's retries off."""
-    import openai
+    def library(self, sdk_class: type | None = None) -> ModuleType:
+        """`http_library(sdk_class)`."""
+        return http_library(sdk_class)
 
-    _replay_key(session, "OPENAI_API_KEY", kwargs)
-    lib = http_library(openai.DefaultHttpxClient)
-    transport = BudgetTransport(lib.HTTPTransport(), router_for(session, raise_errors=True))
-    kwargs.setdefault("max_retries", 0)
-    client = openai.DefaultHttpxClient(transport=transport)  # type: ignore[arg-type]
-    return openai.OpenAI(http_client=client, **kwargs)
+    def transport(self, library: ModuleType, *, is_async: bool = False) -> Any:
+        """A routed `library` transport that raises the structured errors."""
+        router = router_for(self.session, raise_errors=True)
+        if is_async:
+            return AsyncBudgetTransport(library.AsyncHTTPTransport(), router)
+        return BudgetTransport(library.HTTPTransport(), router)
 
-
-def async_openai_client(session: BudgetSession, **kwargs: Any) -> openai.AsyncOpenAI:
-    """`openai.AsyncOpenAI` with routed transport and the SDK's retries off."""
-    import openai
-
-    _replay_key(session, "OPENAI_API_KEY", kwargs)
-    lib = http_library(openai.DefaultAsyncHttpxClient)
-    transport = AsyncBudgetTransport(
-        lib.AsyncHTTPTransport(), router_for(session, raise_errors=True)
-    )
-    kwargs.setdefault("max_retries", 0)
-    client = openai.DefaultAsyncHttpxClient(transport=transport)  # type: ignore[arg-type]
-    return openai.AsyncOpenAI(http_client=client, **kwargs)
+    def client(self, library: ModuleType, *, is_async: bool = False, **kwargs: Any) -> Any:
+        """`http_client` / `async_http_client` of `library`."""
+        if is_async:
+            return async_http_client(self.session, library, **kwargs)
+        return http_client(self.session, library, **kwargs)
 
 
-def _genai_library() -> ModuleType:
-    """google-genai >= 3 takes httpx2 clients (and httpx); older majors httpx only."""
-    from google.genai import _api_client
+def fixture_client(fixture: str, session: BudgetSession, **kwargs: Any) -> Any:
+    """The SDK client of a provider's fixture (`openai_client`, `gemini_client`, ...)."""
+    from pytest_llm_budget.providers.registry import provider_of_fixture
 
-    return http_library() if getattr(_api_client, "httpx2", None) else importlib.import_module(
-        "httpx"
-    )
-
-
-def gemini_client(session: BudgetSession, **kwargs: Any) -> genai.Client:
-    """`genai.Client` whose sync and `.aio` paths both use routed httpx2 (or httpx) clients."""
-    from google import genai
-    from google.genai import types
-
-    options = kwargs.pop("http_options", None)
-    if isinstance(options, dict):
-        options = types.HttpOptions(**options)
-    options = options or types.HttpOptions()
-    base_url = os.environ.get("GOOGLE_GEMINI_BASE_URL")
-    lib = _genai_library()
-    update: dict[str, Any] = {
-        "httpx_client": http_client(session, lib),
-        "httpx_async_client": async_http_client(session, lib),
-    }
-    if base_url and not options.base_url:
-        update["base_url"] = base_url
-    if "api_key" not in kwargs and not kwargs.get("vertexai"):
-        key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-        if key:
-            kwargs["api_key"] = key
-        else:
-            _replay_key(session, "GEMINI_API_KEY", kwargs)
-    return genai.Client(http_options=options.model_copy(update=update), **kwargs)
+    provider = provider_of_fixture(fixture)
+    if provider is None:
+        raise LookupError(f"pytest-llm-budget: no registered provider builds {fixture!r}")
+    return provider.client(fixture, Routed(session), **kwargs)
 
 
 def _wrap_httpx(client: Any, router_sync: Any, router_async: Any) -> None:
@@ -210,7 +175,9 @@ def _wrap_genai(api_client: Any, session: BudgetSession) -> None:
         getattr(current, "_transport", None), AsyncBudgetTransport
     ):
         return
-    routed_async = async_http_client(session, _genai_library())
+    from pytest_llm_budget.providers.gemini import genai_library
+
+    routed_async = async_http_client(session, genai_library(Routed(session)))
     api_client._async_httpx_client = routed_async
     options = getattr(api_client, "_http_options", None)
     if options is not None:

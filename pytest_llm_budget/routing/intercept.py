@@ -39,14 +39,13 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.routing.traffic import DEFAULT_HOSTS, add_host, classify, remove_host
+from pytest_llm_budget.routing.traffic import add_host, classify, remove_host
 
 if TYPE_CHECKING:
     from pytest_llm_budget.routing.transport import Router
     from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
-    "DEFAULT_HOSTS",
     "ORIGINALS",
     "active_session",
     "add_host",

@@ -7,7 +7,6 @@ call; gzip/deflate bodies are decoded for it, SSE streams parsed line by line.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import threading
 import warnings
@@ -19,7 +18,7 @@ from pytest_llm_budget.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from pytest_llm_budget.limiting.limiter import Reservation
-    from pytest_llm_budget.providers import SSEUsageParser, Usage
+    from pytest_llm_budget.providers.base import SSEUsageParser, Usage
     from pytest_llm_budget.routing.router import Router, _Call
 
 _MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -50,18 +49,14 @@ def deliver(
 def _calibrate(
     router: Router, call: _Call, headers: Any, reservation: Reservation | None = None
 ) -> None:
-    """Learn from `x-ratelimit-*-tokens`: a gap is charged, the estimate factor corrected."""
-    from pytest_llm_budget.providers.base import as_int
-    from pytest_llm_budget.providers.retry_hints import parse_go_duration
-
-    limit = as_int(headers.get("x-ratelimit-limit-tokens"))
-    remaining = call.provider.remaining_tokens(headers)
-    if limit is not None and remaining is not None:
-        if reservation is not None:
-            reset = parse_go_duration(str(headers.get("x-ratelimit-reset-tokens", "")))
-            reservation.observe(limit, remaining, reset)
-        else:
-            router.session.limiter.calibrate(call.vendor, call.model, limit, remaining)
+    """Learn from the provider's token limit headers: a gap is charged, the estimate corrected."""
+    tokens = call.provider.rate_limits(headers).tokens
+    if tokens is None or tokens.limit is None or tokens.remaining is None:
+        return
+    if reservation is not None:
+        reservation.observe(tokens.limit, tokens.remaining, tokens.reset_s)
+    else:
+        router.session.limiter.calibrate(call.vendor, call.model, tokens.limit, tokens.remaining)
 
 
 class UsageSink:
@@ -231,17 +226,3 @@ def _decoder(encoding: str) -> _Decoder | None:
     if encoding == "deflate":
         return _Decoder(zlib.MAX_WBITS | 32)
     return None
-
-
-def stream_usage_expected(path: str, body: bytes) -> bool:
-    """False for an OpenAI chat stream that did not ask for usage (its stream has none)."""
-    if not path.rstrip("/").endswith("chat/completions") or b'"stream"' not in body:
-        return True
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return True
-    if not isinstance(data, dict) or not data.get("stream"):
-        return True
-    options = data.get("stream_options")
-    return isinstance(options, dict) and bool(options.get("include_usage"))

@@ -41,7 +41,7 @@ from pytest_llm_budget.errors import (
 )
 
 if TYPE_CHECKING:
-    from pytest_llm_budget.providers import Rejection
+    from pytest_llm_budget.providers.base import Rejection
     from pytest_llm_budget.session import BudgetSession
 
 _DROPPED_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
@@ -90,7 +90,7 @@ def after_429(
     model: str,
 ) -> Retry | LLMBudgetError:
     """What follows the 429 that ended attempt number `attempts`: a retry, or the error."""
-    from pytest_llm_budget.providers import RejectionKind
+    from pytest_llm_budget.providers.base import RejectionKind
 
     limit = f"limit {rejection.limit}" if rejection.limit is not None else "limit unknown"
     where = f"{vendor} model {model}"
@@ -127,20 +127,24 @@ def after_429(
     )
 
 
-_PASSABLE: dict[type, type] = {}
+_PASSABLE: dict[tuple[type, tuple[type, ...]], type] = {}
 
 
 def passable(err: LLMBudgetError) -> LLMBudgetError:
-    """The error as an OpenAIError too: openai < 3 turns any other exception of its transport
-    into APIConnectionError (and retries it), which would hide the structured error."""
-    openai = sys.modules.get("openai")
-    base = getattr(openai, "OpenAIError", None)
-    if not isinstance(base, type) or isinstance(err, base):
+    """The error as every registered provider's SDK error base too (`Provider.sdk_errors`), so
+    an SDK that wraps other exceptions of its transport (openai < 3) lets it through."""
+    from pytest_llm_budget.providers.registry import providers
+
+    bases = tuple(
+        dict.fromkeys(b for p in providers() for b in p.sdk_errors() if not isinstance(err, b))
+    )
+    if not bases:
         return err
     cls = type(err)
-    if cls not in _PASSABLE:
-        _PASSABLE[cls] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
-    err.__class__ = _PASSABLE[cls]
+    key = (cls, bases)
+    if key not in _PASSABLE:
+        _PASSABLE[key] = type(cls.__name__, (cls, *bases), {"__module__": cls.__module__})
+    err.__class__ = _PASSABLE[key]
     return err
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llm_budget.errors import BackendUnavailable, LLMBudgetError
 from pytest_llm_budget.records import CallRecord
-from pytest_llm_budget.routing.metering import deliver, stream_usage_expected
+from pytest_llm_budget.routing.metering import deliver
 from pytest_llm_budget.routing.retry import (
     STATUS_OF,
     Retry,
@@ -43,7 +43,7 @@ from pytest_llm_budget.routing.steps import LOAD, PAY, READ, SEND, Flow, Steps, 
 if TYPE_CHECKING:
     from pytest_llm_budget.cost.caps import CostHold
     from pytest_llm_budget.limiting.limiter import Reservation
-    from pytest_llm_budget.providers import Estimate, Provider, Usage
+    from pytest_llm_budget.providers.base import Estimate, Provider, Usage
     from pytest_llm_budget.session import BudgetSession
     from pytest_llm_budget.tokens.counting import TokenCounter
     from pytest_llm_budget.tokens.policy import EstimatePolicy
@@ -139,13 +139,12 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         from pytest_llm_budget.tokens.counting import default_counter
-        from pytest_llm_budget.tokens.policy import EstimatePolicy
 
         s = session.settings
         self.session = session
         self.raise_errors = raise_errors
         self.counter = counter or default_counter()
-        self.policy: EstimatePolicy = EstimatePolicy.of(s)
+        self.policy: EstimatePolicy = s.estimate_policy
         self.retry = RetryPolicy(
             s.retries, s.backoff_base, s.backoff_max, s.max_wait, session.limiter.margin
         )
@@ -280,7 +279,7 @@ class Router:
             body=bytes(body),
             test=test.nodeid,
             grounded=test.grounded,
-            stream_usage_expected=stream_usage_expected(url.path, body),
+            stream_usage_expected=provider.stream_usage_expected(url.path, body),
             request=request,
         )
 

@@ -1,8 +1,8 @@
 """Is a request LLM traffic, and whose: the one classifier routing, the router and cassettes call.
 
-Two facts about a request: its host is an LLM host (the default provider hosts, the hosts of the
-SDKs' base-URL env vars, `llm_hosts` entries, hosts registered with `add_host`: globs, `host` or
-`host:port`, or URLs), and its path is a provider's API path (which decides the wire format).
+Two facts about a request: its host is an LLM host (the registered providers' hosts, the hosts
+of their base-URL env vars, `llm_hosts` entries, hosts registered with `add_host`: globs, `host`
+or `host:port`, or URLs), and a registered provider handles it (which decides the wire format).
 """
 
 from __future__ import annotations
@@ -17,19 +17,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from pytest_llm_budget.providers import Provider
+    from pytest_llm_budget.providers.base import Provider
 
-__all__ = ["DEFAULT_HOSTS", "Traffic", "add_host", "classify", "remove_host"]
+__all__ = ["Traffic", "add_host", "classify", "default_hosts", "remove_host"]
 
-#: Hosts whose requests are LLM calls (globs; `host` or `host:port`).
-DEFAULT_HOSTS = (
-    "api.openai.com",
-    "generativelanguage.googleapis.com",
-    "*-aiplatform.googleapis.com",
-    "aiplatform.googleapis.com",
-    "*.openai.azure.com",
-)
-_ENV_URLS = ("OPENAI_BASE_URL", "GOOGLE_GEMINI_BASE_URL")
 _lock = threading.Lock()
 _extra_hosts: list[str] = []
 
@@ -49,15 +40,24 @@ def classify(host: str, port: int | None, path: str, hosts: Sequence[str] = ()) 
     `provider`: the provider whose API path this is (None: not an LLM call). `llm_host`: the host
     is an LLM host (defaults, base-URL env vars, `hosts`, `add_host`). `listed`: it is in `hosts`.
     """
-    from pytest_llm_budget.providers import provider_for
+    from pytest_llm_budget.providers.registry import provider_for, providers
 
     host = host.lower().rstrip(".")
-    env = [h for h in (_host_of(os.environ.get(name, "")) for name in _ENV_URLS) if h]
+    variables = [name for p in providers() for name in p.base_url_env]
+    env = [h for h in (_host_of(os.environ.get(name, "")) for name in variables) if h]
     with _lock:
         registered = list(_extra_hosts)
     listed = any(_matches(p, host, port) for p in hosts)
-    known = listed or any(_matches(p, host, port) for p in (*DEFAULT_HOSTS, *env, *registered))
+    candidates = (*default_hosts(), *env, *registered)
+    known = listed or any(_matches(p, host, port) for p in candidates)
     return Traffic(provider_for(host, path), known, listed)
+
+
+def default_hosts() -> tuple[str, ...]:
+    """Hosts whose requests are LLM calls: every registered provider's (globs)."""
+    from pytest_llm_budget.providers.registry import providers
+
+    return tuple(dict.fromkeys(h for p in providers() for h in p.hosts))
 
 
 def add_host(host: str) -> None:

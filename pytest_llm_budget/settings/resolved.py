@@ -76,6 +76,11 @@ class Settings:
         """Tokens the fallback bucket admits per window."""
         return self.rules[-1].budget(self.headroom)
 
+    @property
+    def estimate_policy(self) -> EstimatePolicy:
+        """The estimate policy of these settings (margin, grounded overhead, --llm-est-tokens)."""
+        return EstimatePolicy(self.safety_margin, self.grounded_overhead, self.est_tokens)
+
     def public(self) -> dict[str, Any]:
         """The settings as plain JSON for reports (passwords and keys in URLs masked)."""
         out: dict[str, Any] = {}

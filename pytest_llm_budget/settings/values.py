@@ -186,6 +186,11 @@ def parse_limit_rule(line: str) -> LimitRule:
             ) from None
     if "tpm" not in values:
         raise ValueError(f"{line.strip()!r}: a rule needs tpm=N")
+    from pytest_llm_budget.providers.registry import unknown_vendor
+
+    problem = unknown_vendor(match["vendor"])
+    if problem:
+        raise ValueError(f"{line.strip()!r}: {problem}")
     return LimitRule(match["vendor"], match["model"], values["tpm"], values.get("rpm"))
 
 

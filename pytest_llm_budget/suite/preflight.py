@@ -4,10 +4,11 @@ Per LLM test: the marker's `tokens=` (the whole test's expected spend, taken as 
 `--llm-est-tokens` times (1 + grounded overhead) when the test is grounded (the overhead once,
 never on a declared total); zero when its cassette replays. Tests go to the bucket of their
 vendor and model (ini `llm_limits`, then `--llm-tpm`): the marker's `vendor=`, else the
-`llm_model` case's, else the client fixture's (`gemini_client` -> gemini), else the default
-vendor's (that of the first `llm_models` entry). Each bucket admits `budget = tpm * (1 -
-headroom)` tokens per sliding window: the first `budget` tokens leave at once, and `T` tokens need
-their last admission at least `(ceil(T / budget) - 1)` windows after the first. That is a true
+`llm_model` case's, else that of the provider of its client fixture (`gemini_client` -> gemini),
+else the default vendor's (that of the first `llm_models` entry). Each bucket admits `budget =
+tpm * (1 - headroom)` tokens per sliding window: the first `budget` tokens leave at once, and `T`
+tokens need their last admission at least `(ceil(T / budget) - 1)` windows after the first. That
+is a true
 lower bound of the run's wall time when every test declares `tokens=` (and spends at least that)
 and its bucket is known: the line says "at least" then, "about" otherwise. No pytest here.
 """
@@ -24,7 +25,6 @@ from pytest_llm_budget.replay.cassettes import CassettePolicy, cassette_path
 from pytest_llm_budget.session import TestContext
 from pytest_llm_budget.settings.resolved import Settings
 from pytest_llm_budget.suite.matrix import LLMModel
-from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 if TYPE_CHECKING:
     from pytest_llm_budget.cost.prices import PriceBook
@@ -245,20 +245,25 @@ def over_budget_message(projection: Projection, max_duration: float) -> str | No
     )
 
 
+def _fixture_vendor(fixtures: Iterable[str]) -> str | None:
+    """The vendor of the first registered provider whose client fixture the test takes."""
+    from pytest_llm_budget.providers.registry import providers
+
+    taken = set(fixtures)
+    return next((p.vendor for p in providers() if taken.intersection(p.fixtures)), None)
+
+
 def estimate_item(item: Any, settings: Settings, policy: CassettePolicy) -> TestEstimate:
     """What one LLM test item is expected to spend live (zero-cost when its cassette replays)."""
     context = TestContext.of(item)
-    tokens = EstimatePolicy.of(settings).test_tokens(context.tokens, grounded=context.grounded)
+    tokens = settings.estimate_policy.test_tokens(context.tokens, grounded=context.grounded)
     callspec = getattr(item, "callspec", None)
     model = callspec.params.get("llm_model") if callspec is not None else None
     vendor, name = context.vendor, context.model
     if isinstance(model, LLMModel):
         vendor, name = vendor or model.vendor, name or model.name
-    fixtures = getattr(item, "fixturenames", ())
-    if vendor is None and "gemini_client" in fixtures:
-        vendor = "gemini"
-    elif vendor is None and {"openai_client", "async_openai_client"} & set(fixtures):
-        vendor = "openai"
+    if vendor is None:
+        vendor = _fixture_vendor(getattr(item, "fixturenames", ()))
     replayed = (
         policy.active
         and not item.get_closest_marker("vcr")

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pytest_llm_budget.settings.resolved import Settings
 
 __all__ = ["EstimatePolicy", "chars_tokens"]
 
@@ -39,11 +35,6 @@ class EstimatePolicy:
             raise ValueError("safety_margin and grounded_overhead must be >= 0")
         if self.default_output_tokens < 0:
             raise ValueError("default_output_tokens must be >= 0")
-
-    @classmethod
-    def of(cls, settings: Settings) -> EstimatePolicy:
-        """The policy of a session's settings (margin, grounded overhead, --llm-est-tokens)."""
-        return cls(settings.safety_margin, settings.grounded_overhead, settings.est_tokens)
 
     def counted_input(self, counted: int, chars: int, *, grounded: bool = False) -> int:
         """Return ceil(max(counted, ceil(chars/4)) * (1 + margin) * (1 + grounded overhead))."""
