@@ -17,7 +17,8 @@ import httpx2
 from pytest_llm_budget import BudgetSession, Settings
 from pytest_llm_budget.emulator import Emulator, EmulatorConfig, LimitSpec
 from pytest_llm_budget.routing import clients
-from pytest_llm_budget.routing.transport import BudgetTransport, router_for
+from pytest_llm_budget.routing.router import router_for
+from pytest_llm_budget.routing.transport import BudgetTransport
 from pytest_llm_budget.tokens import seed_tiktoken_cache
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}

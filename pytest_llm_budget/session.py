@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from pytest_llm_budget.cost.caps import CostGuard
 from pytest_llm_budget.events import RateLimitEvent, WaitEvent
 from pytest_llm_budget.limiting.buckets import BucketStats
 from pytest_llm_budget.limiting.limiter import Limiter, Reservation
+from pytest_llm_budget.limiting.watch import WaitWatch, notify
 from pytest_llm_budget.records import CallLog, CallRecord, TestUsage
 from pytest_llm_budget.settings.resolved import Settings
 from pytest_llm_budget.suite.llm_tests import MARKER
@@ -108,8 +108,6 @@ class BudgetSession:
         self.estimate_hooks: list[Callable[[Any, str, str, int], int | None]] = []
         self.notice_after: float | None = settings.notice_after
         self.started = time.time()
-        from pytest_llm_budget.limiting.watch import WaitWatch
-
         WaitWatch(self).attach()
 
     def reserve(
@@ -149,15 +147,7 @@ class BudgetSession:
         """Log one finished call (a replayed one priced as if live) and tell the observers."""
         record = self.costs.complete(record)
         self.calls.add(record)
-        for observer in list(self.observers):
-            try:
-                observer(record)
-            except Exception as exc:  # an observer's bug must not fail the test's LLM call
-                warnings.warn(
-                    f"pytest-llm-budget: call observer {observer!r} failed: {exc!r}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        notify(self.observers, record)  # an observer's bug must not fail the test's LLM call
 
     def usage(self, test: str | None = None) -> TestUsage:
         """Live usage of a test (default: the one running)."""

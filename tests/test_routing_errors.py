@@ -246,7 +246,7 @@ def test_app_client_gets_final_429_without_sdk_retries(
     import openai
 
     from pytest_llm_budget.routing import intercept
-    from pytest_llm_budget.routing.transport import errors_for
+    from pytest_llm_budget.routing.retry import errors_for
 
     budget = make_budget(retries=1)
     intercept.install(budget)

@@ -13,16 +13,46 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pytest_llm_budget.events import WaitEvent, WaitTick
 
 if TYPE_CHECKING:
-    from pytest_llm_budget.session import BudgetSession
+    from pytest_llm_budget.limiting.limiter import Limiter
 
-__all__ = ["WaitWatch", "notify"]
+__all__ = ["WaitWatch", "Watched", "notify"]
 
 E = TypeVar("E")
+
+
+class _Running(Protocol):
+    @property
+    def nodeid(self) -> str:
+        """The test id."""
+
+
+class Watched(Protocol):
+    """What a `WaitWatch` reads of its session (a `BudgetSession`)."""
+
+    @property
+    def limiter(self) -> Limiter:
+        """The session's limiter."""
+
+    @property
+    def wait_observers(self) -> list[Callable[[WaitEvent], None]]:
+        """Who hears of waits."""
+
+    @property
+    def notice_after(self) -> float | None:
+        """Seconds a wait must last to be announced (None: never)."""
+
+    @property
+    def test(self) -> _Running:
+        """The test now running."""
+
+    @property
+    def worker(self) -> str:
+        """The worker's name."""
 
 
 def notify(observers: Iterable[Callable[[E], None]], event: E) -> None:
@@ -41,7 +71,7 @@ def notify(observers: Iterable[Callable[[E], None]], event: E) -> None:
 class WaitWatch:
     """Listens to one session's limiter and tells `session.wait_observers` about waits."""
 
-    def __init__(self, session: BudgetSession) -> None:
+    def __init__(self, session: Watched) -> None:
         self.session = session
         self._lock = threading.Lock()
         #: ticket -> (the test it waits for, the window when the wait was announced)

@@ -30,7 +30,7 @@ def pytest_runtest_makereport(
     credentials (a `?key=` in a request URL, say) out of what the report shows and saves."""
     report = yield
     if report.failed:
-        from pytest_llm_budget.routing.transport import errors_for
+        from pytest_llm_budget.routing.retry import errors_for
 
         errors = errors_for(budget(item.config), item.nodeid)
         if errors:

@@ -12,6 +12,7 @@ HTTP passes through untouched and unrecorded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -302,7 +303,8 @@ class Cassettes:
             yield CassetteUse(path, self.policy.mode, test, aside=True)
             return
         use = CassetteUse(path, self.policy.mode, test)
-        with self._vcr.use_cassette(str(path)) as cassette, Tape(cassette, use, self._replayed):
+        replayed = functools.partial(self._replayed, use)
+        with self._vcr.use_cassette(str(path)) as cassette, Tape(cassette, use.misses, replayed):
             yield use
 
     def _replayed(self, use: CassetteUse, request: Any, response: Any) -> None:

@@ -15,12 +15,9 @@ import contextlib
 import importlib
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_llm_budget.redact import mask_url
-
-if TYPE_CHECKING:
-    from pytest_llm_budget.replay.cassettes import CassetteUse
 
 __all__ = ["HTTPX_PATCHERS", "Tape", "vcr_cassette_open", "vcr_httpx_stubs"]
 
@@ -67,16 +64,16 @@ def vcr_cassette_open() -> bool:
 class Tape:
     """One open cassette in the httpx transports: vcr's stubs, each call watched.
 
-    A call answered without going live is a replay (`replayed(use, request, response)` reports
-    it); a request the cassette lacks is noted in `use.misses`. A replayed call never reaches a
+    A call answered without going live is a replay (`replayed(request, response)` reports it);
+    a request the cassette lacks is noted in `misses`. A replayed call never reaches a
     connection pool, so it never pays the budget (`intercept.py`).
     """
 
     def __init__(
-        self, cassette: Any, use: CassetteUse, replayed: Callable[[CassetteUse, Any, Any], None]
+        self, cassette: Any, misses: list[str], replayed: Callable[[Any, Any], None]
     ) -> None:
         self.cassette = cassette
-        self.use = use
+        self.misses = misses
         self._replayed = replayed
         self._live: set[int] = set()
         self._saved: list[tuple[type, str, Any]] = []
@@ -129,7 +126,7 @@ class Tape:
         if id(request) not in self._live:
             request.read()  # vcr left both bodies in memory streams: no I/O here
             response.read()
-            self._replayed(self.use, request, response)
+            self._replayed(request, response)
         return response
 
     @contextlib.contextmanager
@@ -143,8 +140,8 @@ class Tape:
             failed = exc.failed_request
             failed.uri = mask_url(failed.uri)
             miss = f"{failed.method} {failed.uri}"
-            if miss not in self.use.misses:
-                self.use.misses.append(miss)
+            if miss not in self.misses:
+                self.misses.append(miss)
             raise Missing(cassette=exc.cassette, failed_request=failed) from None
         finally:
             self._live.discard(id(request))

@@ -15,7 +15,8 @@ import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.routing.transport import AsyncBudgetTransport, BudgetTransport, router_for
+from pytest_llm_budget.routing.router import router_for
+from pytest_llm_budget.routing.transport import AsyncBudgetTransport, BudgetTransport
 
 if TYPE_CHECKING:
     from pytest_llm_budget.session import BudgetSession

@@ -13,13 +13,13 @@ from pytest_llm_budget.events import RateLimitEvent
 
 if TYPE_CHECKING:
     from pytest_llm_budget.errors import LLMBudgetError
-    from pytest_llm_budget.routing.router import _Call
+    from pytest_llm_budget.routing.call import Call
     from pytest_llm_budget.session import BudgetSession
 
 __all__ = ["estimate_override", "rate_limit_event"]
 
 
-def estimate_override(session: BudgetSession, request: Any, call: _Call) -> int:
+def estimate_override(session: BudgetSession, request: Any, call: Call) -> int:
     """The call's charge after the estimate hooks: the first int answer wins, None passes."""
     for hook in list(session.estimate_hooks):
         value = hook(request, call.vendor, call.model, call.charge)
@@ -34,7 +34,7 @@ def estimate_override(session: BudgetSession, request: Any, call: _Call) -> int:
     return call.charge
 
 
-def rate_limit_event(session: BudgetSession, call: _Call, outcome: LLMBudgetError | None) -> None:
+def rate_limit_event(session: BudgetSession, call: Call, outcome: LLMBudgetError | None) -> None:
     """Build the event of the 429 a call just got and tell the observers."""
     from pytest_llm_budget.limiting.watch import notify
 

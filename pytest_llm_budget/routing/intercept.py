@@ -10,11 +10,11 @@ restores the original methods and removes the finder. Installs nest (a stack of 
 the newest one routes), so a library user or a test can route into its own session for a while.
 
 A request is never routed twice: the plugin's own transports mark their inner send
-(`transport.in_routed_send()`), and the patched methods then pass it straight on.
+(`router.in_routed_send()`), and the patched methods then pass it straight on.
 
 The connection pools below the transports (`httpcore.ConnectionPool.handle_request`, the async
 twin, and httpcore2's) are patched too: that is where a routed request pays its budget gate
-(`transport.Gate`), so a mock that answers above the pool (respx, pytest-httpx, vcrpy, ...) is
+(`router.Gate`), so a mock that answers above the pool (respx, pytest-httpx, vcrpy, ...) is
 never paced. The pool methods keep their names and `(self, request)` signature, because respx
 patches over them and calls them for requests it passes through.
 
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llm_budget.routing.traffic import add_host, classify, remove_host
 
 if TYPE_CHECKING:
-    from pytest_llm_budget.routing.transport import Router
+    from pytest_llm_budget.routing.router import Router
     from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
@@ -75,7 +75,7 @@ def _router_for_request(request: Any) -> Router | None:
     """The active router when this request should be routed, else None."""
     # Imported here, not at module level: installing at session start stays cheap, and this
     # only runs once httpx2/httpx (far heavier) are in use.
-    from pytest_llm_budget.routing.transport import in_routed_send, router_for
+    from pytest_llm_budget.routing.router import in_routed_send, router_for
 
     if in_routed_send():
         return None
@@ -97,7 +97,7 @@ def patched_methods(
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """`(routed_handle_request, routed_handle_async_request)` around the given originals."""
 
-    from pytest_llm_budget.routing.transport import is_pooled
+    from pytest_llm_budget.routing.router import is_pooled
 
     def routed_handle_request(self: Any, request: Any) -> Any:
         router = _router_for_request(request)
@@ -124,7 +124,7 @@ def gated_methods(
     module: ModuleType, original_sync: Callable[..., Any], original_async: Callable[..., Any]
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """A connection pool's `(handle_request, handle_async_request)` that pay a pending gate."""
-    from pytest_llm_budget.routing.transport import pending_gate
+    from pytest_llm_budget.routing.router import pending_gate
 
     unsent = tuple(getattr(module, name) for name in _UNSENT if hasattr(module, name))
 

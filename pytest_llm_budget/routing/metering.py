@@ -19,23 +19,21 @@ from pytest_llm_budget.errors import BackendUnavailable
 if TYPE_CHECKING:
     from pytest_llm_budget.limiting.limiter import Reservation
     from pytest_llm_budget.providers.base import SSEUsageParser, Usage
-    from pytest_llm_budget.routing.router import Router, _Call
+    from pytest_llm_budget.routing.call import Call
 
 _MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
-def deliver(
-    router: Router, call: _Call, reservation: Reservation, response: Any, *, is_async: bool = False
-) -> Any:
+def deliver(call: Call, reservation: Reservation, response: Any, *, is_async: bool = False) -> Any:
     """Pass a non-429 answer on; a 2xx one is metered and settled when its body ends."""
     status = int(response.status_code)
     if not 200 <= status < 300:
         lost = backend_lost(reservation.release)
-        lost = backend_lost(lambda: router._release_cost(call)) or lost
-        router._record(call, None, f"http_{status}", malformed=False, error_code=lost)
+        lost = backend_lost(call.release_cost) or lost
+        call.record(None, f"http_{status}", malformed=False, error_code=lost)
         return response
-    backend_lost(lambda: _calibrate(router, call, response.headers, reservation))
-    sink = UsageSink(router, call, reservation, response.headers)
+    backend_lost(lambda: _calibrate(call, response.headers, reservation))
+    sink = UsageSink(call, reservation, response.headers)
     sync_cls, async_cls = meter_types(type(response).__module__.split(".")[0])
     # A vcr-recorded response carries an httpx ByteStream, which is both sync and async:
     # the caller (handle / ahandle) decides, not the stream's shape.
@@ -46,9 +44,7 @@ def deliver(
     return response
 
 
-def _calibrate(
-    router: Router, call: _Call, headers: Any, reservation: Reservation | None = None
-) -> None:
+def _calibrate(call: Call, headers: Any, reservation: Reservation | None = None) -> None:
     """Learn from the provider's token limit headers: a gap is charged, the estimate corrected."""
     tokens = call.provider.rate_limits(headers).tokens
     if tokens is None or tokens.limit is None or tokens.remaining is None:
@@ -56,16 +52,13 @@ def _calibrate(
     if reservation is not None:
         reservation.observe(tokens.limit, tokens.remaining, tokens.reset_s)
     else:
-        router.session.limiter.calibrate(call.vendor, call.model, tokens.limit, tokens.remaining)
+        call.session.limiter.calibrate(call.vendor, call.model, tokens.limit, tokens.remaining)
 
 
 class UsageSink:
     """Receives a 2xx body's bytes as the caller reads them; settles once when it ends."""
 
-    def __init__(
-        self, router: Router, call: _Call, reservation: Reservation, headers: Any
-    ) -> None:
-        self.router = router
+    def __init__(self, call: Call, reservation: Reservation, headers: Any) -> None:
         self.call = call
         self.reservation = reservation
         content_type = str(headers.get("content-type", "")).lower()
@@ -121,14 +114,12 @@ class UsageSink:
         charge = call.provider.charge(usage) if usage is not None else call.charge
         refund = usage is not None and call.provider.counts_reported_usage
         lost = backend_lost(lambda: self.reservation.settle(charge, refund=refund))
-        hold, costs = call.cost, self.router.session.costs
+        hold, costs = call.cost, call.session.costs
         if hold is not None:
             lost = backend_lost(lambda: costs.settle(hold, usage)) or lost
         cost = hold.cost_usd if hold is not None else None
         status = "error" if failed else "ok"
-        self.router._record(
-            call, usage, status, malformed=malformed, error_code=lost, cost_usd=cost
-        )
+        call.record(usage, status, malformed=malformed, error_code=lost, cost_usd=cost)
 
 
 BACKEND_LOST = "LLM_BACKEND_UNAVAILABLE"

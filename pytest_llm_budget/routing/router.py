@@ -22,14 +22,15 @@ import contextlib
 import contextvars
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_llm_budget.errors import BackendUnavailable, LLMBudgetError
-from pytest_llm_budget.records import CallRecord
+from pytest_llm_budget.routing.call import Call
 from pytest_llm_budget.routing.metering import deliver
 from pytest_llm_budget.routing.retry import (
+    ERRORS_LOCK,
     STATUS_OF,
     Retry,
     RetryPolicy,
@@ -41,9 +42,8 @@ from pytest_llm_budget.routing.retry import (
 from pytest_llm_budget.routing.steps import LOAD, PAY, READ, SEND, Flow, Steps, ado, do
 
 if TYPE_CHECKING:
-    from pytest_llm_budget.cost.caps import CostHold
     from pytest_llm_budget.limiting.limiter import Reservation
-    from pytest_llm_budget.providers.base import Estimate, Provider, Usage
+    from pytest_llm_budget.providers.base import Estimate, Provider
     from pytest_llm_budget.session import BudgetSession
     from pytest_llm_budget.tokens.counting import TokenCounter
     from pytest_llm_budget.tokens.policy import EstimatePolicy
@@ -51,6 +51,26 @@ if TYPE_CHECKING:
 
 _IN_SEND: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_budget_in_send", default=False)
 _GATE: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("llm_budget_gate", default=None)
+
+_ROUTERS: weakref.WeakKeyDictionary[BudgetSession, dict[bool, Router]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def router_for(session: BudgetSession, *, raise_errors: bool) -> Router:
+    """The session's router of one error mode (created once)."""
+    with ERRORS_LOCK:
+        routers = _ROUTERS.setdefault(session, {})
+        if raise_errors not in routers:
+            routers[raise_errors] = Router(session, raise_errors=raise_errors)
+        return routers[raise_errors]
+
+
+def is_pooled(transport: Any) -> bool:
+    """True for an httpx/httpx2 HTTPTransport over an httpcore pool (the pool pays the gate)."""
+    pool = getattr(transport, "_pool", None)
+    return pool is not None and type(pool).__module__.split(".")[0] in ("httpcore", "httpcore2")
+
 
 def in_routed_send() -> bool:
     """True inside the send of a routed request (the class patch then passes it straight on)."""
@@ -63,34 +83,10 @@ def pending_gate() -> Gate | None:
     return None if gate is None or gate.taken else gate
 
 
-@dataclass
-class _Call:
-    """One logical call's state across its attempts."""
-
-    provider: Provider
-    vendor: str
-    path: str
-    body: bytes
-    test: str
-    grounded: bool
-    stream_usage_expected: bool
-    model: str = "*"
-    charge: int = 0
-    estimate: Estimate | None = None
-    cost: CostHold | None = None
-    t: float = field(default_factory=time.time)
-    attempts: int = 0
-    waited_s: float = 0.0
-    rate_limit_events: int = 0
-    request: Any = None
-    rejection: Any = None
-    retry_in: float | None = None
-
-
 class Gate:
     """The admission one attempt owes the budget, paid where the request really leaves."""
 
-    def __init__(self, router: Router, call: _Call) -> None:
+    def __init__(self, router: Router, call: Call) -> None:
         self.router = router
         self.call = call
         self.taken = False
@@ -116,7 +112,7 @@ class Gate:
             self.error = err
             raise
         except BackendUnavailable:
-            self.router._record(self.call, None, "backend_error", malformed=False)
+            self.call.record(None, "backend_error", malformed=False)
             raise
 
     def unsent(self) -> None:
@@ -124,7 +120,7 @@ class Gate:
         if self.reservation is not None:
             self.reservation.cancel()
             self.reservation = None
-        self.router._release_cost(self.call)
+        self.call.release_cost()
 
 
 class Router:
@@ -208,7 +204,7 @@ class Router:
             if reservation is None:  # answered above the network: a mock or a cassette
                 return response
             if response.status_code != 429:
-                return deliver(self, call, reservation, response, is_async=is_async)
+                return deliver(call, reservation, response, is_async=is_async)
             body = yield READ, response
             outcome = self._rejected(call, reservation, response, body)
             self._announce_429(call, outcome)
@@ -216,7 +212,7 @@ class Router:
                 return self._fail(call, request, outcome, (response, body))
 
     # -- admission -----------------------------------------------------------------------------
-    def _estimate(self, call: _Call) -> Estimate:
+    def _estimate(self, call: Call) -> Estimate:
         """Estimate the call's charge once, on its first admission (mocked calls never pay it)."""
         if call.estimate is not None:
             return call.estimate
@@ -232,7 +228,7 @@ class Router:
         call.estimate = estimate
         return estimate
 
-    def _reserve(self, call: _Call) -> Reservation:
+    def _reserve(self, call: Call) -> Reservation:
         estimate = self._hold(call)
         reservation = self.session.limiter.reserve(
             call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
@@ -240,7 +236,7 @@ class Router:
         self._admitted(call, reservation)
         return reservation
 
-    async def _areserve(self, call: _Call) -> Reservation:
+    async def _areserve(self, call: Call) -> Reservation:
         estimate = self._hold(call)
         reservation = await self.session.limiter.areserve(
             call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
@@ -248,14 +244,14 @@ class Router:
         self._admitted(call, reservation)
         return reservation
 
-    def _hold(self, call: _Call) -> Estimate:
+    def _hold(self, call: Call) -> Estimate:
         """Estimate the call and hold its worst-case cost before it waits for the budget."""
         estimate = self._estimate(call)
         call.cost = self.session.costs.hold(estimate, call.vendor, call.test)
         return estimate
 
     @staticmethod
-    def _admitted(call: _Call, reservation: Reservation) -> None:
+    def _admitted(call: Call, reservation: Reservation) -> None:
         call.waited_s += reservation.waited_s
         call.attempts += 1
 
@@ -267,12 +263,13 @@ class Router:
         url = request.url
         return classify(url.host, url.port, url.path).provider
 
-    def _begin(self, request: Any, provider: Provider) -> _Call:
+    def _begin(self, request: Any, provider: Provider) -> Call:
         """Open an LLM request's call state (its estimate waits until it is admitted)."""
         url = request.url
         body = getattr(request, "_content", None) or b""
         test = self.session.test
-        return _Call(
+        return Call(
+            session=self.session,
             provider=provider,
             vendor=provider.vendor,
             path=url.path,
@@ -283,26 +280,21 @@ class Router:
             request=request,
         )
 
-    def _abort(self, call: _Call, gate: Gate) -> None:
+    def _abort(self, call: Call, gate: Gate) -> None:
         """The send failed after admission (timeout, dropped, cancel): keep the charge, record."""
         if gate.reservation is None:  # never admitted, or it never reached the provider
-            self._release_cost(call)
+            call.release_cost()
             return
         gate.reservation.release()
         cost = self.session.costs.settle(call.cost, None) if call.cost else None
-        self._record(call, None, "error", malformed=False, cost_usd=cost)
-
-    def _release_cost(self, call: _Call) -> None:
-        """The attempt was not billed (refused, or never sent): its cost hold is dropped."""
-        if call.cost is not None:
-            self.session.costs.release(call.cost)
+        call.record(None, "error", malformed=False, cost_usd=cost)
 
     def _rejected(
-        self, call: _Call, reservation: Reservation, response: Any, body: bytes
+        self, call: Call, reservation: Reservation, response: Any, body: bytes
     ) -> LLMBudgetError | None:
         """A 429: count it, pause the bucket; None to retry, or the error that ends the call."""
         rejection = call.provider.classify(429, response.headers, body, time.time())
-        self._release_cost(call)
+        call.release_cost()
         call.rate_limit_events += 1
         call.rejection = rejection
         outcome = after_429(
@@ -314,7 +306,7 @@ class Router:
         reservation.release()
         return None if isinstance(outcome, Retry) else outcome
 
-    def _announce_429(self, call: _Call, outcome: LLMBudgetError | None) -> None:
+    def _announce_429(self, call: Call, outcome: LLMBudgetError | None) -> None:
         """Tell the session's rate-limit observers about the 429 just handled."""
         if self.session.rate_limit_observers:
             from pytest_llm_budget.routing.hooks import rate_limit_event
@@ -323,49 +315,16 @@ class Router:
 
     def _fail(
         self,
-        call: _Call,
+        call: Call,
         request: Any,
         err: LLMBudgetError,
         rejected: tuple[Any, bytes] | None,
     ) -> Any:
         """End a call with a structured error: raise it, or answer an app's client with a 429."""
         status = STATUS_OF.get(err.code, "error")
-        self._release_cost(call)
-        self._record(call, None, status, malformed=False, error_code=err.code)
+        call.release_cost()
+        call.record(None, status, malformed=False, error_code=err.code)
         remember(self.session, call.test, err)
         if self.raise_errors:
             raise passable(err)
         return final_429(request, err, rejected)
-
-    def _record(
-        self,
-        call: _Call,
-        usage: Usage | None,
-        status: str,
-        *,
-        malformed: bool,
-        error_code: str | None = None,
-        cost_usd: float | None = 0.0,
-    ) -> None:
-        self.session.record(
-            CallRecord(
-                t=call.t,
-                test=call.test,
-                vendor=call.vendor,
-                model=call.model,
-                estimated=call.charge,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                status=status,
-                attempts=call.attempts,
-                waited_s=round(call.waited_s, 3),
-                worker=self.session.worker,
-                rate_limit_events=call.rate_limit_events,
-                malformed=malformed,
-                error_code=error_code,
-                cached_tokens=usage.cached_tokens if usage else 0,
-                reasoning_tokens=usage.reasoning_tokens if usage else 0,
-                service_tier=usage.service_tier if usage else None,
-                cost_usd=cost_usd,
-            )
-        )

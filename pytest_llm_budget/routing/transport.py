@@ -1,55 +1,16 @@
 """The budget's transports: `BudgetTransport` / `AsyncBudgetTransport` wrap any inner httpx2 or
-httpx transport so its LLM requests go through the session's `Router` (router.py).
-
-The routing layer's public names stay importable from here: the router (`Router`, `Gate`), the
-429 decision and the error registry (`RetryPolicy`, `errors_for`; retry.py), the metering's
-`BACKEND_LOST` (metering.py).
-"""
+httpx transport so its LLM requests go through the session's `Router` (router.py)."""
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.routing.metering import BACKEND_LOST
-from pytest_llm_budget.routing.retry import ERRORS_LOCK, RetryPolicy, errors_for
-from pytest_llm_budget.routing.router import Gate, Router, in_routed_send, pending_gate
+from pytest_llm_budget.routing.router import is_pooled
 
 if TYPE_CHECKING:
-    from pytest_llm_budget.session import BudgetSession
+    from pytest_llm_budget.routing.router import Router
 
-__all__ = [
-    "BACKEND_LOST",
-    "AsyncBudgetTransport",
-    "BudgetTransport",
-    "Gate",
-    "RetryPolicy",
-    "Router",
-    "errors_for",
-    "in_routed_send",
-    "is_pooled",
-    "pending_gate",
-    "router_for",
-]
-
-_ROUTERS: weakref.WeakKeyDictionary[BudgetSession, dict[bool, Router]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def router_for(session: BudgetSession, *, raise_errors: bool) -> Router:
-    """The session's router of one error mode (created once)."""
-    with ERRORS_LOCK:
-        routers = _ROUTERS.setdefault(session, {})
-        if raise_errors not in routers:
-            routers[raise_errors] = Router(session, raise_errors=raise_errors)
-        return routers[raise_errors]
-
-
-def is_pooled(transport: Any) -> bool:
-    """True for an httpx/httpx2 HTTPTransport over an httpcore pool (the pool pays the gate)."""
-    pool = getattr(transport, "_pool", None)
-    return pool is not None and type(pool).__module__.split(".")[0] in ("httpcore", "httpcore2")
+__all__ = ["AsyncBudgetTransport", "BudgetTransport"]
 
 
 def _pays(pooled: bool) -> bool:

@@ -1,0 +1,79 @@
+"""One logical LLM call's bookkeeping across its attempts: its charge, cost hold and record."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_llm_budget.records import CallRecord
+
+if TYPE_CHECKING:
+    from pytest_llm_budget.cost.caps import CostHold
+    from pytest_llm_budget.providers.base import Estimate, Provider, Rejection, Usage
+    from pytest_llm_budget.session import BudgetSession
+
+__all__ = ["Call"]
+
+
+@dataclass
+class Call:
+    """One call's state: what it reserves (`charge`), its cost hold, its 429s; records itself."""
+
+    session: BudgetSession
+    provider: Provider
+    vendor: str
+    path: str
+    body: bytes
+    test: str
+    grounded: bool
+    stream_usage_expected: bool
+    model: str = "*"
+    charge: int = 0
+    estimate: Estimate | None = None
+    cost: CostHold | None = None
+    t: float = field(default_factory=time.time)
+    attempts: int = 0
+    waited_s: float = 0.0
+    rate_limit_events: int = 0
+    request: Any = None
+    rejection: Rejection | None = None
+    retry_in: float | None = None
+
+    def release_cost(self) -> None:
+        """The attempt was not billed (refused, or never sent): its cost hold is dropped."""
+        if self.cost is not None:
+            self.session.costs.release(self.cost)
+
+    def record(
+        self,
+        usage: Usage | None,
+        status: str,
+        *,
+        malformed: bool,
+        error_code: str | None = None,
+        cost_usd: float | None = 0.0,
+    ) -> None:
+        """Record the call in its session, with the usage the provider reported (if any)."""
+        self.session.record(
+            CallRecord(
+                t=self.t,
+                test=self.test,
+                vendor=self.vendor,
+                model=self.model,
+                estimated=self.charge,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                status=status,
+                attempts=self.attempts,
+                waited_s=round(self.waited_s, 3),
+                worker=self.session.worker,
+                rate_limit_events=self.rate_limit_events,
+                malformed=malformed,
+                error_code=error_code,
+                cached_tokens=usage.cached_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                service_tier=usage.service_tier if usage else None,
+                cost_usd=cost_usd,
+            )
+        )
