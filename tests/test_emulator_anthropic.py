@@ -948,3 +948,12 @@ def test_openai_and_gemini_stream_error_fault_through_their_sdks(emu: Emulator) 
         ("openai", 200, "stream_error"),
         ("gemini", 200, "stream_error"),
     ]  # one try each: the error came inside a 200 stream
+
+
+def test_llm_emulator_fixture_config_gives_anthropic_the_plugins_limits() -> None:
+    from pytest_llm_budget.emulator_setup import emulator_config
+    from pytest_llm_budget.settings.resolved import Settings
+
+    cfg = emulator_config(Settings(tpm=12_000, rpm=40), None)
+    assert cfg.anthropic == AnthropicLimitSpec(rpm=40, itpm=12_000, otpm=None)
+    assert cfg.anthropic_limits_for("claude-opus-4-1")[0] == "anthropic:*"  # one vendor bucket
