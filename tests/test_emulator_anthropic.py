@@ -547,6 +547,17 @@ def test_fault_stream_error_ends_the_stream_in_an_error_event() -> None:
     assert plain.status == 200 and plain.json()["type"] == "message"  # not a stream: served
 
 
+def test_fault_malformed_json_and_drop_stream_on_anthropic_streams() -> None:
+    from pytest_llm_budget.emulator.anthropic_api import BROKEN_EVENT
+
+    core = EmulatorCore(config(), FakeClock())
+    broken = core.handle(post(body(stream=True), **{"x-emulator-fault": "malformed_json"}))
+    assert broken.events is not None and broken.events[1] == BROKEN_EVENT
+    assert broken.events[1].startswith(b"event: content_block_delta")  # the SDK parses it
+    dropped = core.handle(post(body(stream=True), **{"x-emulator-fault": "drop_stream=2"}))
+    assert dropped.drop_after == 2
+
+
 def test_fault_rate_limit_no_hint_and_queue() -> None:
     core = EmulatorCore(config(), FakeClock())
     core.faults.push(parse_fault("rate_limit_no_hint"), 2)
