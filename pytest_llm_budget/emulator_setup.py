@@ -28,7 +28,12 @@ def emulator_config(settings: Settings, changes: EmulatorConfig | Mapping[str, A
         openai=spec,
         gemini=spec,
         per_model=False,
-    ).updated({"limits": [str(rule) for rule in settings.limits]})
+    ).updated(
+        {
+            "anthropic": {"rpm": settings.rpm, "itpm": settings.tpm, "otpm": None},
+            "limits": [str(rule) for rule in settings.limits],
+        }
+    )
     if changes is None:
         return base
     if not isinstance(changes, Mapping):

@@ -595,7 +595,7 @@ def test_cli_rejects_bad_arguments() -> None:
     from pytest_llm_budget.emulator.__main__ import main
 
     with pytest.raises(SystemExit) as info:
-        main(["--limit", "anthropic:* tpm=1"])
+        main(["--limit", "mistral:* tpm=1"])
     assert info.value.code == 2
 
 

@@ -229,7 +229,9 @@ def test_parse_limit_rule() -> None:
     assert rule.matches("gemini", "gemini-2.5-flash") and not rule.matches("openai", "gemini-2.5")
     assert rule.limits == LimitSpec(250_000, 10)
     with pytest.raises(ValueError):
-        parse_limit_rule("anthropic:* tpm=1")
+        parse_limit_rule("mistral:* tpm=1")
+    with pytest.raises(ValueError, match="want tpm=N or rpm=N"):
+        parse_limit_rule("openai:* itpm=1")
 
 
 @pytest.mark.parametrize(

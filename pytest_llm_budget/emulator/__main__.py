@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import EmulatorConfig, LimitSpec, parse_limit_rule
+from .config import AnthropicLimitSpec, EmulatorConfig, LimitSpec, parse_limit_rule
 from .faults import parse_fault
 from .server import Emulator
 
@@ -28,8 +28,9 @@ def _limit(text: str) -> int | None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-budget-emulator",
-        description="OpenAI + Gemini API emulator that enforces TPM/RPM like the providers. "
-        "By default each vendor has one bucket, like the plugin's (--llm-tpm, --llm-rpm).",
+        description="OpenAI, Gemini and Anthropic API emulator that enforces limits like the "
+        "providers. By default each vendor has one bucket, like the plugin's (--llm-tpm, "
+        "--llm-rpm); Anthropic has token buckets for RPM, ITPM and OTPM.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -42,12 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--openai-rpm", type=_limit, help="OpenAI default RPM (overrides --rpm)")
     p.add_argument("--gemini-tpm", type=_limit, help="Gemini default TPM (overrides --tpm)")
     p.add_argument("--gemini-rpm", type=_limit, help="Gemini default RPM (overrides --rpm)")
+    p.add_argument("--anthropic-rpm", type=_limit, default=50, help="Anthropic requests/min")
+    p.add_argument(
+        "--anthropic-itpm", type=_limit, default=30_000, help="Anthropic input tokens/min"
+    )
+    p.add_argument(
+        "--anthropic-otpm", type=_limit, default=8_000, help="Anthropic output tokens/min"
+    )
+    p.add_argument(
+        "--gemini-rpd", type=_limit, default=None, help="Gemini requests/day per model (none)"
+    )
     p.add_argument(
         "--limit",
         action="append",
         default=[],
         metavar="RULE",
-        help="per-model rule, repeatable, first match wins: 'openai:gpt-5* tpm=30000 rpm=500'",
+        help="per-model rule, repeatable, first match wins: 'openai:gpt-5* tpm=30000 rpm=500', "
+        "'anthropic:claude-sonnet-4* itpm=30000 otpm=8000 rpm=50'",
     )
     p.add_argument("--window", type=float, default=60.0, help="window length, seconds")
     p.add_argument("--mode", choices=("sliding", "bucket"), default="sliding")
@@ -70,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auth", action="store_true", help="accept requests without a key")
     p.add_argument("--insufficient-quota", action="store_true", help="answer every call 429 quota")
     p.add_argument("--vertex-429", action="store_true", help="Gemini 429s without RetryInfo")
+    p.add_argument(
+        "--no-limit-headers",
+        action="store_true",
+        help="send no x-ratelimit-* / anthropic-ratelimit-* headers (429 bodies still name limits)",
+    )
     p.add_argument("--fault", help="fault for every request, e.g. 'latency=0.2'")
     p.add_argument("--log", dest="log_path", metavar="FILE", help="append records as JSONL")
     p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between SSE events")
@@ -96,6 +113,11 @@ def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
                 a.gemini_tpm if a.gemini_tpm is not None else a.tpm,
                 a.gemini_rpm if a.gemini_rpm is not None else a.rpm,
             ),
+            "anthropic": AnthropicLimitSpec(
+                rpm=a.anthropic_rpm, itpm=a.anthropic_itpm, otpm=a.anthropic_otpm
+            ),
+            "gemini_rpd": a.gemini_rpd,
+            "limit_headers": not a.no_limit_headers,
             "model_limits": tuple(parse_limit_rule(r) for r in a.limit),
             "per_model": a.per_model,
             "default_max_output": a.default_max_output,
@@ -128,8 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"llm-budget-emulator listening on {emulator.url}\n"
         f"  OpenAI base_url: {emulator.openai_base_url}\n"
         f"  Gemini base_url: {emulator.gemini_base_url}\n"
+        f"  Anthropic base_url: {emulator.anthropic_base_url}\n"
         f"  mode={config.mode} window={config.window}s openai={config.openai} "
-        f"gemini={config.gemini}",
+        f"gemini={config.gemini} anthropic={config.anthropic}",
         flush=True,
     )
     try:

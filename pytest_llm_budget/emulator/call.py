@@ -8,7 +8,7 @@ from typing import Any
 from .config import Vendor
 from .synth import Reply
 
-__all__ = ["Call", "text_chars"]
+__all__ = ["CacheBreakpoint", "Call", "text_chars"]
 
 _TEXT_KEYS = frozenset(
     {"content", "text", "input", "instructions", "arguments", "output", "parts", "name"}
@@ -30,6 +30,15 @@ def text_chars(value: Any) -> int:
 
 
 @dataclass(frozen=True)
+class CacheBreakpoint:
+    """An Anthropic `cache_control` mark: the prefix up to it, by identity and length."""
+
+    key: str
+    chars: int
+    ttl: float
+
+
+@dataclass(frozen=True)
 class Call:
     """One parsed API call: what it is charged at admission and what it will answer."""
 
@@ -44,6 +53,9 @@ class Call:
     reply: Reply
     include_usage: bool = False
     payload: Any = None
+    cache_read: int = 0
+    cache_creation: int = 0
+    breakpoints: tuple[CacheBreakpoint, ...] = ()
 
     @property
     def completion_tokens(self) -> int:

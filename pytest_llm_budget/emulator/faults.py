@@ -2,8 +2,22 @@
 
 Syntax: comma- or semicolon-separated items, e.g. ``latency=0.2``, ``status=503``,
 ``rate_limit_no_hint``, ``malformed_json``, ``drop_stream`` (or ``drop_stream=2``: events sent
-before the socket is closed), ``insufficient_quota``; combined like ``latency=0.1,status=500``.
+before the socket is closed), ``insufficient_quota``, ``overloaded``, ``spend_limit``,
+``stream_error``, ``daily_quota``; combined like ``latency=0.1,status=500``.
 ``count=N`` is only meaningful when queueing (the fault then applies to the next N requests).
+
+Each fault answers in the vendor's own shape:
+
+* ``overloaded``: Anthropic 529 ``overloaded_error``; OpenAI and Gemini 503 (their overload).
+* ``spend_limit`` / ``insufficient_quota`` (the money or quota ran out, never retry): Anthropic
+  429 ``rate_limit_error`` with ``error.details.error_code: enforced_spend_limit_reached`` and no
+  retry-after; OpenAI 429 ``insufficient_quota``; Gemini 429 with a zero per-day quota.
+* ``stream_error``: a 200 stream cut by an error event (Anthropic ``event: error`` with an
+  ``overloaded_error``; OpenAI a ``data: {"error": ...}`` chunk; Gemini an error chunk). Answers
+  that are not streams are served normally.
+* ``daily_quota``: Gemini 429 whose QuotaFailure quotaId ends ``PerDay``, RetryInfo until
+  midnight Pacific; OpenAI 429 on requests per day (RPD); Anthropic, which has no daily quota,
+  the spend-limit answer.
 """
 
 from __future__ import annotations
@@ -14,7 +28,16 @@ from dataclasses import dataclass
 
 __all__ = ["Fault", "FaultQueue", "parse_fault"]
 
-_FLAGS = ("rate_limit_no_hint", "malformed_json", "drop_stream", "insufficient_quota")
+_FLAGS = (
+    "rate_limit_no_hint",
+    "malformed_json",
+    "drop_stream",
+    "insufficient_quota",
+    "overloaded",
+    "spend_limit",
+    "stream_error",
+    "daily_quota",
+)
 
 
 @dataclass(frozen=True)
@@ -27,13 +50,24 @@ class Fault:
     malformed_json: bool = False
     drop_stream: int | None = None
     insufficient_quota: bool = False
+    overloaded: bool = False
+    spend_limit: bool = False
+    stream_error: bool = False
+    daily_quota: bool = False
     count: int = 1
     spec: str = ""
 
     @property
     def rejects(self) -> bool:
         """True when the fault answers with an error instead of serving the request."""
-        return self.status is not None or self.rate_limit_no_hint or self.insufficient_quota
+        return (
+            self.status is not None
+            or self.rate_limit_no_hint
+            or self.insufficient_quota
+            or self.overloaded
+            or self.spend_limit
+            or self.daily_quota
+        )
 
     def merged(self, other: Fault | None) -> Fault:
         """Combine two faults (the other's explicit settings win)."""
@@ -46,6 +80,10 @@ class Fault:
             malformed_json=self.malformed_json or other.malformed_json,
             drop_stream=other.drop_stream if other.drop_stream is not None else self.drop_stream,
             insufficient_quota=self.insufficient_quota or other.insufficient_quota,
+            overloaded=self.overloaded or other.overloaded,
+            spend_limit=self.spend_limit or other.spend_limit,
+            stream_error=self.stream_error or other.stream_error,
+            daily_quota=self.daily_quota or other.daily_quota,
             spec=",".join(s for s in (self.spec, other.spec) if s),
         )
 
@@ -94,6 +132,10 @@ def parse_fault(spec: str) -> Fault:
         malformed_json=flags["malformed_json"],
         drop_stream=drop,
         insufficient_quota=flags["insufficient_quota"],
+        overloaded=flags["overloaded"],
+        spend_limit=flags["spend_limit"],
+        stream_error=flags["stream_error"],
+        daily_quota=flags["daily_quota"],
         count=count,
         spec=spec.strip(),
     )

@@ -15,12 +15,15 @@ __all__ = [
     "BadRequest",
     "auth_error",
     "bad_request",
+    "daily_quota_error",
     "generate_answer",
     "models_answer",
+    "not_found",
     "parse_generate",
     "quota_error",
     "rate_limit_error",
     "server_error",
+    "stream_error_event",
 ]
 
 _STATUS = {
@@ -132,6 +135,34 @@ def quota_error(model: str) -> Answer:
     )
 
 
+def _retry_info(seconds: float) -> dict[str, Any]:
+    return {
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": proto_duration(seconds),
+    }
+
+
+def daily_quota_error(model: str, limit: int | None, retry_after: float) -> Answer:
+    """429 for a spent requests-per-day quota: QuotaFailure `...PerDay...`, RetryInfo in hours."""
+    metric = "generate_content_free_tier_requests"
+    msg = (
+        "You exceeded your current quota, please check your plan and billing details. For more"
+        f" information on this error, head to: {_RATE_DOCS}.\n* Quota exceeded for metric:"
+        f" generativelanguage.googleapis.com/{metric}, limit: {limit}, model: {model}"
+        f"\nPlease retry in {retry_after:.3f}s."
+    )
+    qid = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+    details = [_quota_failure(qid, metric, model, limit), _help(), _retry_info(retry_after)]
+    return _error(429, msg, details)
+
+
+def stream_error_event() -> bytes:
+    """The error chunk that ends a stream cut by the `stream_error` fault."""
+    err = {"code": 503, "message": "The model is overloaded. Please try again later.",
+           "status": "UNAVAILABLE"}  # fmt: skip
+    return sse_event({"error": err})
+
+
 def rate_limit_error(call: Call, d: Decision, retry_info: bool = True) -> Answer:
     """429 RESOURCE_EXHAUSTED; with QuotaFailure + RetryInfo, or Vertex-style bare (no hint)."""
     if not retry_info:
@@ -144,8 +175,8 @@ def rate_limit_error(call: Call, d: Decision, retry_info: bool = True) -> Answer
     if d.verdict == "requests":
         qid, metric = "GenerateRequestsPerMinutePerProjectPerModel", "generate_content_requests"
     else:
-        qid = "GenerateContentInputTokensPerModelPerMinute"
-        metric = "generate_content_input_token_count"
+        qid = "GenerateContentPaidTierInputTokensPerModelPerMinute"
+        metric = "generate_content_paid_tier_input_token_count"
     msg = (
         "You exceeded your current quota, please check your plan and billing details. For more"
         f" information on this error, head to: {_RATE_DOCS}.\n* Quota exceeded for metric:"
@@ -154,12 +185,7 @@ def rate_limit_error(call: Call, d: Decision, retry_info: bool = True) -> Answer
     details = [_quota_failure(qid, metric, call.model, d.limit), _help()]
     if d.verdict != "too_large" and math.isfinite(d.retry_after):
         msg += f"\nPlease retry in {max(d.retry_after, 0.001):.3f}s."
-        details.append(
-            {
-                "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                "retryDelay": proto_duration(d.retry_after),
-            }
-        )
+        details.append(_retry_info(d.retry_after))
     return _error(429, msg, details)
 
 

@@ -13,6 +13,15 @@ Definitions (both per bucket, one meter for tokens and one for requests):
 
 In both modes a charge larger than ``limit`` can never be admitted ("request too large"), and a
 rejected request is not charged.
+
+Anthropic (``AnthropicLimiter``) always uses token buckets, whatever the mode, one per dimension:
+requests (1 a request), input tokens (``input_tokens + cache_creation_input_tokens``, charged at
+admission; admitted iff the level is ``>=`` the charge) and output tokens (charged as produced,
+``max_tokens`` never; admitted iff the level is ``>= 1``, so one large reply may drive the level
+negative and the next requests wait until it refills to 1).
+
+``DailyQuota`` counts requests per key per day, the day starting at midnight Pacific (08:00 UTC,
+daylight saving ignored), as Gemini's requests-per-day quotas reset.
 """
 
 from __future__ import annotations
@@ -25,8 +34,12 @@ from typing import Literal, Protocol
 from .config import Mode
 
 __all__ = [
+    "AnthropicDecision",
+    "AnthropicLimiter",
     "BucketLimiter",
+    "DailyQuota",
     "Decision",
+    "Level",
     "Meter",
     "SlidingWindow",
     "TokenBucket",
@@ -37,6 +50,8 @@ __all__ = [
 _EPS = 1e-9
 
 Verdict = Literal["ok", "tokens", "requests", "too_large"]
+AnthropicVerdict = Literal["ok", "requests", "input_tokens", "output_tokens", "too_large"]
+DIMENSIONS: tuple[str, ...] = ("requests", "input_tokens", "output_tokens")
 
 
 class Meter(Protocol):
@@ -138,6 +153,11 @@ class TokenBucket:
     def commit(self, amount: float, now: float) -> None:
         self._refill(now)
         self._level -= amount
+
+    def level(self, now: float) -> float:
+        """Units in the bucket now (negative when overdrawn)."""
+        self._refill(now)
+        return self._level
 
     def used(self, now: float) -> float:
         self._refill(now)
@@ -263,3 +283,124 @@ class WindowMax:
         self._events.append((now, amount))
         self._sum += amount
         self.max = max(self.max, self._sum)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One Anthropic bucket as its headers describe it."""
+
+    limit: int
+    level: float
+    full_in: float
+
+
+@dataclass(frozen=True)
+class AnthropicDecision:
+    """Outcome of one Anthropic admission; the levels are after every charge of this request."""
+
+    verdict: AnthropicVerdict
+    retry_after: float
+    limit: int | None
+    requested: int
+    requests: Level | None
+    input_tokens: Level | None
+    output_tokens: Level | None
+
+    @property
+    def admitted(self) -> bool:
+        """True when the request was let through (and charged)."""
+        return self.verdict == "ok"
+
+    def levels(self) -> dict[str, float]:
+        """Level of each limited dimension, by name (for the stats' minimum levels)."""
+        out: dict[str, float] = {}
+        for name in DIMENSIONS:
+            lv: Level | None = getattr(self, name)
+            if lv is not None:
+                out[name] = lv.level
+        return out
+
+
+class AnthropicLimiter:
+    """RPM, ITPM and OTPM token buckets of one model class (caller holds the lock)."""
+
+    def __init__(self, window: float, rpm: int | None, itpm: int | None, otpm: int | None) -> None:
+        self.window = window
+        self.requests = TokenBucket(rpm, window) if rpm else None
+        self.input_tokens = TokenBucket(itpm, window) if itpm else None
+        self.output_tokens = TokenBucket(otpm, window) if otpm else None
+
+    def set_limits(self, rpm: int | None, itpm: int | None, otpm: int | None) -> None:
+        """Apply new limits, keeping the levels of surviving buckets."""
+        self.requests = self._retarget(self.requests, rpm)
+        self.input_tokens = self._retarget(self.input_tokens, itpm)
+        self.output_tokens = self._retarget(self.output_tokens, otpm)
+
+    def _retarget(self, bucket: TokenBucket | None, limit: int | None) -> TokenBucket | None:
+        if not limit:
+            return None
+        if bucket is None:
+            return TokenBucket(limit, self.window)
+        bucket.set_limit(limit)
+        return bucket
+
+    def admit(self, input_charge: int, output: int, now: float) -> AnthropicDecision:
+        """Admit (charging 1 request, the input, then the output produced) or say which refused."""
+        req, inp, out = self.requests, self.input_tokens, self.output_tokens
+        verdict: AnthropicVerdict = "ok"
+        retry, limit, requested = 0.0, None, 0
+        if inp is not None and input_charge > inp.limit:
+            verdict, retry, limit, requested = "too_large", math.inf, inp.limit, input_charge
+        elif req is not None and (wait := req.wait_time(1, now)) > 0:
+            verdict, retry, limit, requested = "requests", wait, req.limit, 1
+        elif inp is not None and (wait := inp.wait_time(input_charge, now)) > 0:
+            verdict, retry, limit, requested = "input_tokens", wait, inp.limit, input_charge
+        elif out is not None and (wait := out.wait_time(1, now)) > 0:
+            verdict, retry, limit, requested = "output_tokens", wait, out.limit, 1
+        if verdict == "ok":
+            for bucket, amount in ((req, 1), (inp, input_charge), (out, output)):
+                if bucket is not None:
+                    bucket.commit(amount, now)
+        return AnthropicDecision(
+            verdict, retry, limit, requested, _level(req, now), _level(inp, now), _level(out, now)
+        )
+
+
+def _level(bucket: TokenBucket | None, now: float) -> Level | None:
+    if bucket is None:
+        return None
+    return Level(bucket.limit, bucket.level(now), bucket.reset_after(now))
+
+
+_DAY = 86_400.0
+_PACIFIC_MIDNIGHT_UTC = 8 * 3600.0
+
+
+class DailyQuota:
+    """Requests per key per day (caller holds the lock); the day turns at midnight Pacific."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    @staticmethod
+    def day(now: float) -> int:
+        """The quota day `now` falls in."""
+        return math.floor((now - _PACIFIC_MIDNIGHT_UTC) / _DAY)
+
+    @classmethod
+    def reset_after(cls, now: float) -> float:
+        """Seconds until the next quota day starts."""
+        return (cls.day(now) + 1) * _DAY + _PACIFIC_MIDNIGHT_UTC - now
+
+    def used(self, key: str, now: float) -> int:
+        """Requests counted for `key` today."""
+        day, count = self._counts.get(key, (self.day(now), 0))
+        return count if day == self.day(now) else 0
+
+    def commit(self, key: str, now: float) -> None:
+        """Count one request for `key` today."""
+        self._counts[key] = (self.day(now), self.used(key, now) + 1)
+
+    def clear(self) -> None:
+        """Forget every count."""
+        self._counts.clear()

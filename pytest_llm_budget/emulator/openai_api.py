@@ -15,7 +15,9 @@ __all__ = [
     "auth_error",
     "bad_request",
     "chat_answer",
+    "daily_quota_error",
     "models_answer",
+    "not_found",
     "parse_chat",
     "parse_responses",
     "quota_error",
@@ -23,6 +25,7 @@ __all__ = [
     "ratelimit_headers",
     "responses_answer",
     "server_error",
+    "stream_error_event",
 ]
 
 MESSAGE_OVERHEAD = 3  # tokens per message reported on top of ceil(chars/4) (bound: 4)
@@ -109,8 +112,11 @@ def ratelimit_headers(d: Decision) -> list[tuple[str, str]]:
     return out
 
 
-def rate_limit_error(call: Call, d: Decision, organization: str, hint: bool = True) -> Answer:
+def rate_limit_error(
+    call: Call, d: Decision, organization: str, hint: bool = True, limit_headers: bool = True
+) -> Answer:
     """429 for a rejected admission: TPM/RPM, or "Request too large"; hint=False drops hints."""
+    limits = ratelimit_headers(d) if limit_headers else []
     unit = "requests per min (RPM)" if d.verdict == "requests" else "tokens per min (TPM)"
     where = f"for {call.model} in organization {organization} on {unit}"
     if d.verdict == "too_large":
@@ -119,7 +125,7 @@ def rate_limit_error(call: Call, d: Decision, organization: str, hint: bool = Tr
             " output tokens must be reduced in order to run successfully. Visit"
             " https://platform.openai.com/account/rate-limits to learn more."
         )
-        return _error(429, msg, "tokens", "rate_limit_exceeded", headers=ratelimit_headers(d))
+        return _error(429, msg, "tokens", "rate_limit_exceeded", headers=limits)
     type_ = "requests" if d.verdict == "requests" else "tokens"
     msg = f"Rate limit reached {where}: Limit {d.limit}, Used {d.used}, Requested {d.requested}."
     if not hint:
@@ -131,9 +137,37 @@ def rate_limit_error(call: Call, d: Decision, organization: str, hint: bool = Tr
     headers = [
         ("retry-after", str(max(1, math.ceil(d.retry_after - 1e-6)))),
         ("retry-after-ms", str(max(1, math.ceil(d.retry_after * 1000 - 1e-6)))),
-        *ratelimit_headers(d),
+        *limits,
     ]
     return _error(429, msg, type_, "rate_limit_exceeded", headers=headers)
+
+
+DAILY_REQUESTS = 10_000  # the RPD figure the `daily_quota` fault reports
+
+
+def daily_quota_error(model: str, organization: str, retry_after: float) -> Answer:
+    """429 on requests per day (RPD), the `daily_quota` fault: retry-after until the day turns."""
+    msg = (
+        f"Rate limit reached for {model} in organization {organization} on requests per day"
+        f" (RPD): Limit {DAILY_REQUESTS}, Used {DAILY_REQUESTS}, Requested 1. Please try again in"
+        f" {go_duration(retry_after)}. Visit https://platform.openai.com/account/rate-limits to"
+        " learn more."
+    )
+    headers = [
+        ("retry-after", str(max(1, math.ceil(retry_after - 1e-6)))),
+        ("retry-after-ms", str(max(1, math.ceil(retry_after * 1000 - 1e-6)))),
+    ]
+    return _error(429, msg, "requests", "rate_limit_exceeded", headers=headers)
+
+
+def stream_error_event(api: str) -> bytes:
+    """The error event that ends a stream cut by the `stream_error` fault (chat or responses)."""
+    msg = "The server had an error while processing your request. Sorry about that!"
+    if api == "responses":
+        err = {"type": "error", "code": "server_error", "message": msg, "param": None}
+        return sse_event(err, "error")
+    return sse_event({"error": {"message": msg, "type": "server_error", "param": None,
+                                "code": None}})  # fmt: skip
 
 
 def _max_output(payload: dict[str, Any], *keys: str) -> int | None:

@@ -31,6 +31,9 @@ class RequestRecord:
     outcome: str = "ok"
     bucket: str = ""
     stream: bool = False
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    levels: dict[str, float] | None = None
 
     def to_json(self) -> str:
         """One JSONL line."""
@@ -55,10 +58,15 @@ class BucketStats:
     max_in_flight: int = 0
     tokens_window: WindowMax | None = None
     requests_window: WindowMax | None = None
+    otpm: int | None = None
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    min_level: dict[str, float] = dataclasses.field(default_factory=dict)
+    output_window: WindowMax | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view; `max_window_tokens` <= tpm is the proof no window went over (sliding)."""
-        return {
+        out = {
             "vendor": self.vendor,
             "model": self.model,
             "window": self.window,
@@ -75,6 +83,30 @@ class BucketStats:
             "max_window_tokens": int(self.tokens_window.max) if self.tokens_window else 0,
             "max_window_requests": int(self.requests_window.max) if self.requests_window else 0,
         }
+        if self.vendor == "anthropic":
+            out.update(self._anthropic())
+        return out
+
+    def _anthropic(self) -> dict[str, Any]:
+        """Anthropic's figures; a `min_level_*` below 0 means that bucket was overdrawn.
+
+        `tokens_charged` is the ITPM charge (input + cache creation). Only output can go below 0
+        (replies are charged as produced): `min_level_output_tokens >= 0` proves a client never
+        let its replies outrun OTPM; None means the dimension is unlimited.
+        """
+        out: dict[str, Any] = {
+            "itpm": self.tpm,
+            "otpm": self.otpm,
+            "input_tokens_charged": self.tokens_charged,
+            "output_tokens_charged": self.completion_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": self.cache_creation_tokens,
+            "max_window_output_tokens": int(self.output_window.max) if self.output_window else 0,
+        }
+        for dim in ("requests", "input_tokens", "output_tokens"):
+            level = self.min_level.get(dim)
+            out[f"min_level_{dim}"] = None if level is None else round(level, 3)
+        return out
 
 
 class RequestLog:
@@ -86,8 +118,15 @@ class RequestLog:
         self._buckets: dict[str, BucketStats] = {}
         self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
 
-    def add(self, record: RequestRecord, window: float, tpm: int | None, rpm: int | None) -> None:
-        """Append a record and fold it into its bucket's stats."""
+    def add(
+        self,
+        record: RequestRecord,
+        window: float,
+        tpm: int | None,
+        rpm: int | None,
+        otpm: int | None = None,
+    ) -> None:
+        """Append a record and fold it into its bucket's stats (Anthropic: tpm is the ITPM)."""
         with self._lock:
             self._records.append(record)
             key = record.bucket or f"{record.vendor}:{record.model}"
@@ -99,8 +138,9 @@ class RequestLog:
                     window,
                     tokens_window=WindowMax(window),
                     requests_window=WindowMax(window),
+                    output_window=WindowMax(window),
                 )
-            stats.tpm, stats.rpm = tpm, rpm
+            stats.tpm, stats.rpm, stats.otpm = tpm, rpm, otpm
             stats.requests += 1
             stats.max_in_flight = max(stats.max_in_flight, record.in_flight)
             if record.outcome == "ok":
@@ -111,8 +151,14 @@ class RequestLog:
                 if stats.tokens_window is not None and stats.requests_window is not None:
                     stats.tokens_window.add(record.charge, record.t)
                     stats.requests_window.add(1, record.t)
+                if stats.output_window is not None:
+                    stats.output_window.add(record.completion_tokens, record.t)
+                stats.cache_read_tokens += record.cache_read_tokens
+                stats.cache_creation_tokens += record.cache_creation_tokens
             else:
                 stats.rejected[record.outcome] = stats.rejected.get(record.outcome, 0) + 1
+            for dim, level in (record.levels or {}).items():
+                stats.min_level[dim] = min(level, stats.min_level.get(dim, level))
             if self._file is not None:
                 self._file.write(record.to_json() + "\n")
                 self._file.flush()

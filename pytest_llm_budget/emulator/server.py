@@ -234,6 +234,11 @@ class Emulator:
         """What google-genai's `HttpOptions(base_url=...)` takes (the root URL)."""
         return f"{self.url}/"
 
+    @property
+    def anthropic_base_url(self) -> str:
+        """What `anthropic.Anthropic(base_url=...)` takes: the root (the SDK adds /v1/messages)."""
+        return self.url
+
     # --- state ---------------------------------------------------------------------------------
 
     @property
@@ -247,7 +252,7 @@ class Emulator:
         return self.core.log.records()
 
     def stats(self) -> dict[str, Any]:
-        """Same as GET /__emulator/stats: totals, per vendor, per bucket (`max_window_tokens`)."""
+        """Same as GET /__emulator/stats: totals, per vendor, per bucket (with the proofs)."""
         return self.core.stats()
 
     def configure(self, config: EmulatorConfig | None = None, **changes: Any) -> EmulatorConfig:
