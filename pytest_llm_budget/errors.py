@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailable",
+    "BaselineError",
     "BudgetWaitTimeout",
     "CostCapExceeded",
     "CostWarning",
@@ -87,6 +88,10 @@ class SettingsError(ValueError):
 
 class CostWarning(UserWarning):
     """A call's cost cannot be known (its model has no price)."""
+
+
+class BaselineError(ValueError):
+    """The `--llm-baseline` report is missing or malformed; the message says what is wrong."""
 
 
 class PriceFileError(ValueError):

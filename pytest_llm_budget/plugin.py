@@ -2,8 +2,9 @@
 
 The rooms live in `plugins/`: `core` (marker, `llm_budget`, `llm_usage`), `recording` (matrix,
 preflight), `cassettes` (record/replay, only with a record mode), `routing` (interception, client
-fixtures, `llm_emulator`), `reports` (end of session), `xdist` (only with pytest-xdist), `metrics`
-(only when asked for); live notices are `live.LiveHooks`.
+fixtures, `llm_emulator`), `reports` (end of session), `ci` (junit properties, job summary,
+baseline), `xdist` (only with pytest-xdist), `metrics` (only when asked for); live notices are
+`live.LiveHooks`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_llm_budget import plugins
     from pytest_llm_budget.plugins import (
         cassettes,
+        ci,
         core,
         metrics,
         recording,
@@ -119,7 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
     live = LiveHooks(config, session, shared_dir if distributing else None)
     config.stash[plugins.LIVE_KEY] = live
     config.pluginmanager.register(live, "llm_budget_live")
-    for room in (core, reports, recording):
+    for room in (core, reports, recording, ci):
         config.pluginmanager.register(room, f"llm_budget_{room.__name__.rsplit('.', 1)[-1]}")
     if settings.record_mode != "off":
         config.pluginmanager.register(cassettes, "llm_budget_cassettes")

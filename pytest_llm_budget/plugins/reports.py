@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget.plugins import budget, live
+from pytest_llm_budget.plugins import budget, ci, live
 from pytest_llm_budget.plugins.live import calls_by_bucket, session_report
 from pytest_llm_budget.reporting.report import bucket_costs, cost_line, summary_lines, write_report
 
@@ -29,11 +29,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         )
         return
     notices = live(config)
-    if run.settings.reports or notices.wants_report():
+    if run.settings.reports or notices.wants_report() or ci.wanted(run.settings):
         document = session_report(run)
+        ci.compare_with_baseline(config, document)
         notices.complete(document)
         for path in run.settings.reports:
             write_report(path, document)
+        ci.finish(session, document)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -59,5 +61,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     ):
         terminalreporter.write_line(line)
     terminalreporter.write_line(cost_line(totals, records, run.settings.max_cost))
+    for line, failed in ci.summary_lines(config):
+        terminalreporter.write_line(line, red=failed, bold=failed)
     for path in run.settings.reports:
         terminalreporter.write_line(f"LLM budget report: {path}")

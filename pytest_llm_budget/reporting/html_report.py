@@ -267,9 +267,46 @@ def render_html(document: dict[str, Any]) -> str:
         "<h1>LLM budget</h1>\n"
         f'<p class="meta">{_esc(meta)}</p>\n'
         f'<h2>Totals</h2>\n<dl class="totals">{totals_html}</dl>\n'
+        f"{_baseline_section(document.get('baseline'))}"
         f"{visible_sections(document, tests_html)}"
         f"<h2>Buckets</h2>\n{buckets_html}\n"
         f"<h2>Calls</h2>\n{calls_html}\n"
         f"<h2>Settings</h2>\n{settings_html}\n"
         "</body></html>\n"
     )
+
+
+def _baseline_section(baseline: Mapping[str, Any] | None) -> str:
+    """`--llm-baseline`: total and per-test changes (report's `baseline` entry), or nothing."""
+    if not isinstance(baseline, Mapping):
+        return ""
+    from pytest_llm_budget.reporting.baseline import FIELDS, change_cells, count_text, plain
+
+    labels = {"tokens": "tokens", "cost_usd": "cost", "waited_s": "waited", "calls": "calls"}
+    totals = baseline.get("totals") or {}
+    cells = change_cells(totals)
+    total_rows = [
+        {"figure": labels[f], "before": plain(f, totals.get("before")),
+         "after": plain(f, totals.get("after")), "change": cells[f]}
+        for f in FIELDS
+    ]
+    columns = (("figure", "", False), ("before", "baseline", True),
+               ("after", "this run", True), ("change", "change", True))
+    parts = [f"<h2>Against the baseline {_esc(baseline.get('path', ''))}</h2>"]
+    if baseline.get("failure"):
+        parts.append(f'<p class="meta"><strong>Failed:</strong> {_esc(baseline["failure"])}</p>')
+    parts.append(_table(columns, total_rows, css="baseline"))
+    parts.append(f'<p class="meta">{_esc(count_text(baseline.get("counts") or {}))}.</p>')
+    test_rows = []
+    for entry in baseline.get("tests") or []:
+        row: dict[str, Any] = {"test": entry.get("test", ""), "status": entry.get("status", "")}
+        row.update(change_cells(entry, ("tokens", "cost_usd", "waited_s")))
+        row["cost"] = row.pop("cost_usd")
+        row["waited"] = row.pop("waited_s")
+        test_rows.append(row)
+    if test_rows:
+        test_columns = (("test", "test", False), ("status", "status", False),
+                        ("tokens", "tokens", True),
+                        ("cost", "cost", True), ("waited", "waited", True))
+        parts.append(_table(test_columns, test_rows, css="baseline-tests"))
+    return "\n".join(parts) + "\n"

@@ -229,11 +229,15 @@ def _tests(calls: Sequence[CallRecord]) -> list[dict[str, Any]]:
 
 
 def write_report(path: str, document: dict[str, Any]) -> None:
-    """Write the report as JSON (.json) or as a self-contained HTML page (.html)."""
+    """Write the report as JSON (.json), a self-contained HTML page (.html) or Markdown (.md)."""
     if path.lower().endswith((".html", ".htm")):
         from pytest_llm_budget.reporting.html_report import render_html
 
         text = render_html(document)
+    elif path.lower().endswith(".md"):
+        from pytest_llm_budget.reporting.markdown import render_markdown
+
+        text = render_markdown(document)
     else:
         text = json.dumps(document, indent=2, sort_keys=False) + "\n"
     write_atomically(path, text.encode("utf-8"))

@@ -43,6 +43,10 @@ class Settings:
     backend: str = "auto"
     record_mode: str = "off"
     reports: tuple[str, ...] = ()
+    baseline: str | None = None
+    #: A fraction (0.2 for `--llm-max-increase 20%`).
+    max_increase: float | None = None
+    step_summary: bool = True
     route: str = "all"
     max_duration: float | None = None
     max_cost: float | None = None
@@ -125,6 +129,11 @@ class Settings:
             raise SettingsError(
                 f"--llm-backoff-max={settings.backoff_max:g} is below "
                 f"--llm-backoff-base={settings.backoff_base:g}"
+            )
+        if settings.max_increase is not None and settings.baseline is None:
+            raise SettingsError(
+                f"--llm-max-increase={settings.max_increase * 100:g}% needs --llm-baseline "
+                "PATH.json (the JSON report of the run to compare with)"
             )
         return settings
 

@@ -15,6 +15,7 @@ from pytest_llm_budget.limiting.buckets import LimitRule
 
 __all__ = [
     "backend_spec",
+    "baseline_report",
     "boolean",
     "choice",
     "headroom",
@@ -24,10 +25,12 @@ __all__ = [
     "non_negative_int",
     "notice_after",
     "optional_duration",
+    "optional_percent",
     "optional_positive_int",
     "optional_usd",
     "parse_duration",
     "parse_limit_rule",
+    "percent",
     "positive_float",
     "positive_int",
     "reports",
@@ -157,12 +160,35 @@ def choice(*choices: str) -> Callable[[str], str]:
 
 
 def reports(text: str) -> tuple[str, ...]:
-    """Report paths, separated by spaces or commas; each must end in .json or .html."""
+    """Report paths, separated by spaces or commas; each must end in .json, .html or .md."""
     paths = tuple(w for w in re.split(r"[\s,]+", text) if w)
     for path in paths:
-        if not path.lower().endswith((".json", ".html", ".htm")):
-            raise ValueError(f"{path!r}: a report path must end in .json or .html")
+        if not path.lower().endswith((".json", ".html", ".htm", ".md")):
+            raise ValueError(f"{path!r}: a report path must end in .json, .html or .md")
     return paths
+
+
+def baseline_report(text: str) -> str:
+    """The path of an earlier run's JSON report, checked now: it exists and is such a report."""
+    from pytest_llm_budget.reporting.baseline import load_baseline
+
+    path = text.strip()
+    load_baseline(path)  # BaselineError is a ValueError saying what is wrong
+    return path
+
+
+def percent(text: str) -> float:
+    """`20%` or `20` (both twenty percent) -> 0.2; 0 or more."""
+    try:
+        value = float(text.strip().removesuffix("%").strip())
+    except ValueError:
+        raise ValueError("must be a percentage such as 20%") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a percentage, 0% or more")
+    return value / 100
+
+
+optional_percent = _or_none(percent, "", "none", "off")
 
 
 _RULE = re.compile(r"^(?P<vendor>[^\s:]+):(?P<model>\S+)(?P<rest>(?:\s+\w+=\S+)*)\s*$")
