@@ -1,4 +1,4 @@
-"""CI: the Markdown report, the GitHub job summary, junit properties, the baseline and its threshold.
+"""CI: the Markdown report, the GitHub job summary, junit properties, the baseline, its threshold.
 
 Live runs are real pytest processes (with pytest-xdist where it matters) against the emulator,
 which answers every call with REPLY completion tokens so that two runs of one suite spend alike.
@@ -86,7 +86,7 @@ def _number(cell: str) -> float:
     return float(cell.split()[0].replace(",", "").replace("$", "").rstrip("s"))
 
 
-# -- live runs --------------------------------------------------------------------------------------
+# -- live runs -------------------------------------------------------------------------------
 SUITE = '''
 import pytest
 from pytest_llm_budget import RequestTooLarge
@@ -136,7 +136,9 @@ def emu() -> Iterator[Emulator]:
         yield emulator
 
 
-def run(cwd: Path, emu: Emulator | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    cwd: Path, emu: Emulator | None, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
     environ.update(env)
     if emu is not None:
@@ -340,7 +342,8 @@ def test_the_job_summary_can_be_turned_off(tmp_path: Path, emu: Emulator) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary.read_text() == "before\n"
     assert "job summary" not in result.stdout
-    assert Settings.resolve({"step_summary": "off"}, {}, {"step_summary": "on"}).step_summary is False
+    cli_off = Settings.resolve({"step_summary": "off"}, {}, {"step_summary": "on"})
+    assert cli_off.step_summary is False
     assert Settings.resolve({}, {"LLM_BUDGET_STEP_SUMMARY": "0"}, {}).step_summary is False
 
 
@@ -352,7 +355,7 @@ def test_no_job_summary_for_a_run_without_llm_calls(tmp_path: Path) -> None:
     assert not summary.exists()
 
 
-# -- the baseline -----------------------------------------------------------------------------------
+# -- the baseline ----------------------------------------------------------------------------
 def _call(test: str, prompt: int, completion: int, cost: float | None, waited: float = 0.0,
           replayed: bool = False, would: float | None = None) -> dict[str, Any]:
     return {"test": test, "prompt_tokens": prompt, "completion_tokens": completion,

@@ -90,7 +90,7 @@ def test_our_env_name_beats_the_seeds() -> None:
         (["--llm-rpm=x"], "--llm-rpm='x'", "whole number"),
         (["--llm-record-mode=sometimes"], "--llm-record-mode='sometimes'", "one of off, once"),
         (["--llm-backend=ftp://x"], "--llm-backend='ftp://x'", "redis://"),
-        (["--llm-report=out.txt"], "--llm-report='out.txt'", ".json or .html"),
+        (["--llm-report=out.txt"], "--llm-report='out.txt'", ".json, .html or .md"),
         (["--llm-max-duration=soon"], "--llm-max-duration='soon'", "duration"),
         (["--llm-backoff-base=5", "--llm-backoff-max=1"], "--llm-backoff-max=1", "below"),
     ],

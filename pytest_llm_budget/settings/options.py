@@ -225,8 +225,8 @@ DECLARED: tuple[Option, ...] = (
     Option(
         "max_increase",
         values.optional_percent,
-        "fail the session (exit status 6) when total tokens or cost rose more than this over "
-        "--llm-baseline, e.g. 20%",
+        "fail the session (exit status 6) when total tokens or cost rose more than this many "
+        "percent over --llm-baseline (e.g. 20)",
         "--llm-max-increase",
         ("LLM_BUDGET_MAX_INCREASE",),
         "llm_max_increase",
