@@ -331,7 +331,7 @@ def change_cells(entry: Mapping[str, Any], fields: Sequence[str] = FIELDS) -> di
     cells = {}
     for f in fields:
         old, new = float(before.get(f) or 0), float(after.get(f) or 0)
-        if status in ("new", "gone") and old != new:
+        if status in ("new", "gone") and _signed(f, new - old) not in ("0", "$0", "0.0s"):
             cells[f] = f"{_signed(f, new - old)} ({status})"
         else:
             cells[f] = change_text(f, old, new)

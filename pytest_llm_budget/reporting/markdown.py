@@ -22,6 +22,8 @@ TOP = 10
 MAX_ROWS = 20
 
 DASH = "\u2014"
+#: A call waited when it waited this long (shorter ones are the send itself, shown as 0.0s).
+WAIT_SHOWN_S = 0.05
 
 #: (JSON key, header) of the bucket table; keys a bucket has beyond these get columns of their own.
 _BUCKET_COLUMNS = (
@@ -135,7 +137,7 @@ def _waits(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         )
         waited = float(call.get("waited_s") or 0)
         entry["waited_s"] += waited
-        entry["waits"] += int(waited > 0)
+        entry["waits"] += int(waited >= WAIT_SHOWN_S)
         entry["429s"] += int(call.get("rate_limit_events") or 0)
         entry["calls"] += 1
     return out
@@ -265,7 +267,7 @@ def _spenders(document: Mapping[str, Any]) -> str:
 
 
 def _waiters(document: Mapping[str, Any]) -> str:
-    waits = [(test, w) for test, w in _waits(document).items() if w["waited_s"] > 0]
+    waits = [(test, w) for test, w in _waits(document).items() if w["waited_s"] >= WAIT_SHOWN_S]
     if not waits:
         return "_No test waited for budget._"
     waits.sort(key=lambda item: (-item[1]["waited_s"], item[0]))
