@@ -85,7 +85,8 @@ def test_wrap_existing_clients(emu: Any, make_budget: Any) -> None:
 def test_install_is_lazy_and_reversible() -> None:
     code = (
         "import sys\n"
-        "from pytest_llm_budget import BudgetSession, Settings, intercept\n"
+        "from pytest_llm_budget import BudgetSession, Settings\n"
+        "from pytest_llm_budget.routing import intercept\n"
         "s = BudgetSession(Settings())\n"
         "intercept.install(s)\n"
         "assert 'httpx2' not in sys.modules\n"
