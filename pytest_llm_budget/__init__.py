@@ -9,9 +9,11 @@ from pytest_llm_budget.errors import (
     BudgetWaitTimeout,
     CostCapExceeded,
     LLMBudgetError,
+    ProviderOverloaded,
     QuotaExhausted,
     RateLimitExhausted,
     RequestTooLarge,
+    SpendCapReached,
 )
 from pytest_llm_budget.events import RateLimitEvent, WaitEvent
 from pytest_llm_budget.limiting.buckets import LimitRule
@@ -26,12 +28,14 @@ __all__ = [
     "LLMBudgetError",
     "LimitRule",
     "Limiter",
+    "ProviderOverloaded",
     "QuotaExhausted",
     "RateLimitEvent",
     "RateLimitExhausted",
     "RequestTooLarge",
     "Reservation",
     "Settings",
+    "SpendCapReached",
     "WaitEvent",
     "budget_session",
     "open_budget",

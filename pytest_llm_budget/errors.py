@@ -12,10 +12,12 @@ __all__ = [
     "LLMBudgetWarning",
     "MatrixError",
     "PriceFileError",
+    "ProviderOverloaded",
     "QuotaExhausted",
     "RateLimitExhausted",
     "RequestTooLarge",
     "SettingsError",
+    "SpendCapReached",
     "StateFileLocked",
     "StateFileWarning",
     "TiktokenSeedError",
@@ -46,6 +48,19 @@ class QuotaExhausted(LLMBudgetError):
     """The key has no quota left (OpenAI `insufficient_quota`): retrying cannot help."""
 
     code = "LLM_QUOTA_EXHAUSTED"
+
+
+class SpendCapReached(QuotaExhausted):
+    """The organization's spend cap is reached (Anthropic `enforced_spend_limit_reached`): never
+    retried; a `QuotaExhausted` with its own code."""
+
+    code = "LLM_SPEND_CAP"
+
+
+class ProviderOverloaded(LLMBudgetError):
+    """The provider stayed overloaded (Anthropic 529) through every retry; not a rate limit."""
+
+    code = "LLM_PROVIDER_OVERLOADED"
 
 
 class RequestTooLarge(LLMBudgetError):

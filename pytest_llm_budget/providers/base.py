@@ -67,6 +67,9 @@ class Usage:
     reasoning_tokens: int = 0
     #: OpenAI's `service_tier` of the response ("default", "flex", "priority"), when reported.
     service_tier: str | None = None
+    #: Part of `prompt_tokens` written to the prompt cache (Anthropic's
+    #: `cache_creation_input_tokens`, billed above the input rate).
+    cache_write_tokens: int = 0
 
     @classmethod
     def reported(
@@ -78,24 +81,31 @@ class Usage:
         cached: int = 0,
         reasoning: int = 0,
         service_tier: str | None = None,
+        cache_write: int = 0,
     ) -> Usage:
         """Usage from a provider's counts: the total from the parts when it has none, and the
-        cached / reasoning details never more than the part they belong to."""
+        cached / cache-write / reasoning details never more than the part they belong to."""
+        cached = min(cached, prompt)
         return cls(
             prompt,
             completion,
             prompt + completion if total is None else total,
-            cached_tokens=min(cached, prompt),
+            cached_tokens=cached,
             reasoning_tokens=min(reasoning, completion),
             service_tier=service_tier,
+            cache_write_tokens=min(cache_write, prompt - cached),
         )
 
 
 class RejectionKind(enum.Enum):
-    """Why a request was refused: only RATE_LIMIT is worth retrying."""
+    """Why a request was refused: RATE_LIMIT and OVERLOADED are worth retrying."""
 
     RATE_LIMIT = "rate_limit"
     QUOTA = "quota"
+    #: A spend cap (Anthropic `enforced_spend_limit_reached`): no retry-after, never retried.
+    SPEND_CAP = "spend_cap"
+    #: The provider is overloaded (Anthropic 529): retried with backoff, the bucket not paused.
+    OVERLOADED = "overloaded"
     TOO_LARGE = "too_large"
     OTHER = "other"
 
@@ -127,6 +137,10 @@ class SSEUsageParser(Protocol):
     @property
     def malformed(self) -> int:
         """How many events could not be parsed (counted, never raised)."""
+
+    @property
+    def error(self) -> str | None:
+        """The error type an error event in the stream named (Anthropic `event: error`)."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +187,7 @@ class Provider(Protocol):
 
     @property
     def vendor(self) -> str:
-        """Vendor name used for buckets, rules and reports ("openai", "gemini")."""
+        """Vendor name used for buckets, rules and reports ("openai", "gemini", "anthropic")."""
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -216,6 +230,10 @@ class Provider(Protocol):
         """True when the TPM limit keeps the reported usage, not the admission charge: an
         over-estimate is then refunded at settle (Gemini); else the admission charge stays."""
 
+    @property
+    def refusal_statuses(self) -> frozenset[int]:
+        """HTTP statuses `classify` decides on (429; Anthropic's 529 too), never passed on."""
+
     def handles(self, host: str, path: str) -> bool:
         """True when a request to this host and URL path costs tokens at this vendor."""
 
@@ -242,7 +260,7 @@ class Provider(Protocol):
     def classify(
         self, status: int, headers: Mapping[str, str], body: bytes, now: float
     ) -> Rejection:
-        """Classify a refusal (429) and extract when to retry."""
+        """Classify a refusal (one of `refusal_statuses`) and extract when to retry."""
 
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
         """The rate-limit headers of a response, parsed per dimension."""
@@ -274,6 +292,7 @@ class ProviderDefaults:
     price_id: str | None = None
     fixtures: tuple[str, ...] = ()
     counts_reported_usage = False
+    refusal_statuses: frozenset[int] = frozenset({429})
 
     def stream_usage_expected(self, path: str, body: bytes) -> bool:
         """Every stream is expected to carry usage."""

@@ -36,6 +36,8 @@ class Call:
     attempts: int = 0
     waited_s: float = 0.0
     rate_limit_events: int = 0
+    #: Overloaded answers (Anthropic 529) retried; never rate limits of the bucket.
+    overloaded: int = 0
     request: Any = None
     rejection: Rejection | None = None
     retry_in: float | None = None
@@ -69,9 +71,11 @@ class Call:
                 waited_s=round(self.waited_s, 3),
                 worker=self.session.worker,
                 rate_limit_events=self.rate_limit_events,
+                overloaded=self.overloaded,
                 malformed=malformed,
                 error_code=error_code,
                 cached_tokens=usage.cached_tokens if usage else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage else 0,
                 reasoning_tokens=usage.reasoning_tokens if usage else 0,
                 service_tier=usage.service_tier if usage else None,
                 cost_usd=cost_usd,

@@ -104,9 +104,11 @@ class UsageSink:
             self._done = True
         call = self.call
         usage: Usage | None
+        stream_error = None
         if self.sse is not None:
             self.sse.close()
             usage = self.sse.usage
+            stream_error = self.sse.error
             malformed = self.sse.malformed > 0 or (usage is None and call.stream_usage_expected)
         else:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
@@ -118,7 +120,8 @@ class UsageSink:
         if hold is not None:
             lost = backend_lost(lambda: costs.settle(hold, usage)) or lost
         cost = hold.cost_usd if hold is not None else None
-        status = "error" if failed else "ok"
+        # A 2xx stream that ended in an error event (Anthropic): what it produced is charged.
+        status = "error" if failed else "stream_error" if stream_error else "ok"
         call.record(usage, status, malformed=malformed, error_code=lost, cost_usd=cost)
 
 

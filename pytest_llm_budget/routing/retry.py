@@ -9,11 +9,14 @@
   that would push the call's total wait past `max_wait` fails fast with `RateLimitExhausted`.
 - each 429 calls `reservation.rate_limited(delay)`: penalty tokens and a pause of the whole
   bucket, so the retry (a fresh reservation, timed from when it leaves) waits out the pause.
-- at most `retries` retries; `insufficient_quota` / per-day quotas and "Request too large"
-  are never retried.
+- at most `retries` retries; `insufficient_quota` / per-day quotas, spend caps (Anthropic
+  `enforced_spend_limit_reached`: `SpendCapReached`) and "Request too large" are never retried.
+- an overloaded provider (Anthropic 529) is retried the same way (its `retry-after`, else the
+  backoff) but never pauses or charges the bucket (it says nothing about the bucket); it counts
+  in the call's `overloaded`, and ends in `ProviderOverloaded` when the retries run out.
 - errors: clients the plugin builds (`raise_errors=True`) raise the structured error
   (openai 3.x and google-genai let non-httpx exceptions through unchanged, with no SDK retry);
-  clients the code under test builds get the provider's final 429 back, marked
+  clients the code under test builds get the provider's final 429 (or 529) back, marked
   `x-should-retry: false` and `x-llm-budget-error: <code>` with the code prefixed to the
   error message, so their SDK raises its own error at once; the structured error is also
   remembered for the running test (`errors_for`) and shown in its report.
@@ -35,9 +38,11 @@ from typing import TYPE_CHECKING, Any
 from pytest_llm_budget.errors import (
     CostCapExceeded,
     LLMBudgetError,
+    ProviderOverloaded,
     QuotaExhausted,
     RateLimitExhausted,
     RequestTooLarge,
+    SpendCapReached,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +53,8 @@ _DROPPED_HEADERS = frozenset({"content-length", "content-encoding", "transfer-en
 STATUS_OF = {
     RateLimitExhausted.code: "rate_limited",
     QuotaExhausted.code: "quota",
+    SpendCapReached.code: "spend_cap",
+    ProviderOverloaded.code: "overloaded",
     RequestTooLarge.code: "too_large",
     CostCapExceeded.code: "cost_cap",
 }
@@ -99,6 +106,12 @@ def after_429(
         "vendor": vendor, "model": model, "limit": rejection.limit, "attempts": attempts,
         "waited_s": waited_s,
     }
+    if rejection.kind is RejectionKind.SPEND_CAP:
+        return SpendCapReached(
+            f"{where}: spend cap reached, not retried after {attempts} attempt(s), "
+            f"{waited_s:.1f}s waited; {provider_says}",
+            **facts,
+        )
     if rejection.kind is RejectionKind.QUOTA:
         return QuotaExhausted(
             f"{where}: quota exhausted ({limit}), not retried after {attempts} "
@@ -120,6 +133,12 @@ def after_429(
         if exhausted
         else f"the next wait of {delay:.1f}s would exceed --llm-max-wait={policy.max_wait:g}s"
     )
+    if rejection.kind is RejectionKind.OVERLOADED:
+        return ProviderOverloaded(
+            f"{where}: still overloaded (529) after {attempts} attempt(s) and {waited_s:.1f}s "
+            f"waited: {why}; {provider_says}",
+            **facts,
+        )
     return RateLimitExhausted(
         f"{where}: still rate limited (429, {limit}) after {attempts} attempt(s) "
         f"and {waited_s:.1f}s waited: {why}; {provider_says}",
@@ -149,12 +168,15 @@ def passable(err: LLMBudgetError) -> LLMBudgetError:
 
 
 def final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | None) -> Any:
-    """The answer an app's SDK gets: the provider's 429 (or a made-up one), never retried."""
+    """The answer an app's SDK gets: the provider's 429 / 529 (or a made-up 429), never
+    retried."""
     module = sys.modules[type(request).__module__.split(".")[0]]
     headers: list[tuple[str, str]] = []
     payload: Any = None
+    status = 429
     if rejected is not None:
         response, body = rejected
+        status = int(response.status_code)
         headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS]
         try:
             payload = json.loads(body)
@@ -172,7 +194,7 @@ def final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | N
         ("x-llm-budget-error", err.code),
     ]
     return module.Response(
-        429, headers=headers, content=json.dumps(payload).encode(), request=request
+        status, headers=headers, content=json.dumps(payload).encode(), request=request
     )
 
 

@@ -203,7 +203,7 @@ class Router:
             reservation = gate.reservation
             if reservation is None:  # answered above the network: a mock or a cassette
                 return response
-            if response.status_code != 429:
+            if response.status_code not in call.provider.refusal_statuses:
                 return deliver(call, reservation, response, is_async=is_async)
             body = yield READ, response
             outcome = self._rejected(call, reservation, response, body)
@@ -292,17 +292,26 @@ class Router:
     def _rejected(
         self, call: Call, reservation: Reservation, response: Any, body: bytes
     ) -> LLMBudgetError | None:
-        """A 429: count it, pause the bucket; None to retry, or the error that ends the call."""
-        rejection = call.provider.classify(429, response.headers, body, time.time())
+        """A 429 (or 529): count it, pause the bucket on a rate limit; None to retry, or the
+        error that ends the call."""
+        from pytest_llm_budget.providers.base import RejectionKind
+
+        status = int(response.status_code)
+        rejection = call.provider.classify(status, response.headers, body, time.time())
         call.release_cost()
-        call.rate_limit_events += 1
+        overloaded = rejection.kind is RejectionKind.OVERLOADED
+        if overloaded:
+            call.overloaded += 1
+        else:
+            call.rate_limit_events += 1
         call.rejection = rejection
         outcome = after_429(
             rejection, call.attempts, call.waited_s, self.retry, self.rng,
             vendor=call.vendor, model=call.model,
         )
         call.retry_in = outcome.after_s if isinstance(outcome, Retry) else None
-        reservation.rate_limited(call.retry_in)
+        if not overloaded:  # an overloaded provider is no sign that the bucket is too full
+            reservation.rate_limited(call.retry_in)
         reservation.release()
         return None if isinstance(outcome, Retry) else outcome
 
