@@ -407,3 +407,42 @@ def test_cassettes_record_without_keys_and_replay_without_one(
     assert len(api.seen) == recorded  # nothing live
     assert report["totals"]["replayed"] == 3
     assert {(c["prompt_tokens"], c["completion_tokens"]) for c in report["calls"]} == {(33, 9)}
+
+
+def test_matrix_takes_anthropic_models_and_the_preflight_knows_the_fixture(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        llm_models =
+            openai:gpt-5
+            anthropic:claude-sonnet-4-5
+        llm_limits =
+            anthropic:claude-sonnet-4* tpm=14000 rpm=50
+        """
+    )
+    pytester.makepyfile(
+        test_m="""
+        import pytest
+
+        def test_case(llm_model):
+            assert llm_model.vendor in ("openai", "anthropic")
+
+        @pytest.mark.llm_budget(tokens=9000, model="claude-sonnet-4-5")
+        def test_fixture(anthropic_client):
+            pass
+        """
+    )
+    ids = pytester.runpytest_inprocess("--collect-only", "-q")
+    ids.stdout.fnmatch_lines(["*test_case[[]anthropic:claude-sonnet-4-5[]]*"])
+    result = pytester.runpytest_inprocess("-q")
+    result.assert_outcomes(passed=3)
+    # 7000 (the matrix case) + 9000 (the fixture's vendor) in the Anthropic rule's bucket
+    # of 14000 * 0.85 = 11900 per window: the busiest of 2
+    result.stdout.fnmatch_lines(
+        [
+            "*LLM budget preflight: 3 LLM tests, ~23000 tokens*"
+            "busiest bucket anthropic:claude-sonnet-4* of 2*"
+        ]
+    )
