@@ -11,12 +11,9 @@ from typing import Any
 import pytest
 
 from pytest_llm_budget.errors import ProviderOverloaded, QuotaExhausted, SpendCapReached
-from pytest_llm_budget.providers import RejectionKind, Usage, provider_for
-from pytest_llm_budget.providers.anthropic import (
-    TOOL_SYSTEM_PROMPT_TOKENS,
-    AnthropicProvider,
-    rate_limits,
-)
+from pytest_llm_budget.providers.anthropic import TOOL_SYSTEM_PROMPT_TOKENS, AnthropicProvider
+from pytest_llm_budget.providers.base import RateLimitHeaders, RejectionKind, Usage
+from pytest_llm_budget.providers.registry import provider_for
 from pytest_llm_budget.routing.retry import Retry, RetryPolicy, after_429
 from pytest_llm_budget.routing.traffic import classify
 from pytest_llm_budget.tokens.counting import TokenCounter
@@ -286,7 +283,8 @@ def test_other_statuses_are_other() -> None:
     assert P.classify(429, {}, b"<html>", NOW).kind is RejectionKind.RATE_LIMIT
 
 
-def test_rate_limit_headers_per_dimension() -> None:
+def test_rate_limit_headers_per_dimension(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pytest_llm_budget.providers.anthropic.time.time", lambda: NOW)
     headers = {
         "Anthropic-RateLimit-Requests-Limit": "50",
         "anthropic-ratelimit-requests-remaining": "49",
@@ -300,15 +298,17 @@ def test_rate_limit_headers_per_dimension() -> None:
         "anthropic-ratelimit-tokens-remaining": "8000",
         "anthropic-ratelimit-tokens-reset": "not a time",
     }
-    limits = rate_limits(headers, NOW)
-    assert set(limits) == {"requests", "input-tokens", "output-tokens", "tokens"}
-    assert (limits["requests"].limit, limits["requests"].remaining) == (50, 49)
-    assert limits["requests"].reset_s == pytest.approx(1.0)
-    assert limits["input-tokens"].reset_s == pytest.approx(2.5)
-    assert limits["output-tokens"].reset_s == 0.0
-    assert limits["tokens"].limit is None and limits["tokens"].reset_s is None
-    assert P.remaining_tokens(headers) == 8000
-    assert rate_limits({"x-ratelimit-limit-tokens": "5"}, NOW) == {}
+    limits = P.rate_limits(headers)
+    assert limits.requests is not None and limits.input_tokens is not None
+    assert limits.output_tokens is not None
+    assert (limits.requests.limit, limits.requests.remaining) == (50, 49)
+    assert limits.requests.reset_s == pytest.approx(1.0)
+    assert (limits.input_tokens.limit, limits.input_tokens.remaining) == (30000, 29000)
+    assert limits.input_tokens.reset_s == pytest.approx(2.5)
+    assert limits.output_tokens.reset_s == 0.0  # a past reset
+    # the most restrictive token limit is no sum a bucket counts: never calibrates one
+    assert limits.tokens is None
+    assert P.rate_limits({"x-ratelimit-limit-tokens": "5"}) == RateLimitHeaders()
 
 
 # -- prices -----------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def routed(make_budget: Any) -> Iterator[Any]:
 
 def test_sync_fixture_client_settles_reported_usage(api: MessagesServer, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.anthropic_client(budget)
+    client = clients.fixture_client("anthropic_client", budget)
     reply = client.messages.create(model=MODEL, max_tokens=64, messages=MSG)
     [record] = budget.calls.records()
     assert (record.vendor, record.model, record.status, record.attempts) == (
@@ -207,7 +207,7 @@ def test_sync_fixture_client_settles_reported_usage(api: MessagesServer, make_bu
 
 def test_streams_settle_at_the_end(api: MessagesServer, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.anthropic_client(budget)
+    client = clients.fixture_client("anthropic_client", budget)
     with client.messages.stream(model=MODEL, max_tokens=64, messages=MSG) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -224,7 +224,7 @@ def test_async_client_json_and_stream(api: MessagesServer, make_budget: Any) -> 
     budget = make_budget()
 
     async def main() -> tuple[Any, list[Any]]:
-        client = clients.async_anthropic_client(budget)
+        client = clients.fixture_client("async_anthropic_client", budget)
         reply = await client.messages.create(model=MODEL, max_tokens=32, messages=MSG)
         stream = await client.messages.create(
             model=MODEL, max_tokens=32, messages=MSG, stream=True
@@ -260,7 +260,7 @@ def test_app_built_clients_of_both_kinds_are_routed(api: MessagesServer, routed:
 def test_429_is_retried_after_its_retry_after(api: MessagesServer, make_budget: Any) -> None:
     budget = make_budget()
     api.script(Answer(429, RATE_LIMITED, {"retry-after": "0.2"}))
-    client = clients.anthropic_client(budget)
+    client = clients.fixture_client("anthropic_client", budget)
     client.messages.create(model=MODEL, max_tokens=16, messages=MSG)
     [record] = budget.calls.records()
     assert (record.status, record.attempts, record.rate_limit_events) == ("ok", 2, 1)
@@ -274,7 +274,7 @@ def test_spend_cap_fails_fast_for_fixture_and_app_clients(
 ) -> None:
     api.script(Answer(429, SPEND_CAP))
     with pytest.raises(SpendCapReached) as caught:
-        clients.anthropic_client(make_budget()).messages.create(
+        clients.fixture_client("anthropic_client", make_budget()).messages.create(
             model=MODEL, max_tokens=16, messages=MSG
         )
     assert caught.value.code == "LLM_SPEND_CAP"
@@ -293,7 +293,7 @@ def test_spend_cap_fails_fast_for_fixture_and_app_clients(
 
 def test_529_backs_off_without_pausing_the_bucket(api: MessagesServer, make_budget: Any) -> None:
     budget = make_budget(backoff_base=0.05, retries=2)
-    client = clients.anthropic_client(budget)
+    client = clients.fixture_client("anthropic_client", budget)
     api.script(Answer(529, OVERLOADED), Answer(529, OVERLOADED))
     client.messages.create(model=MODEL, max_tokens=16, messages=MSG)
     [record] = budget.calls.records()
@@ -309,7 +309,7 @@ def test_529_backs_off_without_pausing_the_bucket(api: MessagesServer, make_budg
 
 def test_stream_ending_in_an_error_event(api: MessagesServer, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.anthropic_client(budget)
+    client = clients.fixture_client("anthropic_client", budget)
     api.script(Answer(200, stream_error=True))
     with pytest.raises(anthropic.APIStatusError):
         list(client.messages.create(model=MODEL, max_tokens=16, messages=MSG, stream=True))
@@ -319,7 +319,7 @@ def test_stream_ending_in_an_error_event(api: MessagesServer, make_budget: Any) 
 
 def test_count_tokens_is_a_request_of_no_tokens(api: MessagesServer, make_budget: Any) -> None:
     budget = make_budget()
-    client = clients.anthropic_client(budget)
+    client = clients.fixture_client("anthropic_client", budget)
     assert client.messages.count_tokens(model=MODEL, messages=MSG).input_tokens == 14
     [record] = budget.calls.records()
     assert record.status == "ok" and record.total_tokens == 0
@@ -329,7 +329,7 @@ def test_count_tokens_is_a_request_of_no_tokens(api: MessagesServer, make_budget
 def test_cost_equals_genai_prices(api: MessagesServer, make_budget: Any) -> None:
     genai_prices = pytest.importorskip("genai_prices")
     budget = make_budget()
-    client = clients.anthropic_client(budget)
+    client = clients.fixture_client("anthropic_client", budget)
     reply = client.messages.create(model=MODEL, max_tokens=64, messages=MSG)
     [record] = budget.calls.records()
     expected = genai_prices.calc_price(
