@@ -446,3 +446,75 @@ def test_matrix_takes_anthropic_models_and_the_preflight_knows_the_fixture(
             "busiest bucket anthropic:claude-sonnet-4* of 2*"
         ]
     )
+
+
+# -- against the bundled emulator (its Messages API, token buckets and faults) ----------------
+@pytest.fixture
+def claude_emu(emu: Any) -> Any:
+    """The session emulator with roomy Anthropic buckets (1 s refill window)."""
+    from pytest_llm_budget.emulator import AnthropicLimitSpec
+
+    emu.configure(anthropic=AnthropicLimitSpec(rpm=None, itpm=1_000_000, otpm=1_000_000))
+    emu.reset()
+    return emu
+
+
+def test_emulator_usage_matches_and_the_sdk_env_points_at_it(
+    claude_emu: Any, make_budget: Any
+) -> None:
+    budget = make_budget()
+    client = clients.fixture_client("anthropic_client", budget)
+    reply = client.messages.create(model=MODEL, max_tokens=40, messages=MSG)
+    streamed = list(client.messages.create(model=MODEL, max_tokens=40, messages=MSG, stream=True))
+    plain, stream = budget.calls.records()
+    assert (plain.prompt_tokens, plain.completion_tokens) == (
+        reply.usage.input_tokens, reply.usage.output_tokens
+    )
+    assert stream.status == "ok" and stream.completion_tokens > 0
+    assert streamed[-1].type == "message_stop"
+    seen = claude_emu.log
+    assert [(r.vendor, r.status) for r in seen] == [("anthropic", 200)] * 2
+    expected = [plain.completion_tokens, stream.completion_tokens]
+    assert [r.completion_tokens for r in seen] == expected
+
+
+def test_emulator_429s_from_its_input_bucket_are_retried(
+    claude_emu: Any, make_budget: Any
+) -> None:
+    from pytest_llm_budget.emulator import AnthropicLimitSpec
+
+    claude_emu.configure(anthropic=AnthropicLimitSpec(rpm=None, itpm=300, otpm=None))
+    budget = make_budget(tpm=1_000_000)
+    client = clients.fixture_client("anthropic_client", budget)
+    text = "Tell me about cereal brands in Spain, please. " * 12
+    for i in range(3):
+        client.messages.create(
+            model=MODEL, max_tokens=20, messages=[{"role": "user", "content": f"{i} {text}"}]
+        )
+    records = budget.calls.records()
+    assert {r.status for r in records} == {"ok"}
+    events = sum(r.rate_limit_events for r in records)
+    rejected = [r for r in claude_emu.log if r.status == 429]
+    assert events == len(rejected) > 0
+    assert sum(r.attempts for r in records) == 3 + events
+
+
+def test_emulator_faults_spend_cap_overload_and_stream_error(
+    claude_emu: Any, make_budget: Any
+) -> None:
+    budget = make_budget(backoff_base=0.05, retries=3)
+    client = clients.fixture_client("anthropic_client", budget)
+    claude_emu.queue_fault("spend_limit", count=1)
+    with pytest.raises(SpendCapReached):
+        client.messages.create(model=MODEL, max_tokens=20, messages=MSG)
+    claude_emu.queue_fault("overloaded", count=2)
+    client.messages.create(model=MODEL, max_tokens=20, messages=MSG)
+    claude_emu.queue_fault("stream_error", count=1)
+    with pytest.raises(anthropic.APIStatusError):
+        list(client.messages.create(model=MODEL, max_tokens=20, messages=MSG, stream=True))
+    capped, overloaded, cut = budget.calls.records()
+    assert (capped.status, capped.attempts) == ("spend_cap", 1)
+    assert (overloaded.status, overloaded.attempts, overloaded.overloaded) == ("ok", 3, 2)
+    assert overloaded.rate_limit_events == 0
+    assert cut.status == "stream_error"
+    assert [r.status for r in claude_emu.log] == [429, 529, 529, 200, 200]

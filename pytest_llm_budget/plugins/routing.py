@@ -130,6 +130,9 @@ def llm_emulator(
         env.setenv("GOOGLE_GEMINI_BASE_URL", emulator.gemini_base_url)
         env.setenv("GEMINI_API_KEY", "emulator-key")
         env.delenv("GOOGLE_API_KEY", raising=False)
+        env.setenv("ANTHROPIC_BASE_URL", emulator.anthropic_base_url)
+        env.setenv("ANTHROPIC_API_KEY", "sk-ant-emulator")
+        env.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
         try:
             yield emulator
         finally:
