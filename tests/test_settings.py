@@ -51,9 +51,10 @@ def test_ini_from_pyproject(pytester: pytest.Pytester) -> None:
     )
     line = run_show(pytester)
     assert line.startswith("SETTINGS 4000 ")
-    assert "LimitRule(vendor='openai', model='gpt-5*', tpm=500, rpm=5)" in line
-    assert "LimitRule(vendor='gemini', model='*', tpm=100000, rpm=None)" in line
-    assert "LimitRule(vendor='*', model='*', tpm=4000, rpm=None)" in line  # the fallback, last
+    tail = "itpm=None, otpm=None)"
+    assert f"LimitRule(vendor='openai', model='gpt-5*', tpm=500, rpm=5, {tail}" in line
+    assert f"LimitRule(vendor='gemini', model='*', tpm=100000, rpm=None, {tail}" in line
+    assert f"LimitRule(vendor='*', model='*', tpm=4000, rpm=None, {tail}" in line  # the fallback
 
 
 @pytest.mark.parametrize(

@@ -52,11 +52,16 @@ class Limits:
 
 @dataclass(frozen=True)
 class Admitted:
-    """The request may leave now; `charge` tokens are recorded under `id` at time `at`."""
+    """The request may leave now; `charge` tokens are recorded under `id` at time `at`.
+
+    `fill` (token buckets only): what each dimension holds just after, in
+    `token_bucket.DIMENSIONS` order (the output counting what is expected in flight).
+    """
 
     id: str
     at: float
     charge: int = -1
+    fill: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

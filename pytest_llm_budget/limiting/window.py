@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llm_budget.limiting.admission import (
     Admitted,
@@ -24,6 +24,9 @@ from pytest_llm_budget.limiting.admission import (
     token_wait,
 )
 from pytest_llm_budget.limiting.correction import Probe, corrected, factor_bound, learned
+
+if TYPE_CHECKING:
+    from pytest_llm_budget.limiting.token_bucket import DimensionSnapshot
 
 __all__ = [
     "Admitted",
@@ -44,6 +47,8 @@ class WindowSnapshot:
     waiting: int
     paused_for: float
     factor: float = 1.0
+    #: Token buckets only: each limited dimension by name (`token_bucket.DIMENSIONS`).
+    dimensions: dict[str, DimensionSnapshot] = field(default_factory=dict)
 
 
 @dataclass
