@@ -341,8 +341,8 @@ class RedisBackend(Backend):
             if cap is not None
         }
         return WindowSnapshot(
-            used_tokens=math.ceil(spent[1] - 1e-9),
-            requests=math.ceil(spent[0] - 1e-9),
+            used_tokens=math.ceil(spent[1] - 1e-6),
+            requests=math.ceil(spent[0] - 1e-6),
             in_flight=int(in_flight),
             waiting=int(waiting),
             paused_for=float(paused),

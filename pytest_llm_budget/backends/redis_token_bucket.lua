@@ -37,7 +37,7 @@ for d = 1, 3 do
 end
 local CHARGE_MAX = ARGV[9] == '1'
 local DIMENSIONS = {'requests', 'input_tokens', 'output_tokens'}
-local EPS = 1e-9
+local EPS = 1e-6  -- token_bucket._EPS
 local RATIO_FLOOR = 0.05     -- token_bucket.RATIO_FLOOR
 local RATIO_STEP_DOWN = 0.3  -- token_bucket.RATIO_STEP_DOWN
 local STEP_DOWN = 0.3        -- correction.FACTOR_STEP_DOWN

@@ -241,7 +241,7 @@ class Buckets:
                     continue
                 row[field] += int(amounts[i])
                 if fill and fill[i] > row[3]:
-                    row[3] = math.ceil(fill[i] - 1e-9)
+                    row[3] = math.ceil(fill[i] - 1e-6)
 
     def stats(self) -> list[BucketStats]:
         """Every bucket's counts, in bucket-name order."""

@@ -63,7 +63,7 @@ RATIO_FLOOR = 0.05
 #: How far the output ratio moves toward a lower observation per settle (it rises at once).
 RATIO_STEP_DOWN = 0.3
 
-_EPS = 1e-9
+_EPS = 1e-6  # tokens: below float noise on epoch times, far below one token
 
 # A lease is [owner, since, input_charge, max_tokens, output_charge, expected_output, fixed,
 # uncertain]; a waiter is [enqueued, expires, input_charge, output_charge, expected_output].
