@@ -135,6 +135,28 @@ def test_stats_and_snapshot_per_dimension_survive_json_and_merge(clock: FakeCloc
     assert merged.dimensions["input_tokens"].peak == 1300
 
 
+def test_reports_show_each_dimension(clock: FakeClock) -> None:
+    from pytest_llm_budget.records import Totals
+    from pytest_llm_budget.reporting.report import build_report, summary_lines
+
+    limiter = make(clock)
+    reserve(limiter, 1490, output=400).settle(1490, refund=True, output_tokens=790)
+    reserve(limiter, 10, output=10).settle(10, refund=True, output_tokens=10)
+    buckets = limiter.stats()
+    lines = summary_lines(buckets, Totals(), window=W, backend="memory")
+    row = next(line for line in lines if line.endswith("(peak / capacity per 6s)"))
+    # the second admission found 1490 input and 790 output spent, and took 10 more of each
+    assert row == "anthropic:claude-sonnet-4*  in 1500/1500  out 800/800  req 2/50  " \
+        "(peak / capacity per 6s)"
+    assert any("in 1500/6s" in line for line in lines)  # the table's budget cell
+    entry = build_report({}, Totals(), buckets, [])["buckets"][0]
+    assert entry["admission"] == "token_bucket"
+    assert entry["dimensions"]["output_tokens"] == {
+        "limit": 800, "estimated": 0, "actual": 800, "peak": 800
+    }
+    json.dumps(entry)
+
+
 def test_window_vendors_keep_their_stats_shape(clock: FakeClock) -> None:
     limiter = make(clock)
     r = limiter.reserve(100, vendor="openai", model="gpt-5", output=999)
