@@ -1,6 +1,7 @@
 """File backend: all buckets' windows in one JSON file under a file lock, for local processes.
 
-The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}}`; each bucket
+The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}}` (and, once a
+token-bucket bucket is used, `"token_buckets": {name: TokenBucketState.to_json()}`); each bucket
 keeps its own clock (the latest `now` it has seen), so decisions stay in time order across
 processes. An idle bucket is not stored, clock included: the next caller starts it afresh, as
 Redis does once a bucket's key expires. Each operation takes the lock (`<path>.lock`), reads the
@@ -27,6 +28,7 @@ from filelock import FileLock, Timeout
 from pytest_llm_budget.backends.base import StateBackend
 from pytest_llm_budget.backends.ledger import LedgerState
 from pytest_llm_budget.errors import StateFileLocked, StateFileWarning
+from pytest_llm_budget.limiting.token_bucket import TokenBucketState
 from pytest_llm_budget.limiting.window import WindowState
 
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
@@ -62,7 +64,9 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def reap_dead_owners(state: WindowState, now: float, lease_ttl: float | None) -> int:
+def reap_dead_owners(
+    state: WindowState | TokenBucketState, now: float, lease_ttl: float | None
+) -> int:
     """Drop leases whose owner's pid is dead (or older than `lease_ttl`); returns how many."""
     owners = {str(lease[0]) for lease in state.leases.values()}
     alive = set()
@@ -182,8 +186,9 @@ class FileBackend(StateBackend):
             "no pytest process is running)"
         )
 
-    def _read(self) -> tuple[str, dict[str, WindowState]]:
-        """The file's text and buckets; an unreadable file warns and counts as empty.
+    def _read(self) -> tuple[str, dict[str, WindowState], dict[str, TokenBucketState]]:
+        """The file's text, windows and token buckets; an unreadable file warns and counts as
+        empty.
 
         A file from before the buckets kept their own clock (`"clocks": {name: t}` beside
         them) loads with those clocks moved into the buckets.
@@ -192,7 +197,7 @@ class FileBackend(StateBackend):
             with open(self.path, "rb") as f:
                 blob = f.read()
         except FileNotFoundError:
-            return "", {}
+            return "", {}, {}
         text = ""
         try:
             text = blob.decode("utf-8")
@@ -204,6 +209,10 @@ class FileBackend(StateBackend):
             if not isinstance(raw, dict):
                 raise ValueError("'buckets' is not an object")
             buckets = {str(k): WindowState.from_json(v) for k, v in raw.items()}
+            token_buckets = {
+                str(k): TokenBucketState.from_json(v)
+                for k, v in dict(data.get("token_buckets", {})).items()
+            }
             for name, clock in dict(data.get("clocks", {})).items():
                 if name in buckets and "clock" not in raw[name]:
                     buckets[name].clock = float(clock)
@@ -215,10 +224,15 @@ class FileBackend(StateBackend):
                 StateFileWarning,
                 stacklevel=5,
             )
-            return "\0corrupt", {}
-        return text, buckets
+            return "\0corrupt", {}, {}
+        return text, buckets, token_buckets
 
-    def _drop_future(self, buckets: dict[str, WindowState], now: float) -> None:
+    def _drop_future(
+        self,
+        buckets: dict[str, WindowState],
+        now: float,
+        token_buckets: dict[str, TokenBucketState] | None = None,
+    ) -> None:
         """Treat times beyond now + `max_skew` as corrupt: warn, drop them, reset the clock.
 
         A state written by a machine whose clock runs fast (or a file copied from one) would
@@ -254,6 +268,11 @@ class FileBackend(StateBackend):
                 )
             else:
                 state.clock = clock
+        for name, tb in sorted((token_buckets or {}).items()):
+            if tb.clock > limit or tb.paused_until > limit:
+                found.append(name)
+                ahead = max(ahead, tb.clock, tb.paused_until)
+                token_buckets[name] = TokenBucketState()  # type: ignore[index]
         if found:
             warnings.warn(
                 f"llm-budget state file {self.path} holds times up to {ahead - reference:.0f}s "
@@ -264,10 +283,18 @@ class FileBackend(StateBackend):
                 stacklevel=6,
             )
 
-    def _write(self, buckets: dict[str, WindowState], old_text: str) -> None:
+    def _write(
+        self,
+        buckets: dict[str, WindowState],
+        old_text: str,
+        token_buckets: dict[str, TokenBucketState] | None = None,
+    ) -> None:
         """Write atomically (temp file + rename), skipping the write when nothing changed."""
         kept = {name: s.to_json() for name, s in sorted(buckets.items()) if not _idle(s)}
-        data = {"version": FORMAT_VERSION, "buckets": kept}
+        data: dict[str, Any] = {"version": FORMAT_VERSION, "buckets": kept}
+        tb = {n: s.to_json() for n, s in sorted((token_buckets or {}).items()) if not s.idle()}
+        if tb:
+            data["token_buckets"] = tb
         text = json.dumps(data, separators=(",", ":"))
         if text == old_text:
             return
@@ -285,15 +312,26 @@ class FileBackend(StateBackend):
     @contextmanager
     def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
         with self._locked():
-            old_text, buckets = self._read()
-            self._drop_future(buckets, now)
+            old_text, buckets, token_buckets = self._read()
+            self._drop_future(buckets, now, token_buckets)
             state = buckets.get(bucket)
             if state is None:
                 state = buckets[bucket] = WindowState()
             yield state
-            self._write(buckets, old_text)
+            self._write(buckets, old_text, token_buckets)
 
-    def _before_admit(self, state: WindowState, now: float) -> None:
+    @contextmanager
+    def _buckets_state(self, bucket: str, now: float) -> Iterator[TokenBucketState]:
+        with self._locked():
+            old_text, buckets, token_buckets = self._read()
+            self._drop_future(buckets, now, token_buckets)
+            state = token_buckets.get(bucket)
+            if state is None:
+                state = token_buckets[bucket] = TokenBucketState()
+            yield state
+            self._write(buckets, old_text, token_buckets)
+
+    def _before_admit(self, state: WindowState | TokenBucketState, now: float) -> None:
         """Reap the leases of dead processes, so a killed worker's slot is free again."""
         reap_dead_owners(state, now, self.lease_ttl)
 

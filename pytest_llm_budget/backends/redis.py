@@ -2,8 +2,10 @@
 
 Layout: `{prefix}:{bucket}:state` holds the bucket's `WindowState` as a MessagePack blob, read and
 rewritten by `redis_window.lua` (a port of `window.py`, `admission.py` and `correction.py`) in a
-single EVALSHA per operation, with a PX expiry so an abandoned bucket disappears. Only core
-commands and EVAL/EVALSHA are used, so Valkey works too.
+single EVALSHA per operation, with a PX expiry so an abandoned bucket disappears. A token-bucket
+bucket (Anthropic) is `{prefix}:{bucket}:tb`, changed by `redis_token_bucket.lua` (a port of
+`token_bucket.py`) the same way. Only core commands and EVAL/EVALSHA are used, so Valkey works
+too.
 
 Clock: by default the caller's `now` is used (the limiter's clock, which tests can fake), so hosts
 sharing a bucket need NTP-synced clocks; `use_server_time=True` makes the scripts read Redis's
@@ -18,6 +20,7 @@ owner runs on this host with a dead pid are reaped at once and the admit is trie
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from importlib import resources
@@ -27,6 +30,11 @@ from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.backends.ledger import IDLE_TTL, LedgerAnswer, LedgerState
 from pytest_llm_budget.errors import BackendUnavailable
 from pytest_llm_budget.limiting.admission import Admitted, Decision, Deferred, Limits
+from pytest_llm_budget.limiting.token_bucket import (
+    DIMENSIONS,
+    DimensionSnapshot,
+    TokenBucketLimits,
+)
 from pytest_llm_budget.limiting.window import WindowSnapshot
 from pytest_llm_budget.redact import mask_url, redact
 
@@ -68,6 +76,7 @@ class RedisBackend(Backend):
         self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
         self._script = client.register_script(_load_script())
         self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
+        self._buckets_script = client.register_script(_load_script("redis_token_bucket.lua"))
 
     @classmethod
     def from_url(
@@ -133,6 +142,28 @@ class RedisBackend(Backend):
         ]
         return self._call(self._script, self.key(bucket), argv, f"{op} on bucket {bucket!r}")
 
+    def buckets_key(self, bucket: str) -> str:
+        """The Redis key holding a token-bucket bucket's state."""
+        return f"{self.prefix}:{bucket}:tb"
+
+    def _run_buckets(
+        self, op: str, bucket: str, limits: TokenBucketLimits, now: float, *args: object
+    ) -> Any:
+        """Run one op of the token-bucket script."""
+        argv = [
+            op,
+            repr(float(now)),
+            "1" if self.use_server_time else "0",
+            repr(float(limits.span)),
+            repr(float(self.lease_ttl)),
+            *[str(-1 if cap is None else int(cap)) for cap in limits.capacities()],
+            "1" if limits.charge_max_tokens else "0",
+            *[repr(a) if isinstance(a, float) else str(a) for a in args],
+        ]
+        return self._call(
+            self._buckets_script, self.buckets_key(bucket), argv, f"{op} on bucket {bucket!r}"
+        )
+
     def _call(self, script: Any, key: str, argv: list[str], what: str) -> Any:
         """Run a registered script, retrying lost connections a bounded number of times."""
         last: BaseException | None = None
@@ -164,8 +195,12 @@ class RedisBackend(Backend):
         now: float,
         owner: str,
         uncertain: int = 0,
+        output: int = 0,
     ) -> Decision:
         """Admit or defer in one script run; when blocked by dead local leases, reap and retry."""
+        if isinstance(limits, TokenBucketLimits):
+            return self._admit_buckets(bucket, limits, ticket, estimate, now, owner, uncertain,
+                                       output)
         args = (
             ticket,
             int(estimate),
@@ -189,6 +224,33 @@ class RedisBackend(Backend):
                 break
         return decision
 
+    def _admit_buckets(
+        self, bucket: str, limits: TokenBucketLimits, ticket: str, estimate: int, now: float,
+        owner: str, uncertain: int, output: int,
+    ) -> Decision:
+        args = (
+            ticket,
+            int(estimate),
+            f"{self.host}:{owner}",
+            int(uncertain),
+            int(output),
+            -1 if limits.concurrency is None else int(limits.concurrency),
+            float(limits.poll),
+            float(limits.waiter_grace),
+        )
+        for attempt in range(2):
+            reply = self._run_buckets("admit", bucket, limits, now, *args)
+            if str(reply[0]) == "1":
+                fill = tuple(float(x) for x in reply[3:6])
+                return Admitted(ticket, float(reply[1]), int(reply[2]), fill)
+            decision = Deferred(float(reply[1]), str(reply[2]))
+            if attempt or decision.reason != "concurrency":
+                break
+            dead = self._dead_local([str(o) for o in reply[3:]])
+            if not (dead and self._run_buckets("reap", bucket, limits, now, *dead)):
+                break
+        return decision
+
     def _dead_local(self, owners: list[str]) -> list[str]:
         """Owners (`host:pid[:worker]`) on this host whose process no longer exists."""
         from pytest_llm_budget.backends.file import owner_pid, pid_alive
@@ -202,7 +264,13 @@ class RedisBackend(Backend):
         return sorted(dead)
 
     def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
-               now: float, refund: bool = False) -> int:
+               now: float, refund: bool = False, output_tokens: int | None = None) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            return int(self._run_buckets(
+                "settle", bucket, limits, now, ticket, int(charge), "1" if refund else "0",
+                "" if output_tokens is None else int(output_tokens),
+                float(limits.factor_floor), float(limits.factor_cap),
+            ))
         return int(self._run(
             "settle", bucket, limits, now, ticket, int(estimate), int(charge),
             "1" if refund else "0", float(limits.factor_floor), float(limits.factor_cap),
@@ -210,13 +278,21 @@ class RedisBackend(Backend):
         ))
 
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            return int(self._run_buckets("cancel", bucket, limits, now, ticket))
         return int(self._run("cancel", bucket, limits, now, ticket))
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        if isinstance(limits, TokenBucketLimits):
+            self._run_buckets("release", bucket, limits, now, ticket)
+            return
         self._run("release", bucket, limits, now, ticket)
 
     def penalize(self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float,
                  now: float) -> None:
+        if isinstance(limits, TokenBucketLimits):
+            self._run_buckets("penalize", bucket, limits, now, int(tokens), float(pause_until))
+            return
         self._run("penalize", bucket, limits, now, ticket, int(tokens), float(pause_until))
 
     def calibrate(self, bucket: str, limits: Limits, ticket: str, server_used: int,
@@ -224,7 +300,13 @@ class RedisBackend(Backend):
         return self.observe(bucket, limits, ticket, 0, server_used, now)
 
     def observe(self, bucket: str, limits: Limits, ticket: str, server_limit: int,
-                server_used: int, now: float, reset_s: float | None = None) -> int:
+                server_used: int, now: float, reset_s: float | None = None,
+                dimension: str = "tokens") -> int:
+        if isinstance(limits, TokenBucketLimits):
+            d = DIMENSIONS.index("input_tokens" if dimension == "tokens" else dimension)
+            return int(self._run_buckets(
+                "observe", bucket, limits, now, int(server_used), d + 1
+            ))
         return int(self._run(
             "observe", bucket, limits, now, ticket, int(server_used), int(server_limit),
             float(limits.window), float(limits.factor_floor), float(limits.factor_cap),
@@ -232,6 +314,8 @@ class RedisBackend(Backend):
         ))
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
+        if isinstance(limits, TokenBucketLimits):
+            return self._snapshot_buckets(bucket, limits, now)
         used, requests, in_flight, waiting, paused, factor = self._run(
             "snapshot", bucket, limits, now
         )
@@ -242,6 +326,28 @@ class RedisBackend(Backend):
             waiting=int(waiting),
             paused_for=float(paused),
             factor=float(factor),
+        )
+
+    def _snapshot_buckets(
+        self, bucket: str, limits: TokenBucketLimits, now: float
+    ) -> WindowSnapshot:
+        in_flight, waiting, paused, factor, expected, *spent_raw = self._run_buckets(
+            "snapshot", bucket, limits, now
+        )
+        spent = [float(x) for x in spent_raw]
+        dims = {
+            name: DimensionSnapshot(cap, spent[d], float(expected) if d == 2 else 0.0)
+            for d, (name, cap) in enumerate(zip(DIMENSIONS, limits.capacities(), strict=True))
+            if cap is not None
+        }
+        return WindowSnapshot(
+            used_tokens=math.ceil(spent[1] - 1e-6),
+            requests=math.ceil(spent[0] - 1e-6),
+            in_flight=int(in_flight),
+            waiting=int(waiting),
+            paused_for=float(paused),
+            factor=float(factor),
+            dimensions=dims,
         )
 
     def cost_hold(

@@ -1,9 +1,11 @@
-"""The session token limiter: reservations against per-bucket sliding windows (TPM, RPM, cap).
+"""The session token limiter: reservations against per-bucket limits (TPM, RPM, cap).
 
 A caller reserves its estimate before a request leaves, and settles the provider-reported usage
-when the answer is in. The window itself lives in a backend (memory, file, Redis), the bucket
-each (vendor, model) maps to and its counts in `buckets.py`; this module owns the waiting and
-the bookkeeping of waits and 429s. Clock and sleep are injected so tests run on a fake clock.
+when the answer is in. OpenAI and Gemini buckets are sliding windows (`window.py`); Anthropic
+buckets are token buckets over requests, input and output tokens (`token_bucket.py`). The state
+itself lives in a backend (memory, file, Redis), the bucket each (vendor, model) maps to and its
+counts in `buckets.py`; this module owns the waiting and the bookkeeping of waits and 429s.
+Clock and sleep are injected so tests run on a fake clock.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pytest_llm_budget.errors import BudgetWaitTimeout, RequestTooLarge
 from pytest_llm_budget.events import WaitTick
 from pytest_llm_budget.limiting.admission import Admitted, Limits
 from pytest_llm_budget.limiting.buckets import Buckets, BucketStats, LimitRule, rule_for
+from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits, uses_token_buckets
 from pytest_llm_budget.limiting.window import WindowSnapshot
 
 # LimitRule, BucketStats and rule_for live in buckets.py; importable from here too.
@@ -56,7 +59,10 @@ class Reservation:
     """Tokens held for one request; settle it with the real usage, or release it.
 
     `estimate` is what the window was charged: the requested estimate with its uncertain part
-    scaled by the bucket's learned factor (`requested` and `uncertain` are as asked).
+    scaled by the bucket's learned factor (`requested` and `uncertain` are as asked). In a
+    token-bucket bucket `estimate` is the input charge, `output` the declared output budget
+    (max_tokens) and `output_charged` what admission charged the output bucket (0, or max_tokens
+    with `charge_max_tokens`); `charges` names every dimension's charge.
     """
 
     limiter: Limiter
@@ -67,10 +73,25 @@ class Reservation:
     waited_s: float
     requested: int = -1
     uncertain: int = 0
+    output: int = 0
+    output_charged: int = 0
+    token_bucket: bool = False
     settled: bool = field(default=False, init=False)
     actual: int | None = field(default=None, init=False)
+    actual_output: int | None = field(default=None, init=False)
 
-    def settle(self, actual_tokens: int, *, refund: bool = False) -> int:
+    @property
+    def charges(self) -> dict[str, int]:
+        """What admission charged each dimension of the bucket."""
+        if self.token_bucket:
+            return {
+                "requests": 1, "input_tokens": self.estimate, "output_tokens": self.output_charged
+            }
+        return {"requests": 1, "tokens": self.estimate}
+
+    def settle(
+        self, actual_tokens: int, *, refund: bool = False, output_tokens: int | None = None
+    ) -> int:
         """Charge what the call cost at the reservation's time; returns the debt it added.
 
         By default the charge is max(estimate, actual): a provider that charges its estimate at
@@ -78,20 +99,34 @@ class Reservation:
         is for providers that count the reported usage itself (Gemini: input tokens): the
         charge becomes exactly `actual`, freeing an over-estimate (returns 0 then, or the debt
         when actual is above the estimate), and the figure teaches the bucket's factor.
+
+        In a token-bucket bucket (Anthropic) `actual_tokens` is the input dimension's figure
+        (`input_tokens + cache_creation_input_tokens`) and `output_tokens` the output produced
+        (None, unknown: the declared max_tokens is charged); sliding windows ignore it.
         """
         if self.settled:
             return 0
         self.settled = True
         self.actual = int(actual_tokens)
+        if self.token_bucket:
+            self.actual_output = self.output if output_tokens is None else int(output_tokens)
+            return self.limiter._settle_buckets(self, int(actual_tokens), refund, output_tokens)
         return self.limiter._settle(self, int(actual_tokens), refund)
 
     def observe(
-        self, server_limit: int, server_remaining: int, reset_s: float | None = None
+        self,
+        server_limit: int,
+        server_remaining: int,
+        reset_s: float | None = None,
+        *,
+        dimension: str = "tokens",
     ) -> int:
         """Learn from the server's rate-limit figures sent with this request's answer
-        (`x-ratelimit-limit-tokens`, `-remaining-tokens`, `-reset-tokens` in seconds)."""
+        (`x-ratelimit-limit-tokens`, `-remaining-tokens`, `-reset-tokens` in seconds). A
+        token-bucket bucket takes them for `dimension` (`tokens` or `input_tokens`,
+        `output_tokens`, `requests`) and only raises what it counts as spent."""
         return self.limiter._observe(
-            self.bucket, self.ticket, server_limit, server_remaining, reset_s
+            self.bucket, self.ticket, server_limit, server_remaining, reset_s, dimension
         )
 
     def release(self) -> None:
@@ -137,6 +172,7 @@ class Limiter:
         sleep: Callable[[float], None] | None = None,
         asleep: Callable[[float], Awaitable[None]] | None = None,
         owner: str | None = None,
+        charge_max_tokens: bool = False,
     ) -> None:
         system = SystemClock()
         self.backend = backend
@@ -149,6 +185,9 @@ class Limiter:
         # a burst's thread scheduling and connection set-up can take ~50 ms on a busy host.
         self.margin = min(0.25, max(0.1, window / 100)) if margin is None else margin
         self.penalty_tokens = penalty_tokens
+        #: Token buckets: charge max_tokens to the output bucket at admission and settle it to
+        #: the output produced (older Anthropic docs), instead of charging only what is produced.
+        self.charge_max_tokens = charge_max_tokens
         self.clock = clock or system.now
         self.sleep = sleep or system.sleep
         self.asleep = asleep or system.asleep
@@ -176,8 +215,19 @@ class Limiter:
         """The name of the bucket a (vendor, model) call spends from."""
         return self._buckets.name_for(vendor, model)
 
-    def _limits_for(self, rule: LimitRule) -> Limits:
-        """The limits of a rule's bucket: its budget, the window and the limiter's settings."""
+    def _limits_for(self, rule: LimitRule, vendor: str) -> Limits:
+        """The limits of a rule's bucket for `vendor`: its budget, the window and the limiter's
+        settings; token buckets (`TokenBucketLimits`) for a token-bucket vendor."""
+        if uses_token_buckets(vendor):
+            return TokenBucketLimits(
+                tokens=rule.budget(self.headroom),
+                window=self.window,
+                requests=rule.rpm,
+                concurrency=self.max_concurrency,
+                margin=self.margin,
+                output=rule.output_budget(self.headroom),
+                charge_max_tokens=self.charge_max_tokens,
+            )
         return Limits(
             tokens=rule.budget(self.headroom),
             window=self.window,
@@ -192,22 +242,34 @@ class Limiter:
 
     # -- reserving -------------------------------------------------------------------------
     def reserve(
-        self, estimate: int, *, vendor: str = "openai", model: str = "*", uncertain: int = 0
+        self,
+        estimate: int,
+        *,
+        vendor: str = "openai",
+        model: str = "*",
+        uncertain: int = 0,
+        output: int = 0,
     ) -> Reservation:
         """Block until `estimate` tokens fit in the window of the call's bucket.
 
         `uncertain` (default 0: the estimate is charged as it is) names the part of the
         estimate that is a guess (the input tokens); the bucket scales that part by the factor
         it learns from the server's figures (`Reservation.observe`, `settle(refund=True)`).
+
+        In a token-bucket bucket (Anthropic) `estimate` is the input estimate and `output` the
+        request's declared output budget (max_tokens): see `token_bucket.py` for when each
+        dimension has room. Sliding windows ignore `output` (their estimate holds it already).
         """
-        bucket, ticket, start = self._begin(estimate, vendor, model)
+        bucket, ticket, start = self._begin(estimate, vendor, model, output)
         if uncertain:
             uncertain = min(max(0, int(uncertain)), int(estimate))
         for attempt in itertools.count():
             freed = self._freed
-            wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
+            wait = self._try(
+                bucket, ticket, estimate, uncertain, start, first=attempt == 0, output=output
+            )
             if isinstance(wait, Admitted):
-                return self._admitted(bucket, ticket, estimate, uncertain, start, wait.charge)
+                return self._admitted(bucket, ticket, estimate, uncertain, start, wait, output)
             if self._wakeable:
                 self._nap(wait, freed)
             else:
@@ -215,23 +277,35 @@ class Limiter:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def areserve(
-        self, estimate: int, *, vendor: str = "openai", model: str = "*", uncertain: int = 0
+        self,
+        estimate: int,
+        *,
+        vendor: str = "openai",
+        model: str = "*",
+        uncertain: int = 0,
+        output: int = 0,
     ) -> Reservation:
         """`reserve` for event loops: waits with asyncio, never blocking the loop."""
-        bucket, ticket, start = self._begin(estimate, vendor, model)
+        bucket, ticket, start = self._begin(estimate, vendor, model, output)
         if uncertain:
             uncertain = min(max(0, int(uncertain)), int(estimate))
         for attempt in itertools.count():
-            wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
+            wait = self._try(
+                bucket, ticket, estimate, uncertain, start, first=attempt == 0, output=output
+            )
             if isinstance(wait, Admitted):
-                return self._admitted(bucket, ticket, estimate, uncertain, start, wait.charge)
+                return self._admitted(bucket, ticket, estimate, uncertain, start, wait, output)
             await self.asleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _begin(self, estimate: int, vendor: str, model: str) -> tuple[str, str, float]:
+    def _begin(
+        self, estimate: int, vendor: str, model: str, output: int = 0
+    ) -> tuple[str, str, float]:
         bucket = self.bucket_for(vendor, model)
         limits = self._buckets[bucket].limits
-        if estimate > limits.tokens:
+        if isinstance(limits, TokenBucketLimits):
+            self._check_buckets(bucket, limits, estimate, output, vendor, model)
+        elif estimate > limits.tokens:
             raise RequestTooLarge(
                 f"{vendor} model {model}: this request needs about {estimate} tokens but the "
                 f"bucket {bucket} admits {limits.tokens} per {limits.window:g}s window "
@@ -247,16 +321,44 @@ class Limiter:
             self._who[ticket] = (vendor, model)
         return bucket, ticket, self.clock()
 
+    def _check_buckets(
+        self, bucket: str, limits: TokenBucketLimits, estimate: int, output: int, vendor: str,
+        model: str,
+    ) -> None:
+        """Refuse a request no token bucket of its bucket could ever hold."""
+        rule = self._buckets[bucket].rule
+        too_large = [
+            (estimate, limits.tokens, "input", f"itpm {rule.itpm or rule.tpm}", "the prompt"),
+        ]
+        if limits.charge_max_tokens and limits.output is not None:
+            too_large.append((output, limits.output, "output", f"otpm {rule.otpm}", "max_tokens"))
+        for need, cap, what, limit, lower in too_large:
+            if need > cap:
+                raise RequestTooLarge(
+                    f"{vendor} model {model}: this request needs about {need} {what} tokens but "
+                    f"the bucket {bucket} admits {cap} per {limits.window:g}s ({limit} less "
+                    f"{self.headroom:.0%} headroom); shorten {lower} or raise its rule's limit",
+                    vendor=vendor,
+                    model=model,
+                    estimate=need,
+                    limit=cap,
+                )
+
     def _try(
         self, bucket: str, ticket: str, estimate: int, uncertain: int, start: float, *,
-        first: bool,
+        first: bool, output: int = 0,
     ) -> Admitted | float:
         """Ask the backend once; the admission, else the seconds to sleep."""
         b = self._buckets[bucket]
         now = self.clock()
-        decision = self.backend.admit(
-            bucket, b.limits, ticket, estimate, now, self.owner, uncertain
-        )
+        if b.token_bucket:
+            decision = self.backend.admit(
+                bucket, b.limits, ticket, estimate, now, self.owner, uncertain, output=output
+            )
+        else:
+            decision = self.backend.admit(
+                bucket, b.limits, ticket, estimate, now, self.owner, uncertain
+            )
         if isinstance(decision, Admitted):
             return decision
         if now + decision.wait - start > self.max_wait:
@@ -282,15 +384,31 @@ class Limiter:
         return decision.wait
 
     def _admitted(
-        self, bucket: str, ticket: str, estimate: int, uncertain: int, start: float, charge: int
+        self, bucket: str, ticket: str, estimate: int, uncertain: int, start: float,
+        admitted: Admitted, output: int = 0,
     ) -> Reservation:
         now = self.clock()
         waited = max(0.0, now - start)
+        charge = admitted.charge
         charged = estimate if charge < 0 else charge
         self._buckets.count(bucket, calls=1, estimated=charged, waited_s=waited)
         if self._who:
             self._tell_wait(bucket, ticket, estimate, start, now, now, "", admitted=waited > 0)
-        return Reservation(self, bucket, ticket, charged, now, waited, estimate, uncertain)
+        b = self._buckets[bucket]
+        if not b.token_bucket:
+            return Reservation(self, bucket, ticket, charged, now, waited, estimate, uncertain)
+        limits = b.limits
+        output = max(0, int(output))
+        out_charged = 0
+        if isinstance(limits, TokenBucketLimits) and limits.charge_max_tokens:
+            out_charged = output if limits.output is None else min(output, limits.output)
+        self._buckets.count_dimensions(
+            bucket, (1, charged, out_charged), field=1, fill=admitted.fill
+        )
+        return Reservation(
+            self, bucket, ticket, charged, now, waited, estimate, uncertain, output,
+            out_charged, token_bucket=True,
+        )
 
     def _tell_wait(
         self,
@@ -345,10 +463,31 @@ class Limiter:
         self._room_freed()
         return max(0, delta)
 
+    def _settle_buckets(
+        self, r: Reservation, actual: int, refund: bool, output_tokens: int | None
+    ) -> int:
+        b = self._buckets[r.bucket]
+        delta = self.backend.settle(
+            r.bucket, b.limits, r.ticket, r.estimate, actual, self.clock(), refund,
+            output_tokens=output_tokens,
+        )
+        if delta > 0:
+            self._buckets.count(r.bucket, actual=actual, debt=delta)
+        else:
+            self._buckets.count(r.bucket, actual=actual, refunded=-delta)
+        produced = r.output if output_tokens is None else int(output_tokens)
+        self._buckets.count_dimensions(r.bucket, (1, actual, produced), field=2)
+        self._room_freed()
+        return max(0, delta)
+
     def _cancel(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]
         self.backend.cancel(r.bucket, b.limits, r.ticket, self.clock())
         self._buckets.count(r.bucket, calls=-1, estimated=-r.estimate)
+        if r.token_bucket:
+            self._buckets.count_dimensions(
+                r.bucket, (-1, -r.estimate, -r.output_charged), field=1
+            )
         self._room_freed()
 
     def _release(self, r: Reservation) -> None:
@@ -381,9 +520,15 @@ class Limiter:
         server_limit: int,
         server_remaining: int,
         reset_s: float | None,
+        dimension: str = "tokens",
     ) -> int:
         b = self._buckets[bucket]
         server_used = max(0, server_limit - server_remaining)
+        if b.token_bucket:
+            return self.backend.observe(
+                bucket, b.limits, ticket, server_limit, server_used, self.clock(), reset_s,
+                dimension=dimension,
+            )
         return self.backend.observe(
             bucket, b.limits, ticket, server_limit, server_used, self.clock(), reset_s
         )

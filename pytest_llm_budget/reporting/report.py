@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from pytest_llm_budget.atomic import write_atomically
@@ -15,6 +16,7 @@ __all__ = [
     "bucket_costs",
     "build_report",
     "cost_line",
+    "dimension_lines",
     "overspend_lines",
     "summary_lines",
     "write_report",
@@ -115,7 +117,7 @@ def summary_lines(
     rows = [
         (
             b.name,
-            f"{b.budget}/{window:g}s",
+            f"{'in ' if b.dimensions else ''}{b.budget}/{window:g}s",
             str(calls_of.get(b.name, b.calls)),
             str(b.calls),
             str(b.estimated),
@@ -136,6 +138,7 @@ def summary_lines(
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
             lines.append("  ".join(cells).rstrip())
+        lines += dimension_lines(buckets, window)
     else:
         lines.append("no live LLM call reserved budget")
     rate_limits = max(totals.rate_limit_events, sum(b.rate_limit_events for b in buckets))
@@ -148,6 +151,30 @@ def summary_lines(
         f" [backend {backend_label(backend)}]"
     )
     return lines + overspend_lines(overspent)
+
+
+#: How the summary names each dimension of a token-bucket bucket.
+_DIMENSION_LABELS = {"input_tokens": "in", "output_tokens": "out", "requests": "req"}
+
+
+def dimension_lines(buckets: Sequence[BucketStats], window: float) -> list[str]:
+    """One line per token-bucket bucket: each dimension's fullest after an admission over its
+    capacity, e.g. `anthropic:claude-sonnet-4*  in 1490/1500  out 790/800  req 12/50`."""
+    lines = []
+    for b in buckets:
+        if not b.dimensions:
+            continue
+        cells = [
+            f"{_DIMENSION_LABELS.get(name, name)} {d.peak}/{d.limit}"
+            for name, d in sorted(b.dimensions.items(), key=lambda kv: _dimension_order(kv[0]))
+        ]
+        lines.append(f"{b.name}  {'  '.join(cells)}  (peak / capacity per {window:g}s)")
+    return lines
+
+
+def _dimension_order(name: str) -> int:
+    order = list(_DIMENSION_LABELS)
+    return order.index(name) if name in order else len(order)
 
 
 def backend_label(description: str) -> str:
@@ -187,6 +214,9 @@ def build_report(
                 "rate_limit_events": b.rate_limit_events,
                 "cost_usd": costs.get(b.name, (0.0, 0))[0],
                 "cost_unknown": costs.get(b.name, (0.0, 0))[1],
+                "admission": b.admission,
+                **({"dimensions": {k: asdict(d) for k, d in b.dimensions.items()}}
+                   if b.dimensions else {}),
             }
             for b in buckets
         ],

@@ -191,33 +191,44 @@ def percent(text: str) -> float:
 optional_percent = _or_none(percent, "", "none", "off")
 
 
+_RULE_KEYS = ("tpm", "rpm", "itpm", "otpm")
 _RULE = re.compile(r"^(?P<vendor>[^\s:]+):(?P<model>\S+)(?P<rest>(?:\s+\w+=\S+)*)\s*$")
 
 
 def parse_limit_rule(line: str) -> LimitRule:
-    """`openai:gpt-5* tpm=30000 rpm=500` -> LimitRule; raises ValueError naming the fault."""
-    match = _RULE.match(line.strip())
+    """`openai:gpt-5* tpm=30000 rpm=500` or `anthropic:claude-sonnet-4* itpm=40000 otpm=8000
+    rpm=50` -> LimitRule; raises ValueError naming the fault."""
+    text = line.strip()
+    match = _RULE.match(text)
     if not match:
-        raise ValueError(f"{line.strip()!r} is not 'vendor:model tpm=N [rpm=M]'")
+        raise ValueError(f"{text!r} is not 'vendor:model tpm=N [rpm=M]'")
     values: dict[str, int] = {}
     for pair in match["rest"].split():
         key, _, raw = pair.partition("=")
-        if key not in ("tpm", "rpm"):
-            raise ValueError(f"{line.strip()!r}: unknown key {key!r} (expected tpm or rpm)")
+        if key not in _RULE_KEYS:
+            raise ValueError(
+                f"{text!r}: unknown key {key!r} (expected {', '.join(_RULE_KEYS)})"
+            )
         try:
             values[key] = positive_int(raw)
         except ValueError:
-            raise ValueError(
-                f"{line.strip()!r}: {key}={raw!r} must be a whole number above 0"
-            ) from None
-    if "tpm" not in values:
-        raise ValueError(f"{line.strip()!r}: a rule needs tpm=N")
+            raise ValueError(f"{text!r}: {key}={raw!r} must be a whole number above 0") from None
+    if "tpm" in values and "itpm" in values:
+        raise ValueError(f"{text!r}: give itpm (input tokens) or tpm, not both")
+    if "tpm" not in values and "itpm" not in values:
+        raise ValueError(f"{text!r}: a rule needs tpm=N (or itpm=N for anthropic)")
     from pytest_llm_budget.providers.registry import unknown_vendor
 
     problem = unknown_vendor(match["vendor"])
     if problem:
-        raise ValueError(f"{line.strip()!r}: {problem}")
-    return LimitRule(match["vendor"], match["model"], values["tpm"], values.get("rpm"))
+        raise ValueError(f"{text!r}: {problem}")
+    try:
+        return LimitRule(
+            match["vendor"], match["model"], values.get("tpm", values.get("itpm", 0)),
+            values.get("rpm"), itpm=values.get("itpm"), otpm=values.get("otpm"),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
 
 
 def limit_rules(text: str) -> tuple[LimitRule, ...]:
