@@ -95,6 +95,8 @@ def test_our_env_name_beats_the_seeds() -> None:
         (["--llm-backend=ftp://x"], "--llm-backend='ftp://x'", "redis://"),
         (["--llm-report=out.txt"], "--llm-report='out.txt'", ".json, .html or .md"),
         (["--llm-max-duration=soon"], "--llm-max-duration='soon'", "duration"),
+        (["--llm-metrics-port=99999"], "--llm-metrics-port='99999'", "1 to 65535"),
+        (["--llm-metrics-port=-1"], "--llm-metrics-port='-1'", "1 to 65535"),
         (["--llm-backoff-base=5", "--llm-backoff-max=1"], "--llm-backoff-max=1", "below"),
     ],
 )
@@ -129,6 +131,8 @@ def test_bad_env_value_names_the_variable(
         ("openai:gpt-5 tpm=5 burst=2", "unknown key 'burst'"),
         ("openai:gpt-5 itpm=5", "also matches openai"),
         ("anthropic:claude* tpm=5 itpm=5", "not both"),
+        ("opnai:* tpm=1000", "unknown vendor 'opnai' (known: openai"),
+        ("openai:* tpm=1000 tpm=2000", "duplicate key 'tpm'"),
     ],
 )
 def test_malformed_limit_rules(pytester: pytest.Pytester, rule: str, why: str) -> None:

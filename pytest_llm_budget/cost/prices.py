@@ -117,8 +117,15 @@ def load_price_file(path: str) -> tuple[ModelPrice, ...]:
             raise PriceFileError(f"{where}: unknown key(s) {', '.join(unknown)}")
         values: dict[str, Decimal] = {}
         for key, raw in table.items():
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
-                raise PriceFileError(f"{where}: {key}={raw!r} must be a number, 0 or more")
+            if (
+                isinstance(raw, bool)
+                or not isinstance(raw, (int, float))
+                or not math.isfinite(raw)
+                or raw < 0
+            ):
+                raise PriceFileError(
+                    f"{where}: {key}={raw!r} must be a finite number, 0 or more"
+                )
             values[key] = Decimal(str(raw))
         missing = [k for k in ("input_mtok", "output_mtok") if k not in values]
         if missing:

@@ -358,7 +358,7 @@ DECLARED: tuple[Option, ...] = (
     ),
     Option(
         "metrics_port",
-        values.optional_positive_int,
+        values.optional_port,
         "serve Prometheus metrics on this port during the run",
         "--llm-metrics-port",
         ("LLM_BUDGET_METRICS_PORT",),

@@ -26,6 +26,7 @@ __all__ = [
     "notice_after",
     "optional_duration",
     "optional_percent",
+    "optional_port",
     "optional_positive_int",
     "optional_usd",
     "parse_duration",
@@ -116,6 +117,17 @@ def parse_duration(text: str) -> float:
 
 
 optional_positive_int = _or_none(positive_int, "", "none", "unlimited", "off")
+
+
+def port(text: str) -> int:
+    """A TCP port to listen on, 1-65535."""
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port, 1 to 65535")
+    return value
+
+
+optional_port = _or_none(port, "", "none", "off")
 notice_after = _or_none(non_negative_float, "off", "none", "never")
 optional_duration = _or_none(parse_duration, "", "none", "off")
 
@@ -209,6 +221,8 @@ def parse_limit_rule(line: str) -> LimitRule:
             raise ValueError(
                 f"{text!r}: unknown key {key!r} (expected {', '.join(_RULE_KEYS)})"
             )
+        if key in values:
+            raise ValueError(f"{text!r}: duplicate key {key!r}")
         try:
             values[key] = positive_int(raw)
         except ValueError:
