@@ -171,13 +171,17 @@ def final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | N
     """The answer an app's SDK gets: the provider's 429 / 529 (or a made-up 429), never
     retried."""
     module = sys.modules[type(request).__module__.split(".")[0]]
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[bytes, bytes]] = []
     payload: Any = None
     status = 429
     if rejected is not None:
         response, body = rejected
         status = int(response.status_code)
-        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS]
+        # Raw bytes, as on the wire: a value that is not ASCII must pass unchanged, not crash.
+        headers = [
+            (k, v) for k, v in response.headers.raw if k.lower().decode("latin-1")
+            not in _DROPPED_HEADERS
+        ]
         try:
             payload = json.loads(body)
         except ValueError:
@@ -187,11 +191,11 @@ def final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | N
         payload["error"]["message"] = marked
     else:
         payload = {"error": {"message": marked, "type": "tokens", "code": err.code.lower()}}
-    headers = [(k, v) for k, v in headers if k.lower() not in ("x-should-retry", "content-type")]
+    headers = [(k, v) for k, v in headers if k.lower() not in (b"x-should-retry", b"content-type")]
     headers += [
-        ("content-type", "application/json"),
-        ("x-should-retry", "false"),
-        ("x-llm-budget-error", err.code),
+        (b"content-type", b"application/json"),
+        (b"x-should-retry", b"false"),
+        (b"x-llm-budget-error", err.code.encode("ascii")),
     ]
     return module.Response(
         status, headers=headers, content=json.dumps(payload).encode(), request=request
