@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pytest_llm_budget.atomic import open_file, write_all
 from pytest_llm_budget.limiting.buckets import BucketStats
 from pytest_llm_budget.records import CallRecord
 
@@ -99,7 +100,7 @@ class RecordSpool:
         self.path = os.path.join(folder, self.name)
         self._stats = stats
         self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = open_file(self.path, os.O_WRONLY | os.O_APPEND)
 
     def __call__(self, record: CallRecord) -> None:
         """Append one record (and the worker's bucket figures so far) as one line."""
@@ -107,7 +108,7 @@ class RecordSpool:
         data = (json.dumps(line, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
             if self._fd >= 0:
-                os.write(self._fd, data)
+                write_all(self._fd, data)
 
     def close(self) -> None:
         """Close the file (it stays for the controller)."""

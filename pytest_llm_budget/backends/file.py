@@ -25,9 +25,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from pytest_llm_budget.atomic import PRIVATE, open_file, read_file, write_all, write_atomically
 from pytest_llm_budget.backends.base import StateBackend
 from pytest_llm_budget.backends.ledger import LedgerState
-from pytest_llm_budget.errors import StateFileLocked, StateFileWarning
+from pytest_llm_budget.errors import BackendUnavailable, StateFileLocked, StateFileWarning
 from pytest_llm_budget.limiting.token_bucket import TokenBucketState
 from pytest_llm_budget.limiting.window import WindowState
 
@@ -97,7 +98,7 @@ class _Flock:
         import fcntl
 
         if self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            self._fd = open_file(self.path, os.O_RDWR)
             self._pid = os.getpid()
         deadline = time.monotonic() + timeout
         delay = 0.00005
@@ -146,14 +147,26 @@ class FileBackend(StateBackend):
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
         self.atomic_rename = atomic_rename or not hasattr(os, "pwrite")
-        self._tmp = f"{self.path}.tmp"
         self._file_lock = FileLock(f"{self.path}.lock", timeout=lock_timeout)
         self._flock = _Flock(f"{self.path}.lock") if sys.platform != "win32" else None
         self._thread_lock = threading.Lock()
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        check_state_path(self.path)
 
     # -- storage ---------------------------------------------------------------------------
+    @contextmanager
+    def _storage(self) -> Iterator[None]:
+        """The lock, and the state's I/O: an OS error (full disk, read-only) is one line."""
+        try:
+            with self._locked():
+                yield
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"llm-budget state file {self.path}: {exc.strerror or exc} "
+                f"({exc.filename or self.path}); the call's budget cannot be kept"
+            ) from None
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the process-local and the cross-process lock, or raise StateFileLocked."""
@@ -194,8 +207,7 @@ class FileBackend(StateBackend):
         them) loads with those clocks moved into the buckets.
         """
         try:
-            with open(self.path, "rb") as f:
-                blob = f.read()
+            blob = read_file(self.path)
         except FileNotFoundError:
             return "", {}, {}
         text = ""
@@ -299,11 +311,9 @@ class FileBackend(StateBackend):
         if text == old_text:
             return
         if self.atomic_rename or not old_text or old_text == "\0corrupt":
-            with open(self._tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(self._tmp, self.path)
+            write_atomically(self.path, text.encode("utf-8"), PRIVATE)
             return
-        fd = os.open(self.path, os.O_WRONLY)
+        fd = open_file(self.path, os.O_WRONLY)
         try:
             _overwrite(fd, text.encode("utf-8"), len(old_text.encode("utf-8")))
         finally:
@@ -311,7 +321,7 @@ class FileBackend(StateBackend):
 
     @contextmanager
     def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
-        with self._locked():
+        with self._storage():
             old_text, buckets, token_buckets = self._read()
             self._drop_future(buckets, now, token_buckets)
             state = buckets.get(bucket)
@@ -322,7 +332,7 @@ class FileBackend(StateBackend):
 
     @contextmanager
     def _buckets_state(self, bucket: str, now: float) -> Iterator[TokenBucketState]:
-        with self._locked():
+        with self._storage():
             old_text, buckets, token_buckets = self._read()
             self._drop_future(buckets, now, token_buckets)
             state = token_buckets.get(bucket)
@@ -339,8 +349,8 @@ class FileBackend(StateBackend):
     def _ledger(self, ledger: str, now: float) -> Iterator[LedgerState]:
         """A cost ledger in `<path>.cost.json`, under the same lock, written in place."""
         path = f"{self.path}.cost.json"
-        with self._locked():
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with self._storage():
+            fd = open_file(path, os.O_RDWR)
             try:
                 blob = b""
                 while chunk := os.read(fd, 65536):
@@ -372,15 +382,35 @@ class FileBackend(StateBackend):
 
 
 def _overwrite(fd: int, blob: bytes, old_len: int) -> None:
-    """Replace a file's `old_len` bytes by `blob` in place, in ONE write.
+    """Replace a file's `old_len` bytes by `blob` in place.
 
-    Padded with JSON whitespace to the old length, so a process killed before the truncate still
-    leaves valid JSON; every reader holds the lock, so none sees a half-written file. (ext4
-    flushes data on rename-over-existing, which costs milliseconds per operation on a busy disk;
-    this costs microseconds.)
+    A longer `blob` first grows the file with spaces after the old JSON (still valid JSON): on a
+    full disk that write fails, is truncated away, and the old state stays untouched. The new
+    text then goes over blocks already allocated, padded with JSON whitespace to the old length,
+    so a process killed before the truncate still leaves valid JSON; every reader holds the
+    lock, so none sees a half-written file. (ext4 flushes data on rename-over-existing, which
+    costs milliseconds per operation on a busy disk; this costs microseconds.)
     """
-    os.pwrite(fd, blob + b" " * max(0, old_len - len(blob)), 0)
+    if len(blob) > old_len:
+        try:
+            write_all(fd, b" " * (len(blob) - old_len), old_len)
+        except OSError:
+            os.ftruncate(fd, old_len)
+            raise
+    write_all(fd, blob + b" " * max(0, old_len - len(blob)), 0)
     os.ftruncate(fd, len(blob))
+
+
+def check_state_path(path: str) -> None:
+    """Refuse a state path that cannot work (a symlink, a directory, a read-only folder) now."""
+    for name in (path, f"{path}.lock", f"{path}.cost.json"):
+        if os.path.islink(name):
+            raise ValueError(f"{name} is a symlink; the plugin never writes through one")
+    if os.path.isdir(path):
+        raise ValueError(f"state file {path} is a directory; give a file path (file:DIR/state)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"state file {path}: its folder {directory} is not writable")
 
 
 def _idle(state: WindowState) -> bool:

@@ -78,8 +78,9 @@ class WorkerPreflight:
 
     @pytest.hookimpl(tryfirst=True)  # before the worker tells the controller it collected
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        with open(self.path, "w", encoding="utf-8") as handle:
-            json.dump(preflight(session), handle)
+        from pytest_llm_budget.atomic import PRIVATE, write_atomically
+
+        write_atomically(self.path, json.dumps(preflight(session)).encode("utf-8"), PRIVATE)
 
 
 def start_spool(

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from pytest_llm_budget.atomic import write_atomically
+from pytest_llm_budget.atomic import PUBLIC, write_atomically
 from pytest_llm_budget.limiting.buckets import BucketStats, LimitRule, rule_for
 from pytest_llm_budget.records import CallRecord, Overspend, Totals
 
@@ -270,4 +270,4 @@ def write_report(path: str, document: dict[str, Any]) -> None:
         text = render_markdown(document)
     else:
         text = json.dumps(document, indent=2, sort_keys=False) + "\n"
-    write_atomically(path, text.encode("utf-8"))
+    write_atomically(path, text.encode("utf-8"), PUBLIC)
