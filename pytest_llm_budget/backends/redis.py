@@ -61,6 +61,7 @@ class RedisBackend(Backend):
         backoff: float = 0.2,
     ) -> None:
         from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         if lease_ttl <= 0:
@@ -74,6 +75,7 @@ class RedisBackend(Backend):
         self.backoff = backoff
         self.host = socket.gethostname()
         self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+        self._refused: type[BaseException] = RedisError
         self._script = client.register_script(_load_script())
         self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
         self._buckets_script = client.register_script(_load_script("redis_token_bucket.lua"))
@@ -113,6 +115,12 @@ class RedisBackend(Backend):
         except (redis.RedisError, OSError, ValueError) as exc:
             raise BackendUnavailable(
                 f"cannot reach the llm-budget Redis at {description}: {_describe(exc)}"
+            ) from exc
+        try:  # a full (maxmemory, noeviction) or read-only Redis refuses writes: say so now
+            client.set(f"{prefix}:probe", "1", px=60_000)
+        except (redis.RedisError, OSError) as exc:
+            raise BackendUnavailable(
+                f"cannot write to the llm-budget Redis at {description}: {_describe(exc)}"
             ) from exc
         return cls(
             client,
@@ -174,6 +182,11 @@ class RedisBackend(Backend):
                 last = exc
                 if attempt + 1 < self.tries:
                     time.sleep(self.backoff * 2**attempt)
+            except self._refused as exc:  # OOM (maxmemory), READONLY replica, NOPERM, ...
+                raise BackendUnavailable(
+                    f"the llm-budget Redis at {self.description} refused {what}: "
+                    f"{_describe(exc)}"
+                ) from None
         raise BackendUnavailable(
             f"lost the llm-budget Redis at {self.description}: {what} failed "
             f"{self.tries} times ({_describe(last)})"
