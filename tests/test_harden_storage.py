@@ -239,3 +239,35 @@ def test_a_redis_full_mid_run_fails_calls_in_one_line_and_counts_them(
     assert "\n" not in str(err.value)
     assert [r.status for r in budget.calls.records()] == ["ok", "backend_error"]
     assert "errors: 1" in summary_text(budget)
+
+
+def _run_with_report(pytester: pytest.Pytester, report: str) -> pytest.RunResult:
+    pytester.makepyfile(RESERVE_TEST)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--llm-report={report}")
+
+
+def _assert_report_failure_is_a_warning(result: pytest.RunResult, report: str) -> None:
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.OK, out
+    result.assert_outcomes(passed=1)
+    assert "Traceback" not in out and "INTERNALERROR" not in out + result.stderr.str(), out
+    assert f"could not write the LLM budget report {report}" in out, out
+    result.stdout.fnmatch_lines(["*= LLM budget =*", f"LLM budget report: {report} (not written:*"])
+
+
+def test_a_report_that_cannot_be_written_warns_and_keeps_the_summary(
+    pytester: pytest.Pytester,
+) -> None:
+    (pytester.path / "out").write_text("a file where the report's folder should be")
+    result = _run_with_report(pytester, "out/report.json")
+    _assert_report_failure_is_a_warning(result, "out/report.json")
+
+
+def test_a_report_on_a_full_or_read_only_disk_warns_and_keeps_the_summary(
+    pytester: pytest.Pytester, tmpfs: Any
+) -> None:
+    full = tmpfs("size=4k")
+    (full / "filler").write_bytes(b"x" * 4096)
+    read_only = tmpfs("size=64k,ro")
+    for report in (f"{full}/report.json", f"{read_only}/report.html"):
+        _assert_report_failure_is_a_warning(_run_with_report(pytester, report), report)

@@ -118,6 +118,7 @@ class RedisBackend(Backend):
             ) from exc
         try:  # a full (maxmemory, noeviction) or read-only Redis refuses writes: say so now
             client.set(f"{prefix}:probe", "1", px=60_000)
+            client.delete(f"{prefix}:probe")
         except (redis.RedisError, OSError) as exc:
             raise BackendUnavailable(
                 f"cannot write to the llm-budget Redis at {description}: {_describe(exc)}"

@@ -20,6 +20,7 @@ from pytest_llm_budget.tokens.counting import TokenCounter
 from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = [
+    "UNSEEN_TOKENS",
     "Estimate",
     "Provider",
     "ProviderDefaults",
@@ -35,6 +36,7 @@ __all__ = [
     "load_json",
     "lower_headers",
     "missing_key",
+    "plausible_usage",
     "server_limits",
     "times_choices",
 ]
@@ -52,6 +54,22 @@ class Estimate:
     def total(self) -> int:
         """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
+
+
+#: Tokens a request may use beyond what its body shows (images, files, grounding): the floor of
+#: `plausible_usage`'s bound.
+UNSEEN_TOKENS = 200_000
+
+
+def plausible_usage(usage: Usage, estimate: Estimate) -> bool:
+    """Whether a reported usage fits the request: at most 8x its estimate plus UNSEEN_TOKENS.
+
+    A provider (or a proxy) reporting more is malformed: charging it would stall the bucket for
+    a window, overflow the costs and a cap, for tokens the request cannot have used.
+    """
+    bound = 8 * estimate.total + UNSEEN_TOKENS
+    parts = usage.prompt_tokens + usage.completion_tokens
+    return max(parts, usage.total_tokens) <= bound
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,11 @@ class UsageSink:
         else:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
             malformed = usage is None and not failed
+        if usage is not None and call.estimate is not None:
+            from pytest_llm_budget.providers.base import plausible_usage
+
+            if not plausible_usage(usage, call.estimate):  # settled as if none was reported
+                usage, malformed = None, True
         charge = call.provider.charge(usage) if usage is not None else call.charge
         refund = usage is not None and call.provider.counts_reported_usage
         lost = backend_lost(lambda: self.reservation.settle(charge, refund=refund))
