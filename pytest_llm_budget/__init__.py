@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llm_budget.api import budget_session, open_budget, summary_text, write_reports
 from pytest_llm_budget.errors import (
     BudgetWaitTimeout,
+    CallTimeout,
     CostCapExceeded,
     LLMBudgetError,
     ProviderOverloaded,
@@ -24,6 +25,7 @@ from pytest_llm_budget.settings.resolved import Settings
 __all__ = [
     "BudgetSession",
     "BudgetWaitTimeout",
+    "CallTimeout",
     "CostCapExceeded",
     "LLMBudgetError",
     "LimitRule",

@@ -6,6 +6,7 @@ __all__ = [
     "BackendUnavailable",
     "BaselineError",
     "BudgetWaitTimeout",
+    "CallTimeout",
     "CostCapExceeded",
     "CostWarning",
     "LLMBudgetError",
@@ -73,6 +74,12 @@ class BudgetWaitTimeout(LLMBudgetError):
     """Admission would take longer than `--llm-max-wait` allows."""
 
     code = "LLM_BUDGET_TIMEOUT"
+
+
+class CallTimeout(LLMBudgetError):
+    """A routed call's answer did not come, or did not end, within `--llm-call-timeout`."""
+
+    code = "LLM_CALL_TIMEOUT"
 
 
 class CostCapExceeded(LLMBudgetError):

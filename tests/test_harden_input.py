@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,107 @@ def test_a_large_but_plausible_usage_is_kept() -> None:
     assert plausible_usage(Usage.reported(150_000, 900, None), estimate)  # images, say
     assert not plausible_usage(Usage.reported(HUGE, 2, None), estimate)
     assert not plausible_usage(Usage(3, 2, HUGE), estimate)
+
+
+class EndlessStream:
+    """A server that answers 200 with an SSE stream that never ends: it trickles or stalls."""
+
+    def __init__(self, trickle: bool) -> None:
+        import socket
+        import threading
+
+        self.trickle = trickle
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        event = b'data: {"id":"x","object":"chat.completion.chunk","choices":[]}\n\n'
+        chunk = b"%x\r\n%s\r\n" % (len(event), event)
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n" + chunk)
+            while not self.stop.wait(0.2):
+                if self.trickle:
+                    conn.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def _timeout_budget() -> BudgetSession:
+    return BudgetSession(Settings(tpm=1_000_000, window=1.0, headroom=0.0, call_timeout=1.0))
+
+
+def _assert_timed_out(budget: BudgetSession, err: Any, started: float) -> None:
+    from pytest_llm_budget import CallTimeout
+
+    assert isinstance(err.value, CallTimeout) and err.value.code == "LLM_CALL_TIMEOUT"
+    assert "--llm-call-timeout=1s" in str(err.value)
+    assert 0.9 <= time.monotonic() - started < 4.0
+    [record] = budget.calls.records()
+    assert (record.status, record.error_code) == ("error", "LLM_CALL_TIMEOUT")
+    assert budget.snapshot("openai", "gpt-4o").in_flight == 0  # the reservation was released
+
+
+def test_headers_that_never_come_fail_with_call_timeout(emu: Any) -> None:
+    from pytest_llm_budget import CallTimeout
+
+    budget = _timeout_budget()
+    client = clients.openai_client(budget, max_retries=0)
+    emu.queue_fault("latency=6")
+    started = time.monotonic()
+    try:
+        with pytest.raises(CallTimeout) as err:
+            client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
+        _assert_timed_out(budget, err, started)
+    finally:
+        budget.close()
+
+
+@pytest.mark.parametrize("trickle", [True, False], ids=["trickles", "stalls"])
+def test_a_stream_that_never_ends_fails_with_call_timeout(trickle: bool) -> None:
+    from pytest_llm_budget import CallTimeout
+
+    server = EndlessStream(trickle)
+    budget = _timeout_budget()
+    http = clients.http_client(budget)
+    body = {"model": "gpt-4o", "messages": MSG, "max_tokens": 5, "stream": True}
+    started = time.monotonic()
+    try:
+        with pytest.raises(CallTimeout) as err, http.stream(
+            "POST", f"{server.url}/v1/chat/completions", json=body
+        ) as response:
+            for _ in response.iter_bytes():
+                pass
+        _assert_timed_out(budget, err, started)
+    finally:
+        budget.close()
+        server.close()
+
+
+def test_the_call_timeout_option() -> None:
+    from pytest_llm_budget.errors import SettingsError
+
+    assert Settings.resolve({}, {}, {}).call_timeout == 600.0
+    assert Settings.resolve({}, {"LLM_BUDGET_CALL_TIMEOUT": "30"}, {}).call_timeout == 30.0
+    assert Settings.resolve({"call_timeout": "5"}, {}, {"call_timeout": "9"}).call_timeout == 5.0
+    with pytest.raises(SettingsError, match="--llm-call-timeout='0'"):
+        Settings.resolve({"call_timeout": "0"}, {}, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ from pytest_llm_budget.records import CallRecord
 
 if TYPE_CHECKING:
     from pytest_llm_budget.cost.caps import CostHold
+    from pytest_llm_budget.errors import LLMBudgetError
     from pytest_llm_budget.providers.base import Estimate, Provider, Rejection, Usage
     from pytest_llm_budget.session import BudgetSession
 
@@ -41,6 +43,31 @@ class Call:
     request: Any = None
     rejection: Rejection | None = None
     retry_in: float | None = None
+    #: When the attempt in flight must have ended (`--llm-call-timeout` after it was admitted).
+    deadline: float = math.inf
+
+    def timed_out(self, exc: BaseException) -> bool:
+        """Whether `exc` ended the call because `--llm-call-timeout` ran out."""
+        from pytest_llm_budget.errors import CallTimeout
+
+        if isinstance(exc, CallTimeout):
+            return True
+        is_timeout = any(c.__name__ == "TimeoutException" for c in type(exc).__mro__)
+        return is_timeout and time.monotonic() >= self.deadline - 0.05
+
+    def timeout_error(self) -> LLMBudgetError:
+        """The structured error of a call past `--llm-call-timeout` (remembered for its test)."""
+        from pytest_llm_budget.errors import CallTimeout
+        from pytest_llm_budget.routing.retry import passable, remember
+
+        seconds = self.session.settings.call_timeout
+        err = CallTimeout(
+            f"{self.vendor} model {self.model}: no complete answer within "
+            f"--llm-call-timeout={seconds:g}s; the call's reservation was released",
+            vendor=self.vendor, model=self.model, timeout_s=seconds,
+        )
+        remember(self.session, self.test, err)
+        return passable(err)
 
     def release_cost(self) -> None:
         """The attempt was not billed (refused, or never sent): its cost hold is dropped."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.errors import BackendUnavailable
+from pytest_llm_budget.errors import BackendUnavailable, LLMBudgetError
 
 if TYPE_CHECKING:
     from pytest_llm_budget.limiting.limiter import Reservation
@@ -91,12 +92,20 @@ class UsageSink:
             yield
         except GeneratorExit:  # the caller stopped reading: its close() settles
             raise
-        except BaseException:
-            self.finish(failed=True)
+        except BaseException as exc:
+            timed_out = self.call.timed_out(exc)
+            self.finish(failed=True, error_code="LLM_CALL_TIMEOUT" if timed_out else None)
+            if timed_out and not isinstance(exc, LLMBudgetError):
+                raise self.call.timeout_error() from None
             raise
         self.finish(failed=False)
 
-    def finish(self, failed: bool) -> None:
+    def past_deadline(self) -> None:
+        """A stream still going at the call's deadline fails with CallTimeout."""
+        if time.monotonic() > self.call.deadline:
+            raise self.call.timeout_error()
+
+    def finish(self, failed: bool, error_code: str | None = None) -> None:
         """Settle with the reported usage (else the estimate) and record the call, once."""
         with self._lock:
             if self._done:
@@ -127,7 +136,8 @@ class UsageSink:
         cost = hold.cost_usd if hold is not None else None
         # A 2xx stream that ended in an error event (Anthropic): what it produced is charged.
         status = "error" if failed else "stream_error" if stream_error else "ok"
-        call.record(usage, status, malformed=malformed, error_code=lost, cost_usd=cost)
+        code = lost or error_code
+        call.record(usage, status, malformed=malformed, error_code=code, cost_usd=cost)
 
 
 BACKEND_LOST = "LLM_BACKEND_UNAVAILABLE"
@@ -153,6 +163,7 @@ def _meter_stream_iter(inner: Any, sink: UsageSink) -> Iterator[bytes]:
     with sink.watching():
         for chunk in inner:
             sink.feed(chunk)
+            sink.past_deadline()
             yield chunk
 
 
@@ -160,6 +171,7 @@ async def _meter_stream_aiter(inner: Any, sink: UsageSink) -> AsyncIterator[byte
     with sink.watching():
         async for chunk in inner:
             sink.feed(chunk)
+            sink.past_deadline()
             yield chunk
 
 
