@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,71 @@ def test_the_call_timeout_option() -> None:
     assert Settings.resolve({"call_timeout": "5"}, {}, {"call_timeout": "9"}).call_timeout == 5.0
     with pytest.raises(SettingsError, match="--llm-call-timeout='0'"):
         Settings.resolve({"call_timeout": "0"}, {}, {})
+
+
+def _limiter(backend: Any, tpm: int, clock: Any) -> Any:
+    from pytest_llm_budget.limiting.limiter import Limiter, LimitRule
+
+    return Limiter(backend, [LimitRule(tpm=tpm)], headroom=0.0, window=60.0,
+                   clock=clock.now, sleep=clock.sleep)
+
+
+@pytest.fixture(params=["file", "redis"])
+def shared_backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """Two backends on one store, as two runs open it."""
+    from pytest_llm_budget.backends import open_backend
+
+    redis = RedisServer(tmp_path).start() if request.param == "redis" else None
+    spec = redis.url if redis is not None else f"file:{tmp_path}/state"
+    backends = open_backend(spec), open_backend(spec)
+    yield backends
+    for backend in backends:
+        backend.close()
+    if redis is not None:
+        redis.stop()
+
+
+def test_two_runs_sharing_a_backend_with_different_budgets_are_told_once(
+    shared_backends: tuple[Any, Any], clock: Any
+) -> None:
+    first_backend, second_backend = shared_backends
+    first = _limiter(first_backend, 30_000, clock)
+    second = _limiter(second_backend, 60_000, clock)
+    heard: list[tuple[str, str, int, list[int]]] = []
+    first.budget_listeners.append(lambda *a: heard.append(("first", *a)))
+    second.budget_listeners.append(lambda *a: heard.append(("second", *a)))
+    first.reserve(10).release()
+    second.reserve(10).release()
+    assert heard == [("second", "openai:*", 60_000, [30_000])]
+    clock.advance(61)  # the first run checks again once a window
+    first.reserve(10).release()
+    clock.advance(61)
+    for _ in range(3):
+        first.reserve(10).release()
+        second.reserve(10).release()
+    assert heard[1:] == [("first", "openai:*", 30_000, [60_000])]  # once per run
+    same = _limiter(first_backend, 30_000, clock)
+    same.budget_listeners.append(lambda *a: heard.append(("same", *a)))
+    same.reserve(10).release()  # hears the other budget, never its own
+    assert heard[2:] == [("same", "openai:*", 30_000, [60_000])]
+
+
+def test_a_run_sharing_a_state_file_with_another_budget_prints_a_notice(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_reserve(llm_budget):
+            with llm_budget.reserve(100):
+                pass
+        """
+    )
+    state = f"--llm-backend=file:{tmp_path}/shared.json"
+    first = pytester.runpytest_inprocess("-p", "no:cacheprovider", state, "--llm-tpm=30000")
+    assert "is shared with another run" not in first.stdout.str()
+    second = pytester.runpytest_inprocess("-p", "no:cacheprovider", state, "--llm-tpm=60000")
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines([
+        "*llm-budget: bucket openai:[*] is shared with another run whose budget is 25500 tokens"
+        " per window (this run: 51000)*--llm-tpm*",
+    ])

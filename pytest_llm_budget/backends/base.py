@@ -14,7 +14,7 @@ from pytest_llm_budget.limiting.admission import Decision, Limits
 from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits, TokenBucketState
 from pytest_llm_budget.limiting.window import WindowSnapshot, WindowState
 
-__all__ = ["Backend", "StateBackend"]
+__all__ = ["Backend", "StateBackend", "budgets_seen"]
 
 
 class Backend(abc.ABC):
@@ -109,6 +109,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cost_state(self, ledger: str, now: float) -> LedgerState:
         """The ledger's spend, holds and refusals now."""
+
+    def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
+        """Record that a caller gives `bucket` `tokens` per window; returns the other budgets
+        callers sharing this backend gave it within the last `ttl` seconds (none by default:
+        a backend of one process)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free connections and files."""
@@ -241,3 +247,17 @@ class StateBackend(Backend):
                 return buckets.snapshot(limits, now)
         with self._state(bucket, now) as state:
             return state.snapshot(limits, now)
+
+
+def budgets_seen(raw: object, tokens: int, now: float, ttl: float) -> dict[str, float]:
+    """A bucket's {budget: last seen} without entries older than `ttl`, ours seen `now`."""
+    seen: dict[str, float] = {}
+    if isinstance(raw, dict):
+        for key, when in raw.items():
+            try:
+                if now - float(when) <= ttl:
+                    seen[str(int(key))] = float(when)
+            except (TypeError, ValueError):
+                continue
+    seen[str(tokens)] = now
+    return seen

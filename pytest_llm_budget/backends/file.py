@@ -26,7 +26,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from pytest_llm_budget.atomic import PRIVATE, open_file, read_file, write_all, write_atomically
-from pytest_llm_budget.backends.base import StateBackend
+from pytest_llm_budget.backends.base import StateBackend, budgets_seen
 from pytest_llm_budget.backends.ledger import LedgerState
 from pytest_llm_budget.errors import BackendUnavailable, StateFileLocked, StateFileWarning
 from pytest_llm_budget.limiting.token_bucket import TokenBucketState
@@ -374,6 +374,19 @@ class FileBackend(StateBackend):
             finally:
                 os.close(fd)
 
+    def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
+        """Budgets live in `<path>.budgets.json` ({bucket: {tokens: last seen}}), same lock."""
+        path = f"{self.path}.budgets.json"
+        with self._storage():
+            try:
+                seen: dict[str, Any] = dict(json.loads(read_file(path)))
+            except (FileNotFoundError, ValueError, TypeError):
+                seen = {}
+            budgets = budgets_seen(seen.get(bucket), tokens, now, ttl)
+            seen[bucket] = budgets
+            write_atomically(path, json.dumps(seen).encode("utf-8"), PRIVATE)
+        return sorted(int(k) for k in budgets if int(k) != tokens)
+
     def close(self) -> None:
         """Close the lock file's descriptor."""
         with self._thread_lock:
@@ -403,7 +416,7 @@ def _overwrite(fd: int, blob: bytes, old_len: int) -> None:
 
 def check_state_path(path: str) -> None:
     """Refuse a state path that cannot work (a symlink, a directory, a read-only folder) now."""
-    for name in (path, f"{path}.lock", f"{path}.cost.json"):
+    for name in (path, f"{path}.lock", f"{path}.cost.json", f"{path}.budgets.json"):
         if os.path.islink(name):
             raise ValueError(f"{name} is a symlink; the plugin never writes through one")
     if os.path.isdir(path):

@@ -26,7 +26,7 @@ import time
 from importlib import resources
 from typing import Any
 
-from pytest_llm_budget.backends.base import Backend
+from pytest_llm_budget.backends.base import Backend, budgets_seen
 from pytest_llm_budget.backends.ledger import IDLE_TTL, LedgerAnswer, LedgerState
 from pytest_llm_budget.errors import BackendUnavailable
 from pytest_llm_budget.limiting.admission import Admitted, Decision, Deferred, Limits
@@ -380,6 +380,23 @@ class RedisBackend(Backend):
         spent, _, refused, touched, *pairs = self._run_ledger("state", ledger, now)
         holds = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
         return LedgerState(int(spent), holds, int(refused), float(touched))
+
+    def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
+        """Budgets in the hash `{prefix}:{bucket}:budgets` ({tokens: last seen}), with a TTL."""
+        key = f"{self.prefix}:{bucket}:budgets"
+        try:
+            pipe = self.client.pipeline()
+            pipe.hset(key, str(tokens), repr(float(now)))
+            pipe.hgetall(key)
+            pipe.pexpire(key, int(ttl * 1000))
+            _, raw, _ = pipe.execute()
+        except self._refused as exc:
+            raise BackendUnavailable(
+                f"the llm-budget Redis at {self.description} refused a budget check: "
+                f"{_describe(exc)}"
+            ) from None
+        budgets = budgets_seen(raw, tokens, now, ttl)
+        return sorted(int(k) for k in budgets if int(k) != tokens)
 
     def close(self) -> None:
         """Close the connection pool."""

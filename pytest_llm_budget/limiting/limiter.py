@@ -209,6 +209,11 @@ class Limiter:
         #: (live notices, the `waited` hook); must not block.
         self.wait_listeners: list[Callable[[WaitTick], None]] = []
         self._who: dict[str, tuple[str, str]] = {}
+        #: Called as `listener(bucket, ours, theirs)` once per bucket when other callers of the
+        #: shared backend give it other budgets (`theirs`); without listeners, a warning.
+        self.budget_listeners: list[Callable[[str, int, list[int]], None]] = []
+        self._budget_checked: dict[str, float] = {}
+        self._budget_warned: set[str] = set()
 
     # -- buckets ---------------------------------------------------------------------------
     def bucket_for(self, vendor: str, model: str) -> str:
@@ -298,24 +303,43 @@ class Limiter:
             await self.asleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _check_budget(self, bucket: str, limits: Limits) -> None:
+        """Tell the backend this bucket's budget (at most once a window); a caller sharing the
+        backend with another budget for it is announced once (two runs, two --llm-tpm)."""
+        now = self.clock()
+        if bucket in self._budget_warned or now < self._budget_checked.get(bucket, -1e300):
+            return
+        self._budget_checked[bucket] = now + limits.window
+        try:
+            theirs = self.backend.announce_budget(bucket, limits.tokens, now, 2 * limits.span + 60)
+        except Exception:  # a check must never fail a call (the admission reports a lost backend)
+            return
+        if not theirs:
+            return
+        self._budget_warned.add(bucket)
+        for listener in list(self.budget_listeners) or [_warn_budget]:
+            listener(bucket, limits.tokens, theirs)
+
     def _begin(
         self, estimate: int, vendor: str, model: str, output: int = 0
     ) -> tuple[str, str, float]:
         bucket = self.bucket_for(vendor, model)
         limits = self._buckets[bucket].limits
-        if isinstance(limits, TokenBucketLimits):
+        if isinstance(limits, TokenBucketLimits):  # budgets of token buckets: not compared
             self._check_buckets(bucket, limits, estimate, output, vendor, model)
-        elif estimate > limits.tokens:
-            raise RequestTooLarge(
-                f"{vendor} model {model}: this request needs about {estimate} tokens but the "
-                f"bucket {bucket} admits {limits.tokens} per {limits.window:g}s window "
-                f"(tpm {self._buckets[bucket].rule.tpm} less {self.headroom:.0%} headroom); "
-                "lower max_tokens or raise --llm-tpm",
-                vendor=vendor,
-                model=model,
-                estimate=estimate,
-                limit=limits.tokens,
-            )
+        else:
+            self._check_budget(bucket, limits)
+            if estimate > limits.tokens:
+                raise RequestTooLarge(
+                    f"{vendor} model {model}: this request needs about {estimate} tokens but the "
+                    f"bucket {bucket} admits {limits.tokens} per {limits.window:g}s window "
+                    f"(tpm {self._buckets[bucket].rule.tpm} less {self.headroom:.0%} headroom); "
+                    "lower max_tokens or raise --llm-tpm",
+                    vendor=vendor,
+                    model=model,
+                    estimate=estimate,
+                    limit=limits.tokens,
+                )
         ticket = f"{self._prefix}-{next(self._ids)}"
         if self.wait_listeners:
             self._who[ticket] = (vendor, model)
@@ -541,3 +565,21 @@ class Limiter:
     def window_snapshot(self, bucket: str) -> WindowSnapshot:
         """The bucket's window as the backend holds it now."""
         return self.backend.snapshot(bucket, self._buckets[bucket].limits, self.clock())
+
+
+def budget_differs_line(bucket: str, ours: int, theirs: list[int]) -> str:
+    """The notice that another caller of a shared backend gives a bucket another budget."""
+    others = ", ".join(str(t) for t in theirs)
+    return (
+        f"llm-budget: bucket {bucket} is shared with another run whose budget is {others} "
+        f"tokens per window (this run: {ours}); together they overrun the key's limit: give "
+        "every run sharing the backend the same --llm-tpm / llm_limits"
+    )
+
+
+def _warn_budget(bucket: str, ours: int, theirs: list[int]) -> None:
+    import warnings
+
+    from pytest_llm_budget.errors import LLMBudgetWarning
+
+    warnings.warn(LLMBudgetWarning(budget_differs_line(bucket, ours, theirs)), stacklevel=4)

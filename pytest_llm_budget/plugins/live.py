@@ -72,6 +72,7 @@ class LiveHooks:
         session.estimate_hooks.append(self._estimate)
         session.wait_observers.append(self._waited)
         session.rate_limit_observers.append(self._rate_limited)
+        session.limiter.budget_listeners.append(self._budget_differs)
 
     # -- the session's observers -------------------------------------------------------------
     def _estimate(self, request: Any, vendor: str, model: str, estimate: int) -> int | None:
@@ -91,6 +92,11 @@ class LiveHooks:
         if self.notices and event.retrying:
             self.emit(retry_line(event))
         self.config.hook.pytest_llm_budget_rate_limited(event=event)
+
+    def _budget_differs(self, bucket: str, ours: int, theirs: list[int]) -> None:
+        from pytest_llm_budget.limiting.limiter import budget_differs_line
+
+        self.emit(budget_differs_line(bucket, ours, theirs))
 
     def _print(self, line: str) -> None:
         """Write one notice line now, outside the test's output capture."""
