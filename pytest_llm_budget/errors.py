@@ -17,6 +17,7 @@ __all__ = [
     "QuotaExhausted",
     "RateLimitExhausted",
     "RequestTooLarge",
+    "RunInterrupted",
     "SettingsError",
     "SpendCapReached",
     "StateFileLocked",
@@ -86,6 +87,12 @@ class CostCapExceeded(LLMBudgetError):
     """The call's worst-case cost would take the run (or the test) past its dollar cap: not sent."""
 
     code = "LLM_COST_CAP"
+
+
+class RunInterrupted(LLMBudgetError):
+    """The run is being interrupted (Ctrl-C, SIGTERM): no new call is sent."""
+
+    code = "LLM_RUN_INTERRUPTED"
 
 
 class BackendUnavailable(RuntimeError):

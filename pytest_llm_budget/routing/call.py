@@ -45,6 +45,8 @@ class Call:
     retry_in: float | None = None
     #: When the attempt in flight must have ended (`--llm-call-timeout` after it was admitted).
     deadline: float = math.inf
+    #: Admitted and not yet recorded (the session's count of calls in flight includes it).
+    flying: bool = False
 
     def timed_out(self, exc: BaseException) -> bool:
         """Whether `exc` ended the call because `--llm-call-timeout` ran out."""
@@ -84,6 +86,25 @@ class Call:
         cost_usd: float | None = 0.0,
     ) -> None:
         """Record the call in its session, with the usage the provider reported (if any)."""
+        try:
+            self._record(usage, status, malformed, error_code, cost_usd)
+        finally:
+            self.landed()
+
+    def landed(self) -> None:
+        """The call is no longer in flight (recorded, or it never reached the provider)."""
+        if self.flying:
+            self.flying = False
+            self.session.call_ended()
+
+    def _record(
+        self,
+        usage: Usage | None,
+        status: str,
+        malformed: bool,
+        error_code: str | None,
+        cost_usd: float | None,
+    ) -> None:
         self.session.record(
             CallRecord(
                 t=self.t,

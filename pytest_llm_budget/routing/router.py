@@ -26,7 +26,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.errors import BackendUnavailable, CallTimeout, LLMBudgetError
+from pytest_llm_budget.errors import (
+    BackendUnavailable,
+    CallTimeout,
+    LLMBudgetError,
+    RunInterrupted,
+)
 from pytest_llm_budget.routing.call import Call
 from pytest_llm_budget.routing.metering import deliver
 from pytest_llm_budget.routing.retry import (
@@ -108,8 +113,17 @@ class Gate:
     @contextlib.contextmanager
     def _paying(self) -> Iterator[None]:
         self.taken = True
+        session = self.router.session
         try:
+            if session.stopping:
+                raise RunInterrupted(
+                    f"{self.call.vendor}: the run is being interrupted; this call was not sent",
+                    vendor=self.call.vendor,
+                )
             yield
+            if not self.call.flying:
+                self.call.flying = True
+                session.call_started()
         except LLMBudgetError as err:
             self.error = err
             raise
@@ -291,6 +305,7 @@ class Router:
         """The send failed after admission (timeout, dropped, cancel): keep the charge, record."""
         if gate.reservation is None:  # never admitted, or it never reached the provider
             call.release_cost()
+            call.landed()
             return
         gate.reservation.release()
         cost = self.session.costs.settle(call.cost, None) if call.cost else None
