@@ -84,5 +84,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(line, red=failed, bold=failed)
     unwritten = config.stash.get(_UNWRITTEN, {})
     for path in run.settings.reports:
-        failed = f" (not written: {unwritten[path]})" if path in unwritten else ""
-        terminalreporter.write_line(f"LLM budget report: {path}{failed}")
+        why = f" (not written: {unwritten[path]})" if path in unwritten else ""
+        terminalreporter.write_line(f"LLM budget report: {path}{why}")
