@@ -22,7 +22,9 @@ ABSURD = {**OK_BODY, "usage": {"prompt_tokens": HUGE, "completion_tokens": 2,
 
 
 def _absurd_then_ok(server: Scripted, budget: BudgetSession) -> None:
-    client = clients.openai_client(budget, base_url=f"{server.url}/v1", api_key="k")
+    client = clients.fixture_client(
+        "openai_client", budget, base_url=f"{server.url}/v1", api_key="k"
+    )
     for _ in range(2):
         client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=50)
     absurd, ok = budget.calls.records()
@@ -132,7 +134,7 @@ def test_headers_that_never_come_fail_with_call_timeout(emu: Any) -> None:
     from pytest_llm_budget import CallTimeout
 
     budget = _timeout_budget()
-    client = clients.openai_client(budget, max_retries=0)
+    client = clients.fixture_client("openai_client", budget, max_retries=0)
     emu.queue_fault("latency=6")
     started = time.monotonic()
     try:

@@ -92,7 +92,7 @@ def test_a_full_disk_mid_run_is_counted_in_the_summary(
     emu: Any, tmp_path: Path, full_disk: Any
 ) -> None:
     budget = BudgetSession(Settings(tpm=10**6, window=1.0, backend=f"file:{tmp_path}/state"))
-    client = clients.openai_client(budget)
+    client = clients.fixture_client("openai_client", budget)
     client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
     full_disk.fill()
     try:
@@ -227,7 +227,7 @@ def test_a_redis_full_mid_run_fails_calls_in_one_line_and_counts_them(
 ) -> None:
     server, client = redis
     budget = BudgetSession(Settings(tpm=10**6, window=1.0, backend=server.url))
-    openai_client = clients.openai_client(budget)
+    openai_client = clients.fixture_client("openai_client", budget)
     openai_client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
     _fill(client)
     try:

@@ -131,7 +131,7 @@ def test_bad_env_value_names_the_variable(
         ("openai:gpt-5 tpm=5 burst=2", "unknown key 'burst'"),
         ("openai:gpt-5 itpm=5", "also matches openai"),
         ("anthropic:claude* tpm=5 itpm=5", "not both"),
-        ("opnai:* tpm=1000", "unknown vendor 'opnai' (known: openai"),
+        ("opnai:* tpm=1000", "unknown vendor 'opnai' (known: "),
         ("openai:* tpm=1000 tpm=2000", "duplicate key 'tpm'"),
     ],
 )
