@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pytest_llm_budget.backends import open_backend  # noqa: E402
-from pytest_llm_budget.limiting.window import Admitted, Limits  # noqa: E402
+from pytest_llm_budget.limiting.admission import Admitted, Limits  # noqa: E402
 
 
 def worker(spec: str, bucket: str, ops: int, window: float, barrier: Barrier, out: Any) -> None:

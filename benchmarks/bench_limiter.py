@@ -11,8 +11,9 @@ import statistics
 import threading
 import time
 
-from pytest_llm_budget import Limiter, LimitRule
 from pytest_llm_budget.backends import MemoryBackend
+from pytest_llm_budget.limiting.buckets import LimitRule
+from pytest_llm_budget.limiting.limiter import Limiter
 
 
 def run(threads: int, ops: int, window: float) -> list[float]:

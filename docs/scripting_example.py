@@ -9,8 +9,8 @@ import openai
 
 from pytest_llm_budget import budget_session, wrap
 
-with budget_session(tpm=3000, window=2, notice_after=0.5, reports=["script-run.html"]) as budget:
-    client = wrap(openai.OpenAI(max_retries=0), budget)
+with budget_session(tpm=3000, window=2, notice_after=0.5, reports=["script-run.html"]) as session:
+    client = wrap(openai.OpenAI(max_retries=0), session)
     for n in range(4):
         reply = client.chat.completions.create(
             model="gpt-4o-mini",

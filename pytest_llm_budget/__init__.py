@@ -17,8 +17,6 @@ from pytest_llm_budget.errors import (
     SpendCapReached,
 )
 from pytest_llm_budget.events import RateLimitEvent, WaitEvent
-from pytest_llm_budget.limiting.buckets import LimitRule
-from pytest_llm_budget.limiting.limiter import Limiter, Reservation
 from pytest_llm_budget.session import BudgetSession
 from pytest_llm_budget.settings.resolved import Settings
 
@@ -28,14 +26,11 @@ __all__ = [
     "CallTimeout",
     "CostCapExceeded",
     "LLMBudgetError",
-    "LimitRule",
-    "Limiter",
     "ProviderOverloaded",
     "QuotaExhausted",
     "RateLimitEvent",
     "RateLimitExhausted",
     "RequestTooLarge",
-    "Reservation",
     "Settings",
     "SpendCapReached",
     "WaitEvent",

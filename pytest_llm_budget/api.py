@@ -2,8 +2,8 @@
 
     from pytest_llm_budget import budget_session, wrap
 
-    with budget_session(tpm=30000, reports=["run.html"]) as budget:
-        client = wrap(openai.OpenAI(), budget)
+    with budget_session(tpm=30000, reports=["run.html"]) as session:
+        client = wrap(openai.OpenAI(), session)
         ...
     # leaving the block prints the summary and writes the reports
 
@@ -23,7 +23,8 @@ from typing import IO, Any
 
 from pytest_llm_budget.events import RateLimitEvent, WaitEvent
 from pytest_llm_budget.reporting.notices import retry_line, wait_line
-from pytest_llm_budget.reporting.report import bucket_costs, cost_line, summary_lines, write_report
+from pytest_llm_budget.reporting.report import write_report
+from pytest_llm_budget.reporting.summary import session_report, session_summary
 from pytest_llm_budget.session import BudgetSession
 from pytest_llm_budget.settings.resolved import OPTIONS, Settings
 
@@ -89,27 +90,11 @@ def budget_session(
 
 def summary_text(session: BudgetSession) -> str:
     """The `LLM budget` summary the plugin prints at the end of a pytest run."""
-    from pytest_llm_budget.plugins.live import calls_by_bucket
-
-    records = session.calls.records()
-    totals = session.calls.totals()
-    lines = summary_lines(
-        session.bucket_stats(),
-        totals,
-        window=session.settings.window,
-        backend=session.backend.description,
-        costs=bucket_costs(records, session.settings.rules),
-        overspent=session.calls.overspent(),
-        calls_by_bucket=calls_by_bucket(session),
-    )
-    lines.append(cost_line(totals, records, session.settings.max_cost))
-    return "\n".join(["LLM budget", *lines])
+    return "\n".join(["LLM budget", *session_summary(session)])
 
 
 def report_document(session: BudgetSession) -> dict[str, Any]:
     """The JSON report's document of the session so far (with `run` wall time and `tests`)."""
-    from pytest_llm_budget.plugins.live import session_report
-
     document = session_report(session)
     started = session.started
     finished = time.time()

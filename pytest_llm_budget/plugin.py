@@ -121,9 +121,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None and shared_dir:
         xdist.start_spool(config, session, workerinput, shared_dir)
     distributing = workerinput is not None or config.getoption("dist", "no") not in (None, "no")
-    live = LiveHooks(config, session, shared_dir if distributing else None)
-    config.stash[plugins.LIVE_KEY] = live
-    config.pluginmanager.register(live, "llm_budget_live")
+    live_hooks = LiveHooks(config, session, shared_dir if distributing else None)
+    config.stash[plugins.LIVE_KEY] = live_hooks
+    config.pluginmanager.register(live_hooks, "llm_budget_live")
     for room in (core, reports, recording, ci):
         config.pluginmanager.register(room, f"llm_budget_{room.__name__.rsplit('.', 1)[-1]}")
     if settings.record_mode != "off":

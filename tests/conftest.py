@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_llm_budget.tokens import seed_tiktoken_cache
+from pytest_llm_budget.tokens import EstimatePolicy, TokenCounter, seed_tiktoken_cache
 
 # -- offline tiktoken ------------------------------------------------------------------------
 # The plugin loads encodings from bpe-openai when tiktoken's cache lacks them; seeding one cache
@@ -96,3 +98,32 @@ def make_budget() -> Any:
     yield build
     for session in made:
         session.close()
+
+
+# -- shared by the provider tests (test_provider_*.py) ----------------------------------------
+POLICY = EstimatePolicy()
+NOW = 1_700_000_000.0
+JAPANESE = (
+    "東京都の天気予報によると、明日は午前中から雨が降り、午後には雷を伴う激しい雨になる見込みです。"
+)
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenCounter]:
+    """A counter reading a freshly seeded offline tiktoken cache."""
+    path: Path = tmp_path_factory.mktemp("tiktoken-cache")
+    seed_tiktoken_cache(path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(path))
+        yield TokenCounter()
+
+
+def dumps(value: object) -> bytes:
+    """JSON bytes as an SDK would send them."""
+    return json.dumps(value).encode()
+
+
+def split_everywhere(data: bytes) -> Iterator[list[bytes]]:
+    """Every way of cutting data into two chunks (including empty ones)."""
+    for i in range(len(data) + 1):
+        yield [data[:i], data[i:]]

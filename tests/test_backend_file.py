@@ -29,7 +29,7 @@ from pytest_llm_budget.backends.file import (
     pid_alive,
 )
 from pytest_llm_budget.backends.memory import MemoryBackend
-from pytest_llm_budget.limiting.window import Admitted, Deferred, Limits
+from pytest_llm_budget.limiting.admission import Admitted, Deferred, Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_000_000.0
@@ -455,7 +455,7 @@ HAMMER = textwrap.dedent(
     """
     import json, os, sys, time
     from pytest_llm_budget.backends import open_backend
-    from pytest_llm_budget.limiting.window import Admitted, Limits
+    from pytest_llm_budget.limiting.admission import Admitted, Limits
     spec, bucket, n, est, tokens, window, start_at = sys.argv[1:]
     b = open_backend(spec)
     limits = Limits(tokens=int(tokens), window=float(window), poll=0.01)
@@ -479,7 +479,7 @@ HOLDER = textwrap.dedent(
     """
     import os, sys, time
     from pytest_llm_budget.backends import open_backend
-    from pytest_llm_budget.limiting.window import Admitted, Limits
+    from pytest_llm_budget.limiting.admission import Admitted, Limits
     b = open_backend(sys.argv[1])
     limits = Limits(tokens=10**6, window=60.0, concurrency=1)
     d = b.admit(sys.argv[2], limits, "held", 1, time.time(), f"{os.getpid()}:gw1")

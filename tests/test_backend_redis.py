@@ -17,7 +17,7 @@ from test_backend_file import admitted, dead_pid, deferred, hammer, hold_and_kil
 
 from pytest_llm_budget.backends import MemoryBackend, open_backend
 from pytest_llm_budget.backends.redis import BackendUnavailable, RedisBackend, mask_url
-from pytest_llm_budget.limiting.window import Admitted, Limits
+from pytest_llm_budget.limiting.admission import Admitted, Limits
 
 T0 = 1_000_000.0
 B = "openai:*"

@@ -230,8 +230,8 @@ def test_pytest_recording_replays_are_not_paced(
         pytest_plugins = []
 
         def pytest_configure(config):
-            from pytest_llm_budget.routing import intercept
-            intercept.add_host("127.0.0.1:{emu.port}")
+            from pytest_llm_budget.routing import traffic
+            traffic.add_host("127.0.0.1:{emu.port}")
         """
     )
     recorded = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--record-mode=once")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llm_budget.emulator import Emulator
-from pytest_llm_budget.limiting.limiter import BucketStats
+from pytest_llm_budget.limiting.buckets import BucketStats
 from pytest_llm_budget.records import CallRecord
 from pytest_llm_budget.shared_dir import (
     STALE_AFTER,

@@ -177,7 +177,8 @@ def test_the_call_timeout_option() -> None:
 
 
 def _limiter(backend: Any, tpm: int, clock: Any) -> Any:
-    from pytest_llm_budget.limiting.limiter import Limiter, LimitRule
+    from pytest_llm_budget.limiting.buckets import LimitRule
+    from pytest_llm_budget.limiting.limiter import Limiter
 
     return Limiter(backend, [LimitRule(tpm=tpm)], headroom=0.0, window=60.0,
                    clock=clock.now, sleep=clock.sleep)

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llm_budget import LimitRule
 from pytest_llm_budget.backends import MemoryBackend
 from pytest_llm_budget.emulator.limits import BucketLimiter
+from pytest_llm_budget.limiting.buckets import LimitRule
 from pytest_llm_budget.limiting.limiter import Limiter, Reservation
 
 TPM, W = 10_000, 6.0

@@ -11,10 +11,11 @@ from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llm_budget import BudgetWaitTimeout, LimitRule, RequestTooLarge
+from pytest_llm_budget import BudgetWaitTimeout, RequestTooLarge
 from pytest_llm_budget.backends import MemoryBackend
+from pytest_llm_budget.limiting.admission import Admitted, Deferred
+from pytest_llm_budget.limiting.buckets import LimitRule
 from pytest_llm_budget.limiting.limiter import Limiter, Reservation
-from pytest_llm_budget.limiting.window import Admitted, Deferred
 
 W = 60.0
 

@@ -12,9 +12,9 @@ from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llm_budget import BudgetWaitTimeout, LimitRule, RequestTooLarge
+from pytest_llm_budget import BudgetWaitTimeout, RequestTooLarge
 from pytest_llm_budget.backends import MemoryBackend
-from pytest_llm_budget.limiting.buckets import BucketStats
+from pytest_llm_budget.limiting.buckets import BucketStats, LimitRule
 from pytest_llm_budget.limiting.limiter import Limiter
 from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget import LimitRule
 from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
 from pytest_llm_budget.emulator.config import ModelLimit
+from pytest_llm_budget.limiting.buckets import LimitRule
 from pytest_llm_budget.routing import clients
 
 WINDOW, TPM = 2.0, 3000

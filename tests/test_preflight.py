@@ -9,7 +9,7 @@ from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llm_budget.limiting.limiter import LimitRule
+from pytest_llm_budget.limiting.buckets import LimitRule
 from pytest_llm_budget.settings import Settings
 from pytest_llm_budget.suite.preflight import (
     TestEstimate,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from services import require
 
-from pytest_llm_budget.limiting.limiter import BucketStats
+from pytest_llm_budget.limiting.buckets import BucketStats
 from pytest_llm_budget.records import CallRecord, Totals
 from pytest_llm_budget.reporting.html_report import render_html
 from pytest_llm_budget.reporting.report import build_report, write_report

@@ -21,19 +21,11 @@ from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.errors import BudgetWaitTimeout, RequestTooLarge
 from pytest_llm_budget.events import WaitTick
 from pytest_llm_budget.limiting.admission import Admitted, Limits
-from pytest_llm_budget.limiting.buckets import Buckets, BucketStats, LimitRule, rule_for
+from pytest_llm_budget.limiting.buckets import Buckets, BucketStats, LimitRule
 from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits, uses_token_buckets
 from pytest_llm_budget.limiting.window import WindowSnapshot
 
-# LimitRule, BucketStats and rule_for live in buckets.py; importable from here too.
-__all__ = [
-    "BucketStats",
-    "LimitRule",
-    "Limiter",
-    "Reservation",
-    "SystemClock",
-    "rule_for",
-]
+__all__ = ["Limiter", "Reservation", "SystemClock"]
 
 #: Tokens a bucket is charged for every 429 it receives (the seed's penalty).
 RATE_LIMIT_PENALTY = 1000

@@ -2,9 +2,9 @@
 
 Every backend keeps a `WindowState` somewhere (memory, a JSON file, Redis) and applies these
 rules to it under its own lock, so all backends admit exactly the same way. When a charge fits
-is decided in `admission.py` (with `Limits` and the `Admitted` / `Deferred` answers, re-exported
-here), the learned correction of estimates in `correction.py`; `backends/redis_window.lua` ports
-all three line by line: change them together.
+is decided in `admission.py` (with `Limits` and the `Admitted` / `Deferred` answers), the
+learned correction of estimates in `correction.py`; `backends/redis_window.lua` ports all three
+line by line: change them together.
 """
 
 from __future__ import annotations
@@ -26,14 +26,7 @@ from pytest_llm_budget.limiting.admission import (
 )
 from pytest_llm_budget.limiting.correction import Probe, corrected, factor_bound, learned
 
-__all__ = [
-    "Admitted",
-    "Decision",
-    "Deferred",
-    "Limits",
-    "WindowSnapshot",
-    "WindowState",
-]
+__all__ = ["WindowSnapshot", "WindowState"]
 
 @dataclass(frozen=True)
 class WindowSnapshot:

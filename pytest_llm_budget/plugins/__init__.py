@@ -11,11 +11,11 @@ SESSION_KEY = pytest.StashKey[BudgetSession]()
 LIVE_KEY = pytest.StashKey[LiveHooks]()
 
 
-def budget(config: pytest.Config) -> BudgetSession:
-    """The session's budget, built at configure time."""
+def session_of(config: pytest.Config) -> BudgetSession:
+    """The run's `BudgetSession`, built at configure time."""
     return config.stash[SESSION_KEY]
 
 
-def live(config: pytest.Config) -> LiveHooks:
-    """The session's live notices (`pytest_llm_budget_*` hooks)."""
+def live_hooks(config: pytest.Config) -> LiveHooks:
+    """The run's live notices and `pytest_llm_budget_*` hooks."""
     return config.stash[LIVE_KEY]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llm_budget.plugins import budget
+from pytest_llm_budget.plugins import session_of
 from pytest_llm_budget.redact import redact
 from pytest_llm_budget.suite.llm_tests import is_llm_test
 
@@ -22,7 +22,7 @@ def _cassettes(config: pytest.Config) -> Cassettes | None:
     """The session's cassette opener, or None when the policy records nothing."""
     from pytest_llm_budget.replay.cassettes import CassettePolicy, Cassettes
 
-    session = budget(config)
+    session = session_of(config)
     policy = CassettePolicy.from_settings(session.settings)
     if not policy.active:
         return None
@@ -40,7 +40,7 @@ def _llm_budget_cassette(request: pytest.FixtureRequest) -> Generator[None, None
         return
     from pytest_llm_budget.replay.cassettes import cassette_path
 
-    path = cassette_path(item.path, budget(request.config).settings.cassette_dir, item.nodeid)
+    path = cassette_path(item.path, session_of(request.config).settings.cassette_dir, item.nodeid)
     with cassettes.use(path, item.nodeid) as use:
         item.stash[_CASSETTE_USE_KEY] = use
         yield

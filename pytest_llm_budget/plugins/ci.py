@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_llm_budget.errors import BaselineError
-from pytest_llm_budget.plugins import budget
+from pytest_llm_budget.plugins import session_of
 from pytest_llm_budget.records import TestUsage
 from pytest_llm_budget.reporting.baseline import Comparison, change_text, count_text
 from pytest_llm_budget.settings.resolved import Settings
@@ -69,7 +69,7 @@ def pytest_runtest_makereport(
     """An LLM test's figures on its teardown report, when every call (fixtures' too) is done."""
     report = yield
     if report.when == "teardown" and is_llm_test(item):
-        report.user_properties.extend(junit_properties(budget(item.config).usage(item.nodeid)))
+        report.user_properties.extend(junit_properties(session_of(item.config).usage(item.nodeid)))
     return report
 
 
@@ -91,7 +91,7 @@ def compare_with_baseline(config: pytest.Config, document: dict[str, Any]) -> No
     """Add the `baseline` entry (this run against `--llm-baseline`) to the report document."""
     from pytest_llm_budget.reporting.baseline import compare, load_baseline
 
-    settings = budget(config).settings
+    settings = session_of(config).settings
     if settings.baseline is None:
         return
     try:
@@ -109,7 +109,7 @@ def compare_with_baseline(config: pytest.Config, document: dict[str, Any]) -> No
 def finish(session: pytest.Session, document: dict[str, Any]) -> None:
     """Append the job summary (once: only the controller gets here) and apply the threshold."""
     config = session.config
-    path = step_summary_path(budget(config).settings)
+    path = step_summary_path(session_of(config).settings)
     totals = document.get("totals") or {}
     if path and (totals.get("calls") or "baseline" in document):
         from pytest_llm_budget.reporting.markdown import render_markdown

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget.plugins import budget
+from pytest_llm_budget.plugins import session_of
 from pytest_llm_budget.records import TestUsage
 from pytest_llm_budget.session import BudgetSession, TestContext
 from pytest_llm_budget.suite.llm_tests import MARKER
@@ -63,7 +63,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
-    session = budget(item.config)
+    session = session_of(item.config)
     session.test = TestContext.of(item)
     session.calls.declare(item.nodeid, session.test.tokens)
     try:
@@ -75,10 +75,10 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, Any]:
 @pytest.fixture(scope="session")
 def llm_budget(pytestconfig: pytest.Config) -> BudgetSession:
     """The session budget: `reserve(tokens, vendor=, model=)` as a context manager, `snapshot()`."""
-    return budget(pytestconfig)
+    return session_of(pytestconfig)
 
 
 @pytest.fixture
 def llm_usage(request: pytest.FixtureRequest) -> TestUsage:
     """This test's LLM calls, attempts, tokens, 429s and seconds waited; live."""
-    return budget(request.config).usage(request.node.nodeid)
+    return session_of(request.config).usage(request.node.nodeid)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,29 +19,7 @@ from pytest_llm_budget.reporting.notices import NoticeRelay, NoticeTail, retry_l
 if TYPE_CHECKING:
     from pytest_llm_budget.session import BudgetSession
 
-__all__ = ["LiveHooks", "calls_by_bucket"]
-
-
-def calls_by_bucket(session: BudgetSession) -> dict[str, int]:
-    """Logical live calls per bucket (a bucket's own count is of admissions, one per try)."""
-    bucket_for = session.limiter.bucket_for
-    return dict(Counter(bucket_for(r.vendor, r.model) for r in session.calls.records()
-                        if not r.replayed))
-
-
-def session_report(session: BudgetSession) -> dict[str, Any]:
-    """The report document (report.py) of what the session has seen so far."""
-    from pytest_llm_budget.reporting.report import build_report
-
-    return build_report(
-        session.settings.public(),
-        session.calls.totals(),
-        session.bucket_stats(),
-        session.calls.records(),
-        session.settings.rules,
-        session.calls.overspent(),
-        calls_by_bucket(session),
-    )
+__all__ = ["LiveHooks"]
 
 
 class LiveHooks:
@@ -62,12 +39,12 @@ class LiveHooks:
         self._tail: NoticeTail | None = None
         quiet = config.get_verbosity() <= -2
         is_worker = hasattr(config, "workerinput")
-        self.notices = not quiet and session.settings.notice_after is not None
+        self.shows_notices = not quiet and session.settings.notice_after is not None
         if is_worker and shared_dir:
             self.emit: Any = NoticeRelay(shared_dir)
         else:
             self.emit = self._print
-            if shared_dir and self.notices:
+            if shared_dir and self.shows_notices:
                 self._tail = NoticeTail(shared_dir, self._print).start()
         session.estimate_hooks.append(self._estimate)
         session.wait_observers.append(self._waited)
@@ -85,11 +62,11 @@ class LiveHooks:
     def _waited(self, event: WaitEvent) -> None:
         if event.finished:
             self.config.hook.pytest_llm_budget_waited(event=event)
-        elif self.notices:
+        elif self.shows_notices:
             self.emit(wait_line(event))
 
     def _rate_limited(self, event: RateLimitEvent) -> None:
-        if self.notices and event.retrying:
+        if self.shows_notices and event.retrying:
             self.emit(retry_line(event))
         self.config.hook.pytest_llm_budget_rate_limited(event=event)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from pytest_llm_budget.plugins import budget, live
+from pytest_llm_budget.plugins import live_hooks, session_of
 from pytest_llm_budget.suite.llm_tests import MATRIX_ARGS, is_llm_test
 
 # matrix.py and preflight.py are imported where first needed: a run without them never loads them
@@ -20,7 +20,7 @@ PREFLIGHT_FILE = "preflight.json"
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load a configured matrix (models, scenario file) now: a bad one is a usage error."""
-    settings = budget(session.config).settings
+    settings = session_of(session.config).settings
     if settings.record_mode != "off" and importlib.util.find_spec("vcr") is None:
         raise pytest.UsageError(
             f"pytest-llm-budget: --llm-record-mode={settings.record_mode} needs vcrpy: "
@@ -35,7 +35,7 @@ def _matrix(config: pytest.Config) -> tuple[tuple[LLMModel, ...], tuple[Scenario
     from pytest_llm_budget.suite.matrix import MatrixError, load_scenarios, parse_models
 
     if _MATRIX_KEY not in config.stash:
-        settings = budget(config).settings
+        settings = session_of(config).settings
         path = settings.scenarios
         if path and settings.sources.get("scenarios", "").startswith("ini") and config.inipath:
             path = str(config.inipath.parent / path)
@@ -90,7 +90,7 @@ def report_preflight(
     config: pytest.Config, line: str, problem: str | None, figures: Any = None
 ) -> None:
     """Show the projection line; a projection over --llm-max-duration stops the run."""
-    live(config).preflight = figures
+    live_hooks(config).preflight = figures
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(line)
@@ -111,8 +111,8 @@ def preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]]
         project,
     )
 
-    run = budget(session.config)
-    settings = run.settings
+    budget_session = session_of(session.config)
+    settings = budget_session.settings
     policy = CassettePolicy.from_settings(settings)
     aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
     estimates = [estimate_item(i, settings, policy) for i in llm_items]
@@ -121,6 +121,6 @@ def preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]]
         return None
     limit = settings.max_duration
     problem = over_budget_message(projection, limit) if limit else None
-    cost = cost_note(estimates, run.costs.prices, settings.max_cost)
+    cost = cost_note(estimates, budget_session.costs.prices, settings.max_cost)
     line = "\n".join(filter(None, (projection.line(settings.budget), cost)))
     return line, problem, projection.figures()

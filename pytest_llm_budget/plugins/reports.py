@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from pytest_llm_budget.errors import LLMBudgetWarning
-from pytest_llm_budget.plugins import budget, ci, live
-from pytest_llm_budget.plugins.live import calls_by_bucket, session_report
-from pytest_llm_budget.reporting.report import bucket_costs, cost_line, summary_lines, write_report
+from pytest_llm_budget.plugins import ci, live_hooks, session_of
+from pytest_llm_budget.reporting.report import write_report
+from pytest_llm_budget.reporting.summary import session_report, session_summary
 
 _UNWRITTEN = pytest.StashKey[dict[str, str]]()
 
@@ -29,26 +29,27 @@ def _warn(config: pytest.Config, message: str) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    run = budget(config)
+    budget_session = session_of(config)
     workeroutput: dict[str, Any] | None = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["llm_budget"] = json.dumps(
             {
-                "buckets": [asdict(b) for b in run.limiter.stats()],
-                "calls": [r.to_json() for r in run.calls.records()],
-                "declared": run.calls.declared(),
+                "buckets": [asdict(b) for b in budget_session.limiter.stats()],
+                "calls": [r.to_json() for r in budget_session.calls.records()],
+                "declared": budget_session.calls.declared(),
                 "spool": config.workerinput.get("llm_budget_spool"),  # type: ignore[attr-defined]
-                "backend": run.backend.description,
+                "backend": budget_session.backend.description,
             }
         )
         return
-    notices = live(config)
-    if run.settings.reports or notices.wants_report() or ci.wanted(run.settings):
-        document = session_report(run)
+    hooks = live_hooks(config)
+    settings = budget_session.settings
+    if settings.reports or hooks.wants_report() or ci.wanted(settings):
+        document = session_report(budget_session)
         ci.compare_with_baseline(config, document)
-        notices.complete(document)
+        hooks.complete(document)
         unwritten = config.stash.setdefault(_UNWRITTEN, {})
-        for path in run.settings.reports:
+        for path in settings.reports:
             try:
                 write_report(path, document)
             except OSError as exc:  # a full or read-only disk: warn, never fail the run
@@ -60,29 +61,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
-    run = budget(config)
-    buckets = run.bucket_stats()
-    totals = run.calls.totals()
-    if not buckets and not totals.calls:
+    session = session_of(config)
+    if not session.bucket_stats() and not session.calls.totals().calls:
         return
     terminalreporter.write_sep("=", "LLM budget")
-    notices = live(config)
-    records = run.calls.records()
-    for line in summary_lines(
-        buckets,
-        totals,
-        window=run.settings.window,
-        backend=notices.backend(),
-        costs=bucket_costs(records, run.settings.rules),
-        overspent=run.calls.overspent(),
-        calls_by_bucket=calls_by_bucket(run),
-        workers=notices.workers,
-    ):
+    hooks = live_hooks(config)
+    for line in session_summary(session, backend=hooks.backend(), workers=hooks.workers):
         terminalreporter.write_line(line)
-    terminalreporter.write_line(cost_line(totals, records, run.settings.max_cost))
     for line, failed in ci.summary_lines(config):
         terminalreporter.write_line(line, red=failed, bold=failed)
     unwritten = config.stash.get(_UNWRITTEN, {})
-    for path in run.settings.reports:
+    for path in session.settings.reports:
         why = f" (not written: {unwritten[path]})" if path in unwritten else ""
         terminalreporter.write_line(f"LLM budget report: {path}{why}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget.plugins import budget
+from pytest_llm_budget.plugins import session_of
 from pytest_llm_budget.redact import redact_report
 
 
@@ -18,7 +18,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from pytest_llm_budget.routing import intercept
 
     config = session.config
-    intercept.install(budget(config), apps=budget(config).settings.route == "all")
+    intercept.install(session_of(config), apps=session_of(config).settings.route == "all")
     config.add_cleanup(intercept.uninstall)
 
 
@@ -32,7 +32,7 @@ def pytest_runtest_makereport(
     if report.failed:
         from pytest_llm_budget.routing.retry import errors_for
 
-        errors = errors_for(budget(item.config), item.nodeid)
+        errors = errors_for(session_of(item.config), item.nodeid)
         if errors:
             report.sections.append(("LLM budget", "\n".join(str(e) for e in errors)))
     redact_report(report)
@@ -43,7 +43,7 @@ def _client(config: pytest.Config, fixture: str) -> Any:
     """The SDK client of a fixture, built by the provider that declares it."""
     from pytest_llm_budget.routing.clients import fixture_client
 
-    return fixture_client(fixture, budget(config))
+    return fixture_client(fixture, session_of(config))
 
 
 def _closed_after(config: pytest.Config, fixture: str) -> Generator[Any, None, None]:
@@ -89,7 +89,7 @@ def llm_http_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
     """An `httpx2.Client` whose LLM requests are routed, for any other SDK."""
     from pytest_llm_budget.routing.clients import http_client
 
-    with http_client(budget(pytestconfig)) as client:
+    with http_client(session_of(pytestconfig)) as client:
         yield client
 
 
@@ -98,7 +98,7 @@ def llm_async_http_client(pytestconfig: pytest.Config) -> Any:
     """An `httpx2.AsyncClient` whose LLM requests are routed, for any other SDK."""
     from pytest_llm_budget.routing.clients import async_http_client
 
-    return async_http_client(budget(pytestconfig))
+    return async_http_client(session_of(pytestconfig))
 
 
 @pytest.fixture(scope="session")
@@ -115,15 +115,15 @@ def llm_emulator(
     the SDKs' base-URL and key env vars point at it."""
     from pytest_llm_budget.emulator import Emulator
     from pytest_llm_budget.emulator_setup import emulator_config
-    from pytest_llm_budget.routing import intercept
+    from pytest_llm_budget.routing import traffic
 
     try:
-        config = emulator_config(budget(pytestconfig).settings, llm_emulator_config)
+        config = emulator_config(session_of(pytestconfig).settings, llm_emulator_config)
     except (TypeError, ValueError) as exc:
         raise pytest.UsageError(f"pytest-llm-budget: llm_emulator_config: {exc}") from None
     emulator = Emulator(config).start()
     host = f"127.0.0.1:{emulator.port}"
-    intercept.add_host(host)
+    traffic.add_host(host)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OPENAI_BASE_URL", emulator.openai_base_url)
         env.setenv("OPENAI_API_KEY", "sk-emulator")
@@ -136,7 +136,7 @@ def llm_emulator(
         try:
             yield emulator
         finally:
-            intercept.remove_host(host)
+            traffic.remove_host(host)
             emulator.stop()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_llm_budget.limiting.buckets import BucketStats
-from pytest_llm_budget.plugins import budget, live
+from pytest_llm_budget.plugins import live_hooks, session_of
 from pytest_llm_budget.plugins.recording import PREFLIGHT_FILE, preflight, report_preflight
 from pytest_llm_budget.records import CallRecord
 from pytest_llm_budget.session import BudgetSession
@@ -41,9 +41,9 @@ class XdistHooks:
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         """Merge a worker's records: from `workeroutput`, else (it crashed) from its spool."""
         raw = getattr(node, "workeroutput", {}).get("llm_budget")
-        run = budget(node.config)
+        budget_session = session_of(node.config)
         declared = None
-        notices = live(node.config)
+        hooks = live_hooks(node.config)
         if not raw:
             records, buckets = self.handover.lost(node.workerinput["workerid"])
         else:
@@ -53,23 +53,23 @@ class XdistHooks:
             records = [CallRecord.from_json(c) for c in data["calls"]]
             buckets = [BucketStats(**b) for b in data["buckets"]]
             declared = data.get("declared")
-            notices.worker_backend = data.get("backend", notices.worker_backend)
-        notices.workers += 1
-        run.merged_stats.extend(buckets)
-        run.calls.extend(records, declared)
+            hooks.worker_backend = data.get("backend", hooks.worker_backend)
+        hooks.workers += 1
+        budget_session.merged_stats.extend(buckets)
+        budget_session.calls.extend(records, declared)
 
     @pytest.hookimpl(tryfirst=True)  # before the reports are written
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Merge the spools of workers that never reported (crashed, never replaced, or the run
         was interrupted: then once the workers' calls in flight have ended)."""
-        run = budget(session.config)
+        budget_session = session_of(session.config)
         if exitstatus == pytest.ExitCode.INTERRUPTED:
-            self.handover.stop_workers(run.settings.call_timeout)
+            self.handover.stop_workers(budget_session.settings.call_timeout)
         records, buckets = self.handover.lost()
-        run.merged_stats.extend(buckets)
-        run.calls.extend(records)
-        notices = live(session.config)
-        notices.workers = max(notices.workers, len(self.handover.workers()))
+        budget_session.merged_stats.extend(buckets)
+        budget_session.calls.extend(records)
+        hooks = live_hooks(session.config)
+        hooks.workers = max(hooks.workers, len(self.handover.workers()))
 
     def cleanup(self) -> None:
         """Remove the shared folder (after the session has closed its backend)."""

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.routing.traffic import add_host, classify, remove_host
+from pytest_llm_budget.routing.traffic import classify
 
 if TYPE_CHECKING:
     from pytest_llm_budget.routing.router import Router
@@ -48,10 +48,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ORIGINALS",
     "active_session",
-    "add_host",
     "install",
     "patched_methods",
-    "remove_host",
     "uninstall",
 ]
 
