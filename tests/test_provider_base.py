@@ -15,6 +15,7 @@ from pytest_llm_budget.providers.registry import (
     price_id,
     provider_for,
     provider_of_fixture,
+    register,
     unknown_vendor,
     vendors,
 )
@@ -224,3 +225,13 @@ def test_parse_gemini_retry_info_missing(body: dict[str, Any]) -> None:
     assert parse_gemini_retry_info(body) is None
 
 
+
+
+def test_a_provider_fixture_must_be_named_client() -> None:
+    class Odd(OpenAIProvider):
+        vendor = "odd"
+        fixtures = ("odd_fixture",)
+
+    with pytest.raises(ValueError, match="must end in _client"):
+        register(Odd())
+    assert "odd" not in vendors()

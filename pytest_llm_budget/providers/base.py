@@ -241,7 +241,8 @@ class Provider(Protocol):
 
     @property
     def fixtures(self) -> tuple[str, ...]:
-        """Names of the pytest fixtures whose clients `client` builds (they mark LLM tests)."""
+        """Names of the pytest fixtures whose clients `client` builds (they mark LLM tests);
+        each ends in `_client`."""
 
     @property
     def counts_reported_usage(self) -> bool:

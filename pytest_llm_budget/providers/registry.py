@@ -51,7 +51,14 @@ def providers() -> tuple[Provider, ...]:
 
 
 def register(provider: Provider) -> Provider:
-    """Add a provider (after those registered before it); returns it."""
+    """Add a provider (after those registered before it); returns it.
+
+    Its fixture names must end in `_client`: that is how a test using one is told apart cheaply
+    (`suite.llm_tests.is_llm_test`).
+    """
+    bad = [f for f in provider.fixtures if not f.endswith("_client")]
+    if bad:
+        raise ValueError(f"register({provider.vendor}): fixture names must end in _client: {bad}")
     providers()
     with _lock:
         if provider not in _registered:
