@@ -97,10 +97,10 @@ def test_openai_compatible_gemini_endpoint_keeps_openai_format() -> None:
 
 
 def test_the_registry_answers_for_the_bundled_providers() -> None:
-    assert vendors() == ("gemini", "openai")
+    assert {"gemini", "openai"} <= set(vendors()) and len(vendors()) == len(set(vendors()))
     assert unknown_vendor("openai") is None and unknown_vendor("GEMINI") is None
     assert unknown_vendor("open*") is None  # a glob is never refused
-    assert unknown_vendor("opnai") == "unknown vendor 'opnai' (known: gemini, openai)"
+    assert unknown_vendor("opnai") == f"unknown vendor 'opnai' (known: {', '.join(vendors())})"
     assert (price_id("openai"), price_id("gemini"), price_id("acme")) == ("openai", "google", None)
     fixtures = ("openai_client", "async_openai_client", "gemini_client")
     assert [getattr(provider_of_fixture(f), "vendor", None) for f in fixtures] == [
@@ -114,8 +114,9 @@ def test_hosts_keys_and_secrets_come_from_the_providers(monkeypatch: pytest.Monk
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:8123/")
     assert classify("127.0.0.1", 8123, "/v1beta/models/m:generateContent").llm_host
     assert not classify("127.0.0.1", 8124, "/v1beta/models/m:generateContent").llm_host
-    assert placeholder_keys({"GOOGLE_API_KEY": "real"}).keys() == {"OPENAI_API_KEY"}
-    assert placeholder_keys({"OPENAI_API_KEY": "k", "GEMINI_API_KEY": "k"}) == {}
+    keys = placeholder_keys({"GOOGLE_API_KEY": "real"})
+    assert "OPENAI_API_KEY" in keys and "GEMINI_API_KEY" not in keys
+    assert "OPENAI_API_KEY" not in placeholder_keys({"OPENAI_API_KEY": "k"})
     headers = secret_headers()
     assert {"authorization", "x-goog-api-key", "api-key", "cookie", "proxy-authorization"} <= set(
         headers
