@@ -114,6 +114,7 @@ class Gate:
     def _paying(self) -> Iterator[None]:
         self.taken = True
         session = self.router.session
+        began = time.monotonic()
         try:
             if session.stopping:
                 raise RunInterrupted(
@@ -129,6 +130,15 @@ class Gate:
             raise
         except BackendUnavailable:
             self.call.record(None, "backend_error", malformed=False)
+            raise
+        except Exception:
+            raise
+        except BaseException:
+            # Interrupted while waiting (a test timeout's signal, KeyboardInterrupt, a cancelled
+            # task): the limiter withdrew the waiter; the call is recorded as never sent.
+            self.call.waited_s += time.monotonic() - began
+            self.call.release_cost()
+            self.call.record(None, "cancelled", malformed=False)
             raise
 
     def unsent(self) -> None:
