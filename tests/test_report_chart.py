@@ -55,8 +55,7 @@ def test_chart_points_equal_the_json_calls(reports: Path) -> None:
     live = [c for c in document["calls"] if not c["replayed"]]
     assert len(points) == len(live) == 6
     expected = sorted(
-        (c["t"], max(c["estimated"], c["prompt_tokens"] + c["completion_tokens"]), c["test"])
-        for c in live
+        (c["t"], c["charged"], c["test"]) for c in live
     )
     assert sorted((float(t), int(tok), test) for t, tok, test in points) == expected
     assert page.count('class="budget"') == 1 and "budget 2550 tokens" in page

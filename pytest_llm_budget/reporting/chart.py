@@ -1,9 +1,10 @@
 """The HTML report's picture of the run: its figures, an SVG chart per bucket, the slowest waits.
 
 The chart plots the tokens held in each bucket's sliding window over the run against the
-bucket's budget: every live call is one point (at its admission, its charge added), waits are
-drawn from when a call asked to when it got in, 429s are marked at the top. Everything is
-rebuilt from the JSON report's document, inline SVG, no script, no network. No pytest here.
+bucket's budget: every live call is one point (at its admission, its settled charge added: what
+the window really held, after any refund), waits are drawn from when a call asked to when it got
+in, 429s are marked at the top. Everything is rebuilt from the JSON report's document, inline
+SVG, no script, no network. No pytest here.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def bucket_of(call: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
 
 
 def _charge(call: Mapping[str, Any]) -> int:
+    """What the window held for the call once settled (after Gemini's refunds, say)."""
+    if "charged" in call:
+        return int(call.get("charged") or 0)
+    # a report written before records carried `charged`
     used = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
     estimated = int(call.get("estimated") or 0)
     return max(estimated, used) if call.get("status") == "ok" else estimated
@@ -73,8 +78,8 @@ def chart_points(document: Mapping[str, Any]) -> dict[str, list[ChartPoint]]:
     window = float(settings.get("window") or 60)
     per_bucket: dict[str, list[tuple[float, Mapping[str, Any]]]] = {}
     for call in document.get("calls") or []:
-        if call.get("replayed"):
-            continue
+        if call.get("replayed") or call.get("attempts") == 0:
+            continue  # replayed, or never admitted (refused, timed out, cancelled)
         admitted = float(call.get("t") or 0) + float(call.get("waited_s") or 0)
         per_bucket.setdefault(bucket_of(call, settings), []).append((admitted, call))
     points: dict[str, list[ChartPoint]] = {}
@@ -127,7 +132,7 @@ def _svg(
         [(p.admitted, p.charge) for p in points]
         + [(p.admitted + window, -p.charge) for p in points]
     )
-    peak = max([p.in_window for p in points] + [budget])
+    peak = max([p.in_window for p in points] + [budget, 1])
     y_top = peak * 1.12
     plot_w, plot_h = _W - _L - _R, _H - _T - _B
 

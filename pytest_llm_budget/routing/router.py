@@ -318,6 +318,7 @@ class Router:
             call.landed()
             return
         gate.reservation.release()
+        call.charged += gate.reservation.estimate
         cost = self.session.costs.settle(call.cost, None) if call.cost else None
         call.record(None, "error", malformed=False, error_code=error_code, cost_usd=cost)
 
@@ -345,6 +346,7 @@ class Router:
         if not overloaded:  # an overloaded provider is no sign that the bucket is too full
             reservation.rate_limited(call.retry_in)
         reservation.release()
+        call.charged += reservation.estimate
         return None if isinstance(outcome, Retry) else outcome
 
     def _announce_429(self, call: Call, outcome: LLMBudgetError | None) -> None:
