@@ -242,6 +242,34 @@ class CostGuard:
 
 
 def _warn(message: str) -> None:
-    """Warn once; when warnings are errors, never fail the LLM call for it."""
+    """Warn once, at the line of the caller's code that made the call (the test, the app);
+    when warnings are errors, never fail the LLM call for it."""
     with contextlib.suppress(Warning):
-        warnings.warn(CostWarning(message), stacklevel=4)
+        where = _callers_line()
+        if where is None:
+            warnings.warn(CostWarning(message), stacklevel=2)
+        else:
+            warnings.warn_explicit(CostWarning(message), CostWarning, *where)
+
+
+def _callers_line() -> tuple[str, int, str, dict[str, object]] | None:
+    """(file, line, module, registry) of the innermost frame outside the plugin, the installed
+    libraries (SDKs, httpx, pytest) and the standard library; None when there is none."""
+    import sys
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    skip = tuple(
+        os.path.join(os.path.realpath(d), "")
+        for d in (os.path.dirname(os.path.dirname(__file__)), paths["purelib"],
+                  paths["platlib"], paths["stdlib"])
+    )
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<") and not os.path.realpath(filename).startswith(skip):
+            registry = frame.f_globals.setdefault("__warningregistry__", {})
+            module = str(frame.f_globals.get("__name__", ""))
+            return filename, frame.f_lineno, module, registry
+        frame = frame.f_back  # type: ignore[assignment]
+    return None

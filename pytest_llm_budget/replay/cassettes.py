@@ -168,6 +168,8 @@ class CassetteUse:
     replayed: int = 0
     misses: list[str] = field(default_factory=list)
     aside: bool = False
+    #: A missed request is in the cassette, recorded against another host.
+    other_host: bool = False
 
     def miss_message(self) -> str:
         """Why the test fails: the requests with no recording, and the cassette file."""
@@ -178,6 +180,11 @@ class CassetteUse:
             "Record it: run this test with --llm-record-mode once (or all to re-record) "
             "against the provider or the bundled emulator.",
         ]
+        if self.other_host:
+            lines.append(
+                "The cassette has it recorded against another host (another base URL): to "
+                "replay it whatever the host, set `llm_match_host = false` in the pytest ini."
+            )
         return "\n".join(lines)
 
 

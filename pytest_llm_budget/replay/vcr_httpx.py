@@ -138,6 +138,7 @@ class Tape:
             yield
         except Missing as exc:
             failed = exc.failed_request
+            self.use.other_host = self.use.other_host or _only_host_differs(exc.cassette, failed)
             failed.uri = mask_url(failed.uri)
             miss = f"{failed.method} {failed.uri}"
             if miss not in self.misses:
@@ -145,3 +146,12 @@ class Tape:
             raise Missing(cassette=exc.cassette, failed_request=failed) from None
         finally:
             self._live.discard(id(request))
+
+
+def _only_host_differs(cassette: Any, request: Any) -> bool:
+    """True when the cassette holds this request, recorded against another host."""
+    try:
+        similar = cassette.find_requests_with_most_matches(request)
+    except Exception:  # vcr's hint machinery must never hide the miss itself
+        return False
+    return any(fails and all(name == "host" for name, *_ in fails) for _, _, fails in similar)
