@@ -41,7 +41,8 @@ def test_live_calls_outside_cassettes_warn_once_naming_a_test(pytester: pytest.P
     assert out.count("no cassette holds") == 1, out
     result.stdout.fnmatch_lines([
         "*CassetteWarning: pytest-llm-budget: test_app.py::test_app_first made 2 live LLM "
-        "call(s) that no cassette holds (record mode 'once')*(pytestmark = pytest.mark.llm_budget)*",
+        "call(s) that no cassette holds (record mode 'once')*"
+        "(pytestmark = pytest.mark.llm_budget)*",
         "*def test_app_first(llm_emulator):",
     ])
     cassettes = sorted(p.name for p in pytester.path.rglob("*.yaml"))

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_llm_budget.backends.ledger import NANO, LedgerState
 from pytest_llm_budget.cost.prices import PriceBook, load_price_file, usd
@@ -249,10 +249,13 @@ def _warn(message: str) -> None:
         if where is None:
             warnings.warn(CostWarning(message), stacklevel=2)
         else:
-            warnings.warn_explicit(CostWarning(message), CostWarning, *where)
+            filename, lineno, module, registry = where
+            warnings.warn_explicit(
+                CostWarning(message), CostWarning, filename, lineno, module, registry
+            )
 
 
-def _callers_line() -> tuple[str, int, str, dict[str, object]] | None:
+def _callers_line() -> tuple[str, int, str, Any] | None:
     """(file, line, module, registry) of the innermost frame outside the plugin, the installed
     libraries (SDKs, httpx, pytest) and the standard library; None when there is none."""
     import sys

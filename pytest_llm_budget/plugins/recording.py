@@ -98,7 +98,9 @@ def report_preflight(
         raise pytest.UsageError(problem)
 
 
-def preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]] | None:
+def preflight(
+    session: pytest.Session,
+) -> tuple[str, str | None, dict[str, Any] | None] | None:
     """The projection line of the collected LLM tests and, if too long, why (a line saying
     why not when no collected test is an LLM test); None when nothing was collected."""
     llm_items = [i for i in session.items if is_llm_test(i)]

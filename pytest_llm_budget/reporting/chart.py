@@ -309,7 +309,8 @@ def _slowest_waits(points: Mapping[str, Sequence[ChartPoint]], start: float) -> 
         return '<p class="empty">No call waited for budget.</p>'
     body = "\n".join(
         f'<tr><td class="n">{p.waited_s:.1f}s</td><td>{_esc(p.bucket)}</td>'
-        f'<td class="n">{p.asked - start:.1f}s</td><td class="test">{test_id_html(p.test)}</td></tr>'
+        f'<td class="n">{p.asked - start:.1f}s</td>'
+        f'<td class="test">{test_id_html(p.test)}</td></tr>'
         for p in waits
     )
     return (
