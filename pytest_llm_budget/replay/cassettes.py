@@ -171,6 +171,10 @@ class CassetteUse:
     #: A missed request is in the cassette, recorded against another host.
     other_host: bool = False
 
+    def missed_on_host(self) -> None:
+        """Note that a missed request is in the cassette, recorded against another host."""
+        self.other_host = True
+
     def miss_message(self) -> str:
         """Why the test fails: the requests with no recording, and the cassette file."""
         lines = [
@@ -314,7 +318,9 @@ class Cassettes:
             return
         use = CassetteUse(path, self.policy.mode, test)
         replayed = functools.partial(self._replayed, use)
-        with self._vcr.use_cassette(str(path)) as cassette, Tape(cassette, use.misses, replayed):
+        with self._vcr.use_cassette(str(path)) as cassette, Tape(
+            cassette, use.misses, replayed, use.missed_on_host
+        ):
             yield use
 
     def _replayed(self, use: CassetteUse, request: Any, response: Any) -> None:
