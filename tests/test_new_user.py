@@ -111,15 +111,27 @@ def test_the_cost_warning_names_the_tests_line(pytester: pytest.Pytester) -> Non
     assert "caps.py" not in out and "pytest_llm_budget" not in out.split("warnings summary")[1]
 
 
-# -- no marker, no LLM fixture: the preflight says why it projects nothing -------------------------
-def test_without_llm_tests_the_preflight_says_why_not(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_plain="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+# -- no marker, no LLM fixture: the summary says why there was no preflight ----------------------
+def test_live_calls_without_llm_tests_say_why_there_was_no_preflight(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_app=APP_SUITE.split("@pytest.mark.llm_budget")[0])
     result = _run(pytester)
     result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert "LLM budget preflight: 1 LLM test" not in out
     result.stdout.fnmatch_lines([
-        "LLM budget preflight: no projection: none of the 2 collected tests has the llm_budget "
-        "marker or an LLM fixture*pytestmark = pytest.mark.llm_budget*",
+        "cost: * (3 live calls)*",
+        "LLM budget preflight: none: the tests that made these live calls have neither the "
+        "llm_budget marker nor an LLM fixture; mark them (pytestmark = pytest.mark.llm_budget)*",
     ])
+
+
+def test_a_suite_without_llm_calls_still_prints_nothing(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="def test_a():\n    pass\n")
+    result = _run(pytester)
+    result.assert_outcomes(passed=1)
+    assert "LLM budget" not in result.stdout.str()
 
 
 # -- the cost line counts the calls that were sent ------------------------------------------------

@@ -98,24 +98,11 @@ def report_preflight(
         raise pytest.UsageError(problem)
 
 
-def preflight(
-    session: pytest.Session,
-) -> tuple[str, str | None, dict[str, Any] | None] | None:
-    """The projection line of the collected LLM tests and, if too long, why (a line saying
-    why not when no collected test is an LLM test); None when nothing was collected."""
+def preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]] | None:
+    """The projection line of the collected LLM tests and, if too long, why; None if none."""
     llm_items = [i for i in session.items if is_llm_test(i)]
     if not llm_items:
-        if not session.items:
-            return None
-        # nothing says which tests call an LLM (an app's own clients are paced all the same)
-        return (
-            f"LLM budget preflight: no projection: none of the {len(session.items)} collected "
-            "tests has the llm_budget marker or an LLM fixture (their LLM calls are still "
-            "paced); mark those that call an LLM (pytestmark = pytest.mark.llm_budget) to "
-            "project them",
-            None,
-            None,
-        )
+        return None
     from pytest_llm_budget.replay.cassettes import CassettePolicy
     from pytest_llm_budget.suite.preflight import (
         cost_note,
