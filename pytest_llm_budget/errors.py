@@ -7,6 +7,7 @@ __all__ = [
     "BaselineError",
     "BudgetWaitTimeout",
     "CallTimeout",
+    "CassetteWarning",
     "CostCapExceeded",
     "CostWarning",
     "LLMBudgetError",
@@ -137,3 +138,7 @@ class StateFileWarning(UserWarning):
 
 class StateFileLocked(BackendUnavailable):
     """The state file's lock could not be taken in time (another process holds it too long)."""
+
+
+class CassetteWarning(LLMBudgetWarning):
+    """Live LLM calls were made outside any cassette while a record mode is set."""

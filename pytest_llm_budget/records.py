@@ -39,6 +39,9 @@ class CallRecord:
     cost_usd: float | None = 0.0
     #: A replayed call: what it would have cost live (None when its model has no price).
     would_cost_usd: float | None = None
+    #: Tokens the call's bucket window held for it once settled (the admission charge, or the
+    #: reported usage after a refund, as Gemini counts it); 0 for a call never admitted.
+    charged: int = 0
 
     @property
     def total_tokens(self) -> int:

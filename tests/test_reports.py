@@ -161,7 +161,6 @@ def test_html_shows_totals_buckets_and_settings() -> None:
         "prompt_tokens": "790",
         "completion_tokens": "331",
         "retries": "2",
-        "waited_s": "12.3s",
         "errors": "1",
         "rate_limit_events": "2",
         "cost_usd": "$0",
@@ -201,15 +200,15 @@ def test_html_has_one_per_test_table_sorted_by_spend_with_overspends() -> None:
     rows = _Page(page_text).tables["tests"]
     assert rows[0] == TEST_HEADERS
     assert rows[1] == [
-        "tests/test_y.py::test_plain", "5100", "5090", "10", "2", "1", "1 (1.5s)",
+        "tests/test_y.py::test_plain", "5100", "5090", "10", "2", "1", "1.5s (1 call)",
         "$0; 2 unpriced", "10", "5100", "\u2014", "\u2014",
     ]
     assert rows[2] == [
-        NASTY, "1021", "700", "321", "1", "0", "1 (12.3s)", "$0", "\u2014", "\u2014", "2.2s",
+        NASTY, "1021", "700", "321", "1", "0", "12.3s (1 call)", "$0", "\u2014", "\u2014", "2.2s",
         "failed",
     ]
-    assert '<tr class="over"><td class="test">tests/test_y.py::test_plain' in page_text
-    assert '<tr class="bad"><td class="test">tests/test_x.py' in page_text
+    assert '<tr class="over"><td class="test">tests/<wbr>test_y.py::<wbr>test_plain' in page_text
+    assert '<tr class="bad"><td class="test">tests/<wbr>test_x.py' in page_text
     assert "1 test(s) spent more than they declared" in page_text
 
 

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_llm_budget.backends.ledger import NANO, LedgerState
 from pytest_llm_budget.cost.prices import PriceBook, load_price_file, usd
@@ -242,6 +242,37 @@ class CostGuard:
 
 
 def _warn(message: str) -> None:
-    """Warn once; when warnings are errors, never fail the LLM call for it."""
+    """Warn once, at the line of the caller's code that made the call (the test, the app);
+    when warnings are errors, never fail the LLM call for it."""
     with contextlib.suppress(Warning):
-        warnings.warn(CostWarning(message), stacklevel=4)
+        where = _callers_line()
+        if where is None:
+            warnings.warn(CostWarning(message), stacklevel=2)
+        else:
+            filename, lineno, module, registry = where
+            warnings.warn_explicit(
+                CostWarning(message), CostWarning, filename, lineno, module, registry
+            )
+
+
+def _callers_line() -> tuple[str, int, str, Any] | None:
+    """(file, line, module, registry) of the innermost frame outside the plugin, the installed
+    libraries (SDKs, httpx, pytest) and the standard library; None when there is none."""
+    import sys
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    skip = tuple(
+        os.path.join(os.path.realpath(d), "")
+        for d in (os.path.dirname(os.path.dirname(__file__)), paths["purelib"],
+                  paths["platlib"], paths["stdlib"])
+    )
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<") and not os.path.realpath(filename).startswith(skip):
+            registry = frame.f_globals.setdefault("__warningregistry__", {})
+            module = str(frame.f_globals.get("__name__", ""))
+            return filename, frame.f_lineno, module, registry
+        frame = frame.f_back  # type: ignore[assignment]
+    return None

@@ -10,11 +10,12 @@ Clock and sleep are injected so tests run on a fake clock.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pytest_llm_budget.backends.base import Backend
@@ -260,17 +261,18 @@ class Limiter:
         bucket, ticket, start = self._begin(estimate, vendor, model, output)
         if uncertain:
             uncertain = min(max(0, int(uncertain)), int(estimate))
-        for attempt in itertools.count():
-            freed = self._freed
-            wait = self._try(
-                bucket, ticket, estimate, uncertain, start, first=attempt == 0, output=output
-            )
-            if isinstance(wait, Admitted):
-                return self._admitted(bucket, ticket, estimate, uncertain, start, wait, output)
-            if self._wakeable:
-                self._nap(wait, freed)
-            else:
-                self.sleep(wait)
+        with self._withdrawn_if_interrupted(bucket, ticket):
+            for attempt in itertools.count():
+                freed = self._freed
+                wait = self._try(
+                    bucket, ticket, estimate, uncertain, start, first=attempt == 0, output=output
+                )
+                if isinstance(wait, Admitted):
+                    return self._admitted(bucket, ticket, estimate, uncertain, start, wait, output)
+                if self._wakeable:
+                    self._nap(wait, freed)
+                else:
+                    self.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def areserve(
@@ -286,13 +288,14 @@ class Limiter:
         bucket, ticket, start = self._begin(estimate, vendor, model, output)
         if uncertain:
             uncertain = min(max(0, int(uncertain)), int(estimate))
-        for attempt in itertools.count():
-            wait = self._try(
-                bucket, ticket, estimate, uncertain, start, first=attempt == 0, output=output
-            )
-            if isinstance(wait, Admitted):
-                return self._admitted(bucket, ticket, estimate, uncertain, start, wait, output)
-            await self.asleep(wait)
+        with self._withdrawn_if_interrupted(bucket, ticket):
+            for attempt in itertools.count():
+                wait = self._try(
+                    bucket, ticket, estimate, uncertain, start, first=attempt == 0, output=output
+                )
+                if isinstance(wait, Admitted):
+                    return self._admitted(bucket, ticket, estimate, uncertain, start, wait, output)
+                await self.asleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_budget(self, bucket: str, limits: Limits) -> None:
@@ -311,6 +314,22 @@ class Limiter:
         self._budget_warned.add(bucket)
         for listener in list(self.budget_listeners) or [_warn_budget]:
             listener(bucket, limits.tokens, theirs)
+
+    @contextlib.contextmanager
+    def _withdrawn_if_interrupted(self, bucket: str, ticket: str) -> Iterator[None]:
+        """A waiter interrupted (a test timeout's signal, KeyboardInterrupt, task cancellation)
+        leaves the queue and gives back anything it was admitted with: its request never left."""
+        try:
+            yield
+        except (BudgetWaitTimeout, RequestTooLarge):
+            raise  # the limiter already withdrew the ticket
+        except BaseException:
+            self._who.pop(ticket, None)
+            # a lost backend must not hide the interruption; its waiter then expires there
+            with contextlib.suppress(Exception):
+                self.backend.cancel(bucket, self._buckets[bucket].limits, ticket, self.clock())
+            self._room_freed()
+            raise
 
     def _begin(
         self, estimate: int, vendor: str, model: str, output: int = 0

@@ -33,6 +33,8 @@ class LiveHooks:
         self.started = time.time()
         self.tests: dict[str, dict[str, Any]] = {}
         self.preflight: dict[str, Any] | None = None
+        #: When the first test's setup began (after collection and xdist's start-up).
+        self.first_test: float | None = None
         self.worker_backend: str | None = None
         self.workers = 0
         self._lock = threading.Lock()
@@ -109,6 +111,9 @@ class LiveHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Each test's outcome (its worst phase) and duration (all phases), for the report."""
         entry = self.tests.setdefault(report.nodeid, {"outcome": "passed", "duration_s": 0.0})
+        began = getattr(report, "start", None)
+        if report.when == "setup" and began:
+            self.first_test = min(self.first_test or float(began), float(began))
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 3)
         if report.failed:
             entry["outcome"] = "failed" if report.when == "call" else "error"
@@ -140,6 +145,7 @@ class LiveHooks:
             "workers": self.workers,
             "backend": self.backend(),
             "preflight": self.preflight,
+            "first_test": round(self.first_test, 3) if self.first_test else None,
         }
         for entry in document.setdefault("tests", []):
             entry.update(self.tests.get(entry.get("test", ""), {}))

@@ -68,6 +68,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     hooks = live_hooks(config)
     for line in session_summary(session, backend=hooks.backend(), workers=hooks.workers):
         terminalreporter.write_line(line)
+    if hooks.preflight is None and any(
+        not r.replayed and r.attempts for r in session.calls.records()
+    ):
+        # live calls, but no LLM test collected to project (an app's own clients, unmarked)
+        terminalreporter.write_line(
+            "LLM budget preflight: none: the tests that made these live calls have neither the "
+            "llm_budget marker nor an LLM fixture; mark them (pytestmark = "
+            "pytest.mark.llm_budget) for a projection before the next run's first call"
+        )
     for line, failed in ci.summary_lines(config):
         terminalreporter.write_line(line, red=failed, bold=failed)
     unwritten = config.stash.get(_UNWRITTEN, {})

@@ -168,6 +168,12 @@ class CassetteUse:
     replayed: int = 0
     misses: list[str] = field(default_factory=list)
     aside: bool = False
+    #: A missed request is in the cassette, recorded against another host.
+    other_host: bool = False
+
+    def missed_on_host(self) -> None:
+        """Note that a missed request is in the cassette, recorded against another host."""
+        self.other_host = True
 
     def miss_message(self) -> str:
         """Why the test fails: the requests with no recording, and the cassette file."""
@@ -178,6 +184,11 @@ class CassetteUse:
             "Record it: run this test with --llm-record-mode once (or all to re-record) "
             "against the provider or the bundled emulator.",
         ]
+        if self.other_host:
+            lines.append(
+                "The cassette has it recorded against another host (another base URL): to "
+                "replay it whatever the host, set `llm_match_host = false` in the pytest ini."
+            )
         return "\n".join(lines)
 
 
@@ -307,7 +318,9 @@ class Cassettes:
             return
         use = CassetteUse(path, self.policy.mode, test)
         replayed = functools.partial(self._replayed, use)
-        with self._vcr.use_cassette(str(path)) as cassette, Tape(cassette, use.misses, replayed):
+        with self._vcr.use_cassette(str(path)) as cassette, Tape(
+            cassette, use.misses, replayed, use.missed_on_host
+        ):
             yield use
 
     def _replayed(self, use: CassetteUse, request: Any, response: Any) -> None:

@@ -70,10 +70,16 @@ class Tape:
     """
 
     def __init__(
-        self, cassette: Any, misses: list[str], replayed: Callable[[Any, Any], None]
+        self,
+        cassette: Any,
+        misses: list[str],
+        replayed: Callable[[Any, Any], None],
+        other_host: Callable[[], None] | None = None,
     ) -> None:
         self.cassette = cassette
         self.misses = misses
+        #: Called when a missed request is in the cassette, recorded against another host.
+        self._other_host = other_host
         self._replayed = replayed
         self._live: set[int] = set()
         self._saved: list[tuple[type, str, Any]] = []
@@ -138,6 +144,8 @@ class Tape:
             yield
         except Missing as exc:
             failed = exc.failed_request
+            if self._other_host is not None and _only_host_differs(exc.cassette, failed):
+                self._other_host()
             failed.uri = mask_url(failed.uri)
             miss = f"{failed.method} {failed.uri}"
             if miss not in self.misses:
@@ -145,3 +153,12 @@ class Tape:
             raise Missing(cassette=exc.cassette, failed_request=failed) from None
         finally:
             self._live.discard(id(request))
+
+
+def _only_host_differs(cassette: Any, request: Any) -> bool:
+    """True when the cassette holds this request, recorded against another host."""
+    try:
+        similar = cassette.find_requests_with_most_matches(request)
+    except Exception:  # vcr's hint machinery must never hide the miss itself
+        return False
+    return any(fails and all(name == "host" for name, *_ in fails) for _, _, fails in similar)

@@ -1,20 +1,24 @@
 """The HTML report's picture of the run: its figures, an SVG chart per bucket, the slowest waits.
 
 The chart plots the tokens held in each bucket's sliding window over the run against the
-bucket's budget: every live call is one point (at its admission, its charge added), waits are
-drawn from when a call asked to when it got in, 429s are marked at the top. Everything is
-rebuilt from the JSON report's document, inline SVG, no script, no network. No pytest here.
+bucket's budget: every live call is one point (at its admission, its settled charge added: what
+the window really held, after any refund), waits are drawn from when a call asked to when it got
+in, 429s are marked at the top. Everything is rebuilt from the JSON report's document, inline
+SVG, no script, no network. No pytest here.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import html
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CSS", "ChartPoint", "bucket_of", "chart_points", "visible_sections"]
+__all__ = [
+    "CSS", "ChartPoint", "bucket_of", "chart_points", "test_id_html", "visible_sections",
+]
 
 CSS = """
 .runfig{display:flex;flex-wrap:wrap;gap:.4em 1.6em;margin:.2em 0 .6em;padding:0}
@@ -31,6 +35,22 @@ _L, _R, _T, _B = 64, 150, 30, 36  # margins: the legend sits on the right
 
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+_ID_BREAKS = re.compile(r"(::|/|\[|-)")
+
+
+def test_id_html(test_id: str) -> str:
+    """A test id, escaped, that may wrap only after `::`, `/`, `-` and before `[` (`<wbr>`)."""
+    out = []
+    for part in _ID_BREAKS.split(test_id):
+        if part == "[":
+            out.append("<wbr>[")
+        elif part in ("::", "/", "-"):
+            out.append(f"{part}<wbr>")
+        else:
+            out.append(_esc(part))
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,10 @@ def bucket_of(call: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
 
 
 def _charge(call: Mapping[str, Any]) -> int:
+    """What the window held for the call once settled (after Gemini's refunds, say)."""
+    if "charged" in call:
+        return int(call.get("charged") or 0)
+    # a report written before records carried `charged`
     used = int(call.get("prompt_tokens") or 0) + int(call.get("completion_tokens") or 0)
     estimated = int(call.get("estimated") or 0)
     return max(estimated, used) if call.get("status") == "ok" else estimated
@@ -73,8 +97,8 @@ def chart_points(document: Mapping[str, Any]) -> dict[str, list[ChartPoint]]:
     window = float(settings.get("window") or 60)
     per_bucket: dict[str, list[tuple[float, Mapping[str, Any]]]] = {}
     for call in document.get("calls") or []:
-        if call.get("replayed"):
-            continue
+        if call.get("replayed") or call.get("attempts") == 0:
+            continue  # replayed, or never admitted (refused, timed out, cancelled)
         admitted = float(call.get("t") or 0) + float(call.get("waited_s") or 0)
         per_bucket.setdefault(bucket_of(call, settings), []).append((admitted, call))
     points: dict[str, list[ChartPoint]] = {}
@@ -118,16 +142,22 @@ def _fmt_tokens(value: float) -> str:
 
 
 def _svg(
-    bucket: str, points: Sequence[ChartPoint], budget: int, window: float, start: float, end: float
+    bucket: str,
+    points: Sequence[ChartPoint],
+    budget: int,
+    window: float,
+    start: float,
+    end: float,
+    first_test: float | None = None,
 ) -> str:
-    """One bucket's chart."""
+    """One bucket's chart; `first_test` marks when the first test began (after start-up)."""
     span = max(end - start, window * 0.25, 1e-3)
     # the held-tokens curve: +charge at admission, -charge one window later
     steps = sorted(
         [(p.admitted, p.charge) for p in points]
         + [(p.admitted + window, -p.charge) for p in points]
     )
-    peak = max([p.in_window for p in points] + [budget])
+    peak = max([p.in_window for p in points] + [budget, 1])
     y_top = peak * 1.12
     plot_w, plot_h = _W - _L - _R, _H - _T - _B
 
@@ -180,6 +210,13 @@ def _svg(
         f'<text x="{_L + plot_w - 4}" y="{y(budget) - 6:.1f}" fill="#d1342f" '
         f'text-anchor="end">budget {budget} tokens</text>'
     )
+    if first_test is not None and first_test - start > span * 0.01:
+        fx = x(first_test)
+        out.append(
+            f'<line class="first-test" x1="{fx:.1f}" x2="{fx:.1f}" y1="{_T}" '
+            f'y2="{_T + plot_h}" stroke="#888" stroke-dasharray="2 3"/>'
+            f'<text x="{fx + 4:.1f}" y="{_T + 12}">first test at {first_test - start:.1f}s</text>'
+        )
     for p in points:
         if p.waited_s > 0:
             out.append(
@@ -233,8 +270,8 @@ def _seconds(value: Any) -> str:
     return "\u2014" if value is None else f"{float(value):.1f}s"
 
 
-def _run_figures(document: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]) -> str:
-    """Wall time beside the preflight projection, and the run's headline figures."""
+def _run_figures(document: Mapping[str, Any]) -> str:
+    """Wall time beside the preflight projection and the waits (the rest is in Totals)."""
     run = document.get("run") or {}
     totals = document.get("totals") or {}
     preflight = run.get("preflight") or None
@@ -250,12 +287,12 @@ def _run_figures(document: Mapping[str, Any], calls: Sequence[Mapping[str, Any]]
                 "" if held else "warn",
             )
         )
-    items += [
-        ("tokens", str(totals.get("total_tokens", 0)), ""),
-        ("calls", str(totals.get("calls", len(calls))), ""),
-        ("waited", _seconds(totals.get("waited_s", 0)), ""),
-        ("429s", str(totals.get("rate_limit_events", 0)), ""),
-    ]
+    workers = int(run.get("workers") or 0)
+    summed = f" summed over {workers} workers" if workers > 1 else ""
+    items.append(("waited", _seconds(totals.get("waited_s", 0)) + summed, ""))
+    first, started = run.get("first_test"), run.get("started")
+    if first and started:
+        items.append(("first test began", f"{float(first) - float(started):.1f}s in", ""))
     cells = "".join(
         f'<div><dt>{_esc(k)}</dt><dd class="{c}" data-run="{_esc(k)}">{_esc(v)}</dd></div>'
         for k, v, c in items
@@ -272,7 +309,8 @@ def _slowest_waits(points: Mapping[str, Sequence[ChartPoint]], start: float) -> 
         return '<p class="empty">No call waited for budget.</p>'
     body = "\n".join(
         f'<tr><td class="n">{p.waited_s:.1f}s</td><td>{_esc(p.bucket)}</td>'
-        f'<td class="n">{p.asked - start:.1f}s</td><td class="test">{_esc(p.test)}</td></tr>'
+        f'<td class="n">{p.asked - start:.1f}s</td>'
+        f'<td class="test">{test_id_html(p.test)}</td></tr>'
         for p in waits
     )
     return (
@@ -293,14 +331,18 @@ def visible_sections(document: Mapping[str, Any], tests_table: str) -> str:
     end = float(run.get("finished") or max((p.admitted for p in every), default=start))
     end = max([end, *(p.admitted for p in every)])
     budgets = {str(b.get("name")): int(b.get("budget") or 0) for b in document.get("buckets") or []}
+    first = float(run["first_test"]) if run.get("first_test") else None
     charts = [
-        _svg(bucket, ps, budgets.get(bucket) or max(p.in_window for p in ps), window, start, end)
+        _svg(
+            bucket, ps, budgets.get(bucket) or max(p.in_window for p in ps), window, start, end,
+            first,
+        )
         for bucket, ps in points.items()
     ]
     replayed = sum(1 for c in calls if c.get("replayed"))
     note = f'<p class="meta">{replayed} replayed call(s) spent nothing and are not drawn.</p>'
     return (
-        f"<h2>Run</h2>\n{_run_figures(document, calls)}\n"
+        f"<h2>Run</h2>\n{_run_figures(document)}\n"
         f"<h2>Tokens in the window</h2>\n"
         + ("\n".join(charts) if charts else '<p class="empty">No live LLM call.</p>')
         + (f"\n{note}" if replayed else "")

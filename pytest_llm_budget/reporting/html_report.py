@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pytest_llm_budget.reporting.chart import CSS as CHART_CSS
-from pytest_llm_budget.reporting.chart import visible_sections
+from pytest_llm_budget.reporting.chart import test_id_html, visible_sections
 
 __all__ = ["render_html"]
 
@@ -25,14 +25,15 @@ table{border-collapse:collapse;margin:0 0 .5em}
 th,td{border:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3;font-weight:600}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.test{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
+td.test{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;overflow-wrap:normal;word-break:normal}
+div.wide{overflow-x:auto;max-width:100%}
 tr.bad td{background:#fff0f0}tr.over td{background:#fff8e6}tr.replayed td{color:#777}
 dl.totals{display:flex;flex-wrap:wrap;gap:.4em 1.6em;margin:0}
 dl.totals div{display:flex;gap:.4em}dl.totals dt{color:#666}dl.totals dd{margin:0;font-weight:600}
 p.empty{color:#666;font-style:italic}
 """.strip()
 
-#: (JSON key, label) of the totals block, in display order.
+#: (JSON key, label) of the totals block, in display order (waits are in the Run figures).
 _TOTALS = (
     ("calls", "calls"),
     ("replayed", "replayed"),
@@ -40,7 +41,6 @@ _TOTALS = (
     ("prompt_tokens", "prompt"),
     ("completion_tokens", "completion"),
     ("retries", "retries"),
-    ("waited_s", "waited"),
     ("errors", "errors"),
     ("rate_limit_events", "429s"),
     ("cost_usd", "cost"),
@@ -139,13 +139,14 @@ def _table(
         cells = []
         for key, _, numeric in columns:
             cls = ' class="n"' if numeric else (' class="test"' if key == "test" else "")
-            cells.append(f"<td{cls}>{_esc(_fmt(key, row.get(key)))}</td>")
+            text = _fmt(key, row.get(key))
+            cells.append(f"<td{cls}>{test_id_html(text) if key == 'test' else _esc(text)}</td>")
         extra = row_class(row) if row_class else ""
         attr = f' class="{extra}"' if extra else ""
         body.append(f"<tr{attr}>{''.join(cells)}</tr>")
     return (
-        f'<table class="{css}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>\n{chr(10).join(body)}\n</tbody></table>"
+        f'<div class="wide"><table class="{css}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>\n{chr(10).join(body)}\n</tbody></table></div>"
     )
 
 
@@ -185,8 +186,7 @@ def _test_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         row["total_tokens"] = int(row.get("prompt_tokens") or 0) + int(
             row.get("completion_tokens") or 0
         )
-        test_waits = waits.get(test, [])
-        row["waits"] = f"{len(test_waits)} ({sum(test_waits):.1f}s)"
+        row["waits"] = _waits(waits.get(test, []))
         notes = [usd(row.get("cost_usd") or 0.0)]
         if row.get("would_cost_usd"):
             notes.append(f"replayed calls live {usd(row['would_cost_usd'])}")
@@ -198,6 +198,22 @@ def _test_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         row.update(overspent.get(test) or {})
         rows.append(row)
     return sorted(rows, key=lambda r: (-r["total_tokens"], str(r.get("test", ""))))
+
+
+def _waits(waits: Sequence[float]) -> str:
+    """A test's waits for budget: `—`, or `12.3s (2 calls)` (`<0.1s` when that rounds to 0)."""
+    if not waits:
+        return "\u2014"
+    total = sum(waits)
+    seconds = f"{total:.1f}s" if total >= 0.05 else "<0.1s"
+    return f"{seconds} ({len(waits)} call{'' if len(waits) == 1 else 's'})"
+
+
+def _test_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, str, bool], ...]:
+    """The per-test columns; declared/spent only when some test spent more than it declared."""
+    if any("declared" in row for row in rows):
+        return _TEST_COLUMNS
+    return tuple(c for c in _TEST_COLUMNS if c[0] not in ("declared", "spent"))
 
 
 def _test_class(row: Mapping[str, Any]) -> str:
@@ -239,7 +255,7 @@ def render_html(document: dict[str, Any]) -> str:
     )
     tests = _test_rows(document)
     tests_html = (
-        _table(_TEST_COLUMNS, tests, css="tests", row_class=_test_class)
+        _table(_test_columns(tests), tests, css="tests", row_class=_test_class)
         if tests
         else '<p class="empty">No test called an LLM.</p>'
     )

@@ -67,7 +67,8 @@ def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | N
     """The summary's cost line: spend, replayed calls' live price, unpriced models, refusals."""
     from pytest_llm_budget.cost.prices import usd
 
-    sent = totals.calls - totals.replayed - totals.cost_refused
+    # sent: admitted at least once (not refused, timed out, cancelled while waiting, replayed)
+    sent = sum(1 for r in records if not r.replayed and r.attempts > 0)
     plural = "" if sent == 1 else "s"
     text = f"cost: {_cost_cell(totals.cost_usd, totals.cost_unknown)} ({sent} live call{plural})"
     if totals.replayed:

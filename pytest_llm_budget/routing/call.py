@@ -47,6 +47,8 @@ class Call:
     deadline: float = math.inf
     #: Admitted and not yet recorded (the session's count of calls in flight includes it).
     flying: bool = False
+    #: Tokens the window keeps for this call's attempts (settled, released or 429'd).
+    charged: int = 0
 
     def timed_out(self, exc: BaseException) -> bool:
         """Whether `exc` ended the call because `--llm-call-timeout` ran out."""
@@ -127,5 +129,6 @@ class Call:
                 reasoning_tokens=usage.reasoning_tokens if usage else 0,
                 service_tier=usage.service_tier if usage else None,
                 cost_usd=cost_usd,
+                charged=self.charged,
             )
         )

@@ -30,6 +30,7 @@ def deliver(call: Call, reservation: Reservation, response: Any, *, is_async: bo
     status = int(response.status_code)
     if not 200 <= status < 300:
         lost = backend_lost(reservation.release)
+        call.charged += reservation.estimate
         lost = backend_lost(call.release_cost) or lost
         call.record(None, f"http_{status}", malformed=False, error_code=lost)
         return response
@@ -130,6 +131,7 @@ class UsageSink:
         charge = call.provider.charge(usage) if usage is not None else call.charge
         refund = usage is not None and call.provider.counts_reported_usage
         lost = backend_lost(lambda: self.reservation.settle(charge, refund=refund))
+        call.charged += charge if refund else max(charge, self.reservation.estimate)
         hold, costs = call.cost, call.session.costs
         if hold is not None:
             lost = backend_lost(lambda: costs.settle(hold, usage)) or lost

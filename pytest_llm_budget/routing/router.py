@@ -114,6 +114,7 @@ class Gate:
     def _paying(self) -> Iterator[None]:
         self.taken = True
         session = self.router.session
+        began = time.monotonic()
         try:
             if session.stopping:
                 raise RunInterrupted(
@@ -129,6 +130,15 @@ class Gate:
             raise
         except BackendUnavailable:
             self.call.record(None, "backend_error", malformed=False)
+            raise
+        except Exception:
+            raise
+        except BaseException:
+            # Interrupted while waiting (a test timeout's signal, KeyboardInterrupt, a cancelled
+            # task): the limiter withdrew the waiter; the call is recorded as never sent.
+            self.call.waited_s += time.monotonic() - began
+            self.call.release_cost()
+            self.call.record(None, "cancelled", malformed=False)
             raise
 
     def unsent(self) -> None:
@@ -308,6 +318,7 @@ class Router:
             call.landed()
             return
         gate.reservation.release()
+        call.charged += gate.reservation.estimate
         cost = self.session.costs.settle(call.cost, None) if call.cost else None
         call.record(None, "error", malformed=False, error_code=error_code, cost_usd=cost)
 
@@ -335,6 +346,7 @@ class Router:
         if not overloaded:  # an overloaded provider is no sign that the bucket is too full
             reservation.rate_limited(call.retry_in)
         reservation.release()
+        call.charged += reservation.estimate
         return None if isinstance(outcome, Retry) else outcome
 
     def _announce_429(self, call: Call, outcome: LLMBudgetError | None) -> None:
