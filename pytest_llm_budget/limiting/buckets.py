@@ -15,17 +15,24 @@ from typing import Any
 
 from pytest_llm_budget.limiting.admission import Limits
 
-__all__ = ["COUNTERS", "Bucket", "BucketStats", "Buckets", "LimitRule", "rule_for"]
+__all__ = [
+    "COUNTERS", "Bucket", "BucketStats", "Buckets", "LimitRule", "budget_of", "rule_for",
+]
 
 
 @dataclass(frozen=True)
 class LimitRule:
-    """One `vendor:model tpm=N rpm=M` line: calls whose vendor and model match share a budget."""
+    """One `vendor:model tpm=N rpm=M` line: calls whose vendor and model match share a budget.
+
+    `tpm=None` is `tpm=auto`: the limit is learned from the provider. `per_model` gives each
+    model its own bucket (the fallback rule under auto: providers limit each model).
+    """
 
     vendor: str = "*"
     model: str = "*"
-    tpm: int = 30000
+    tpm: int | None = 30000
     rpm: int | None = None
+    per_model: bool = False
 
     def matches(self, vendor: str, model: str) -> bool:
         """Glob match on vendor and model (case-insensitive)."""
@@ -33,17 +40,24 @@ class LimitRule:
             model.lower(), self.model.lower()
         )
 
-    def bucket_name(self, vendor: str) -> str:
-        """A bucket is (rule, vendor): a wildcard vendor gives each vendor its own bucket."""
-        return f"{vendor}:{self.model}"
+    def bucket_name(self, vendor: str, model: str = "*") -> str:
+        """A bucket is (rule, vendor): a wildcard vendor gives each vendor its own bucket;
+        (vendor, model) under a `per_model` rule."""
+        return f"{vendor}:{model if self.per_model else self.model}"
 
-    def budget(self, headroom: float) -> int:
-        """Tokens this rule's bucket admits per window: `tpm x (1 - headroom)`."""
-        return int(self.tpm * (1 - headroom))
+    def budget(self, headroom: float) -> int | None:
+        """Tokens this rule's bucket admits per window: `tpm x (1 - headroom)` (None: auto)."""
+        return None if self.tpm is None else budget_of(self.tpm, headroom)
 
     def __str__(self) -> str:
         rpm = f" rpm={self.rpm}" if self.rpm is not None else ""
-        return f"{self.vendor}:{self.model} tpm={self.tpm}{rpm}"
+        tpm = "auto" if self.tpm is None else self.tpm
+        return f"{self.vendor}:{self.model} tpm={tpm}{rpm}"
+
+
+def budget_of(tpm: int, headroom: float) -> int:
+    """Tokens a bucket admits per window for a limit of `tpm`: `tpm x (1 - headroom)`."""
+    return int(tpm * (1 - headroom))
 
 
 def rule_for(rules: Sequence[LimitRule], vendor: str, model: str) -> LimitRule:

@@ -34,6 +34,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "reports",
+    "tpm",
 ]
 
 
@@ -116,6 +117,16 @@ def parse_duration(text: str) -> float:
 
 
 optional_positive_int = _or_none(positive_int, "", "none", "unlimited", "off")
+
+
+def tpm(text: str) -> int | None:
+    """A token limit per window, or `auto` (None: learned from the provider)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise ValueError("must be a whole number above 0, or auto") from None
 notice_after = _or_none(non_negative_float, "off", "none", "never")
 optional_duration = _or_none(parse_duration, "", "none", "off")
 
@@ -199,19 +210,18 @@ def parse_limit_rule(line: str) -> LimitRule:
     match = _RULE.match(line.strip())
     if not match:
         raise ValueError(f"{line.strip()!r} is not 'vendor:model tpm=N [rpm=M]'")
-    values: dict[str, int] = {}
+    values: dict[str, int | None] = {}
     for pair in match["rest"].split():
         key, _, raw = pair.partition("=")
         if key not in ("tpm", "rpm"):
             raise ValueError(f"{line.strip()!r}: unknown key {key!r} (expected tpm or rpm)")
         try:
-            values[key] = positive_int(raw)
+            values[key] = tpm(raw) if key == "tpm" else positive_int(raw)
         except ValueError:
-            raise ValueError(
-                f"{line.strip()!r}: {key}={raw!r} must be a whole number above 0"
-            ) from None
+            what = "a whole number above 0" + (" or auto" if key == "tpm" else "")
+            raise ValueError(f"{line.strip()!r}: {key}={raw!r} must be {what}") from None
     if "tpm" not in values:
-        raise ValueError(f"{line.strip()!r}: a rule needs tpm=N")
+        raise ValueError(f"{line.strip()!r}: a rule needs tpm=N (or tpm=auto)")
     from pytest_llm_budget.providers.registry import unknown_vendor
 
     problem = unknown_vendor(match["vendor"])
