@@ -111,3 +111,146 @@ def test_gemini_per_day_quota_is_a_quota_and_no_limit() -> None:
     assert rejection.kind is RejectionKind.QUOTA and rejection.per_day
     assert rejection.quota == "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
     assert GEMINI.learned_limits({}, rejection) is None
+
+
+# -- the limiter, on the fake clock ---------------------------------------------------------------
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from redis_server import RedisServer, redis_server  # noqa: E402, F401 - fixture
+
+from pytest_llm_budget.backends import Backend, MemoryBackend  # noqa: E402
+from pytest_llm_budget.backends.file import FileBackend  # noqa: E402
+from pytest_llm_budget.errors import BudgetWaitTimeout  # noqa: E402
+from pytest_llm_budget.events import LimitLearned  # noqa: E402
+from pytest_llm_budget.limiting.buckets import LimitRule  # noqa: E402
+from pytest_llm_budget.limiting.limiter import Limiter  # noqa: E402
+
+AUTO = LimitRule("*", "*", None, None, per_model=True)
+
+
+def _limiter(backend: Backend, clock: Any, *rules: LimitRule, **kw: Any) -> Limiter:
+    kw.setdefault("headroom", 0.15)
+    kw.setdefault("window", 6.0)
+    return Limiter(
+        backend, rules or (AUTO,), clock=clock.now, sleep=clock.sleep, asleep=clock.asleep, **kw
+    )
+
+
+def test_a_lower_server_limit_wins_with_one_notice(clock: Any) -> None:
+    backend = MemoryBackend()
+    limiter = _limiter(backend, clock, LimitRule("*", "*", 30000))
+    told: list[LimitLearned] = []
+    limiter.limit_listeners.append(told.append)
+    bucket = limiter.bucket_for("openai", "gpt-4o-mini")
+    assert limiter.limits(bucket).tokens == 25500
+    with limiter.reserve(1000, model="gpt-4o-mini") as r:
+        r.learn("gpt-4o-mini", LearnedLimits(tokens=6000, requests=500))
+    assert limiter.limits(bucket).tokens == 5100  # 6000 less the 15% headroom, as configured
+    assert limiter.limits(bucket).requests == 500
+    assert limiter.limits(bucket).window == 6.0  # the window stays as configured
+    assert [e.line() for e in told] == [
+        "openai:* (gpt-4o-mini): the server allows 6000 tokens per window, configured 30000: "
+        "using 6000",
+        "openai:* (gpt-4o-mini): the server allows 500 requests per window, configured none: "
+        "using 500",
+    ]
+    limiter.learn(bucket, "gpt-4o-mini", {"tokens": 6000})  # the same figure again: silent
+    assert len(told) == 2
+    [stats] = limiter.stats()
+    assert (stats.budget, stats.tpm, stats.server_tpm, stats.server_rpm) == (5100, 30000, 6000, 500)
+
+
+def test_a_configured_limit_lower_than_the_servers_is_kept(clock: Any) -> None:
+    limiter = _limiter(MemoryBackend(), clock, LimitRule("*", "*", 3000, 20))
+    told: list[LimitLearned] = []
+    limiter.limit_listeners.append(told.append)
+    bucket = limiter.bucket_for("openai", "gpt-5")
+    limiter.learn(bucket, "gpt-5", {"tokens": 30000, "requests": 500})
+    assert (limiter.limits(bucket).tokens, limiter.limits(bucket).requests) == (2550, 20)
+    assert told == []
+
+
+def test_a_bucket_of_several_models_keeps_the_lowest_stated_limit(clock: Any) -> None:
+    limiter = _limiter(MemoryBackend(), clock, LimitRule("openai", "gpt-5*", 100000))
+    bucket = limiter.bucket_for("openai", "gpt-5")
+    assert limiter.bucket_for("openai", "gpt-5-mini") == bucket == "openai:gpt-5*"
+    limiter.learn(bucket, "gpt-5", {"tokens": 40000})
+    limiter.learn(bucket, "gpt-5-mini", {"tokens": 20000})
+    limiter.learn(bucket, "gpt-5", {"tokens": 50000})
+    assert limiter.limits(bucket).tokens == 17000
+
+
+def test_auto_probes_one_call_at_a_time_until_a_limit_is_known(clock: Any) -> None:
+    limiter = _limiter(MemoryBackend(), clock, max_wait=1.0)
+    bucket = limiter.bucket_for("openai", "gpt-4o-mini")
+    assert limiter.budget(bucket) is None and limiter.probing(bucket)
+    first = limiter.reserve(50_000, model="gpt-4o-mini")  # no token limit known: any size
+    with pytest.raises(BudgetWaitTimeout, match="concurrency"):
+        limiter.reserve(100, model="gpt-4o-mini")  # the probe is alone in its bucket
+    other = limiter.reserve(100, model="gpt-5")  # another model: its own bucket, its own probe
+    assert other.bucket == "openai:gpt-5"
+    first.learn("gpt-4o-mini", LearnedLimits(tokens=60_000))
+    first.settle(50_000)
+    assert not limiter.probing(bucket) and limiter.budget(bucket) == 51_000
+    second = limiter.reserve(100, model="gpt-4o-mini")  # paced at the learned limit, not alone
+    third = limiter.reserve(100, model="gpt-4o-mini")
+    assert second.waited_s == third.waited_s == 0.0
+    assert limiter.probing("openai:gpt-5")  # gpt-4o-mini's figure does not limit gpt-5
+    assert limiter.budget("openai:gpt-5") is None
+
+
+def test_the_probe_and_learned_limits_are_shared_through_the_backend(
+    clock: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.json"
+    one = _limiter(FileBackend(path), clock, max_wait=0.5)
+    two = _limiter(FileBackend(path), clock, max_wait=0.5)
+    told: list[LimitLearned] = []
+    one.limit_listeners.append(told.append)
+    two.limit_listeners.append(told.append)
+    probe = one.reserve(500, model="gpt-4o-mini")
+    with pytest.raises(BudgetWaitTimeout, match="concurrency"):
+        two.reserve(500, model="gpt-4o-mini")  # another process waits for the probe's answer
+    probe.learn("gpt-4o-mini", LearnedLimits(tokens=6000))
+    probe.settle(500)
+    got = two.reserve(500, model="gpt-4o-mini")  # reads what `one` learned
+    assert two.budget(got.bucket) == 5100
+    assert len(told) == 1  # told once, by the process whose answer taught it
+    two.learn(got.bucket, "gpt-4o-mini", {"tokens": 6000})
+    assert len(told) == 1
+    # A later run on the same file starts with them: no probe, and the preflight knows them.
+    later = _limiter(FileBackend(path), clock)
+    assert later.known_budget("openai", "gpt-4o-mini") == 5100
+    assert not later.probing(later.bucket_for("openai", "gpt-4o-mini"))
+    assert later.known_budget("openai", "gpt-5") is None
+
+
+@pytest.fixture
+def redis_backends(redis_server: RedisServer) -> Iterator[tuple[Any, Any]]:  # noqa: F811
+    from pytest_llm_budget.backends.redis import RedisBackend
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    one = RedisBackend.from_url(redis_server.url, prefix=prefix)
+    two = RedisBackend.from_url(redis_server.url, prefix=prefix)
+    yield one, two
+    one.close()
+    two.close()
+
+
+def test_learned_limits_live_in_redis(clock: Any, redis_backends: tuple[Any, Any]) -> None:
+    first, second = redis_backends
+    assert first.learn_limits("openai:gpt-4o", "gpt-4o", {"tokens": 6000}, 0.0) == {}
+    before = second.learn_limits("openai:gpt-4o", "gpt-4o", {"requests": 50}, 0.0)
+    assert before == {"gpt-4o": {"tokens": 6000}}
+    assert first.learned_limits("openai:gpt-4o", 0.0) == {"gpt-4o": {"tokens": 6000, "requests": 50}}
+    assert 0 < first.client.ttl(first.limits_key("openai:gpt-4o")) <= 30 * 86400
+    one, two = _limiter(first, clock, max_wait=0.5), _limiter(second, clock, max_wait=0.5)
+    probe = one.reserve(100, model="gpt-5")
+    with pytest.raises(BudgetWaitTimeout, match="concurrency"):
+        two.reserve(100, model="gpt-5")
+    probe.learn("gpt-5", LearnedLimits(tokens=1000))
+    assert two.reserve(100, model="gpt-5").waited_s == 0.0
+    assert two.budget("openai:gpt-5") == 850

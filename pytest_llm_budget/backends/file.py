@@ -18,13 +18,18 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from pytest_llm_budget.backends.base import StateBackend
+from pytest_llm_budget.backends.base import (
+    LimitRecord,
+    StateBackend,
+    limit_record,
+    merge_limits,
+)
 from pytest_llm_budget.backends.ledger import LedgerState
 from pytest_llm_budget.errors import StateFileLocked, StateFileWarning
 from pytest_llm_budget.limiting.window import WindowState
@@ -325,6 +330,45 @@ class FileBackend(StateBackend):
                 _overwrite(fd, text, len(blob))
             finally:
                 os.close(fd)
+
+    @contextmanager
+    def _limits_file(self) -> Iterator[dict[str, LimitRecord]]:
+        """The stated limits of every bucket, in `<path>.limits.json` under the same lock
+        (kept when the windows go idle: a later run on this file starts with them)."""
+        path = f"{self.path}.limits.json"
+        with self._locked():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                blob = b""
+                while chunk := os.read(fd, 65536):
+                    blob += chunk
+                raw: Any = {}
+                try:
+                    raw = json.loads(blob) if blob.strip() else {}
+                except ValueError:
+                    raw = {}
+                limits = {str(k): limit_record(v) for k, v in dict(raw).items()} if isinstance(
+                    raw, dict
+                ) else {}
+                before = json.dumps(limits, sort_keys=True, separators=(",", ":")).encode()
+                yield limits
+                text = json.dumps(limits, sort_keys=True, separators=(",", ":")).encode()
+                if text != before:
+                    _overwrite(fd, text, len(blob))
+            finally:
+                os.close(fd)
+
+    def learn_limits(
+        self, bucket: str, model: str, figures: Mapping[str, int], now: float
+    ) -> LimitRecord:
+        with self._limits_file() as limits:
+            before = limits.get(bucket, {})
+            limits[bucket] = merge_limits(before, model, figures)
+            return before
+
+    def learned_limits(self, bucket: str, now: float) -> LimitRecord:
+        with self._limits_file() as limits:
+            return limits.get(bucket, {})
 
     def close(self) -> None:
         """Close the lock file's descriptor."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,6 +17,7 @@ from pytest_llm_budget.limiting.admission import Limits
 
 __all__ = [
     "COUNTERS", "Bucket", "BucketStats", "Buckets", "LimitRule", "budget_of", "rule_for",
+    "stated",
 ]
 
 
@@ -65,13 +66,22 @@ def rule_for(rules: Sequence[LimitRule], vendor: str, model: str) -> LimitRule:
     return next((r for r in rules if r.matches(vendor, model)), rules[-1])
 
 
+def stated(record: Mapping[str, Mapping[str, int]], dimension: str) -> int | None:
+    """The lowest figure the servers stated in `dimension` for any model of a bucket."""
+    return min((f[dimension] for f in record.values() if f.get(dimension)), default=None)
+
+
 @dataclass(frozen=True)
 class BucketStats:
-    """What one bucket did this session, as this process saw it."""
+    """What one bucket did this session, as this process saw it.
+
+    `budget` is None while the bucket's limit is not known (`--llm-tpm auto`); `tpm` / `rpm`
+    are the rule's (configured) figures, `server_tpm` / `server_rpm` what the server stated.
+    """
 
     name: str
     rule: str
-    budget: int
+    budget: int | None
     calls: int = 0
     estimated: int = 0
     actual: int = 0
@@ -80,10 +90,25 @@ class BucketStats:
     waited_s: float = 0.0
     rate_limit_events: int = 0
     refunded: int = 0
+    tpm: int | None = None
+    rpm: int | None = None
+    server_tpm: int | None = None
+    server_rpm: int | None = None
 
     def merged(self, other: BucketStats) -> BucketStats:
-        """Add another process's figures for the same bucket."""
-        return replace(self, **{f: getattr(self, f) + getattr(other, f) for f in COUNTERS})
+        """Add another process's figures for the same bucket (the lowest limits known)."""
+        summed = replace(self, **{f: getattr(self, f) + getattr(other, f) for f in COUNTERS})
+        return replace(
+            summed,
+            budget=_lowest(self.budget, other.budget),
+            server_tpm=_lowest(self.server_tpm, other.server_tpm),
+            server_rpm=_lowest(self.server_rpm, other.server_rpm),
+        )
+
+
+def _lowest(a: int | None, b: int | None) -> int | None:
+    """The lower of two figures, either of which may be unknown (None)."""
+    return b if a is None else a if b is None else min(a, b)
 
 
 #: The additive figures of BucketStats (summed across processes, counted by the limiter).
@@ -94,27 +119,46 @@ COUNTERS = (
 
 
 class Bucket:
-    """A bucket's rule and limits, and this process's running counts (see `Buckets.count`)."""
+    """A bucket's rule and limits, and this process's running counts (see `Buckets.count`).
 
-    __slots__ = ("counts", "limits", "name", "rule")
+    `learned` is what the servers stated for its models (model -> {"tokens", "requests"}), as
+    last read from the backend at clock time `refreshed`; `limits` take it into account.
+    """
+
+    __slots__ = ("counts", "learned", "limits", "name", "refreshed", "rule")
 
     def __init__(self, name: str, rule: LimitRule, limits: Limits) -> None:
         self.name = name
         self.rule = rule
         self.limits = limits
+        self.learned: dict[str, dict[str, int]] = {}
+        self.refreshed = float("-inf")
         #: COUNTERS -> running total (int; `waited_s` a float), frozen into BucketStats on read.
         self.counts: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
 
+    @property
+    def budget(self) -> int | None:
+        """Tokens admitted per window; None while no limit is known (`tpm=auto`)."""
+        if self.rule.tpm is None and stated(self.learned, "tokens") is None:
+            return None
+        return self.limits.tokens
+
     def stats(self) -> BucketStats:
         """The counts so far, as a record."""
-        return BucketStats(self.name, str(self.rule), self.limits.tokens, **self.counts)
+        return BucketStats(
+            self.name, str(self.rule), self.budget, **self.counts, tpm=self.rule.tpm,
+            rpm=self.rule.rpm, server_tpm=stated(self.learned, "tokens"),
+            server_rpm=stated(self.learned, "requests"),
+        )
 
 
 class Buckets:
     """The buckets of one limiter: which one a (vendor, model) call spends from, and its counts."""
 
     def __init__(
-        self, rules: Sequence[LimitRule], limits_for: Callable[[LimitRule], Limits]
+        self,
+        rules: Sequence[LimitRule],
+        limits_for: Callable[[LimitRule, Mapping[str, Mapping[str, int]]], Limits],
     ) -> None:
         self.rules = rules
         self._limits_for = limits_for
@@ -129,12 +173,25 @@ class Buckets:
         if name is not None:
             return name
         rule = rule_for(self.rules, vendor, model)
-        name = rule.bucket_name(vendor)
+        name = rule.bucket_name(vendor, model)
         with self._lock:
             self._names[key] = name
             if name not in self._buckets:
-                self._buckets[name] = Bucket(name, rule, self._limits_for(rule))
+                self._buckets[name] = Bucket(name, rule, self._limits_for(rule, {}))
         return name
+
+    def learned(self, name: str, record: Mapping[str, Mapping[str, int]], now: float) -> bool:
+        """Take in a bucket's stated limits (read at `now`); True when its limits changed."""
+        bucket = self._buckets[name]
+        with self._lock:
+            bucket.refreshed = now
+            if record == bucket.learned:
+                return False
+            bucket.learned = {m: dict(f) for m, f in record.items()}
+            limits = self._limits_for(bucket.rule, bucket.learned)
+            changed = limits != bucket.limits
+            bucket.limits = limits
+            return changed
 
     def __getitem__(self, name: str) -> Bucket:
         return self._buckets[name]

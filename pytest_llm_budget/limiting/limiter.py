@@ -12,15 +12,26 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.errors import BudgetWaitTimeout, RequestTooLarge
-from pytest_llm_budget.events import WaitTick
+from pytest_llm_budget.events import LimitLearned, WaitTick
 from pytest_llm_budget.limiting.admission import Admitted, Limits
-from pytest_llm_budget.limiting.buckets import Buckets, BucketStats, LimitRule, rule_for
+from pytest_llm_budget.limiting.buckets import (
+    Buckets,
+    BucketStats,
+    LimitRule,
+    budget_of,
+    rule_for,
+    stated,
+)
 from pytest_llm_budget.limiting.window import WindowSnapshot
+
+if TYPE_CHECKING:
+    from pytest_llm_budget.providers.base import LearnedLimits
 
 # LimitRule, BucketStats and rule_for live in buckets.py; importable from here too.
 __all__ = [
@@ -34,6 +45,8 @@ __all__ = [
 
 #: Tokens a bucket is charged for every 429 it receives (the seed's penalty).
 RATE_LIMIT_PENALTY = 1000
+#: The token budget of a bucket whose limit is not known yet (`tpm=auto`): no token pacing.
+UNKNOWN_TOKENS = 2**40
 
 
 class SystemClock:
@@ -112,6 +125,11 @@ class Reservation:
         """Record a 429 for this call: penalty tokens, and a pause when the server named one."""
         self.limiter._rate_limited(self.bucket, self.ticket, retry_after_s)
 
+    def learn(self, model: str, learned: LearnedLimits | None) -> None:
+        """Take in the limits the server stated with this request's answer (or its 429)."""
+        if learned is not None:
+            self.limiter.learn(self.bucket, model, learned.figures())
+
     def __enter__(self) -> Reservation:
         return self
 
@@ -133,6 +151,7 @@ class Limiter:
         max_wait: float = 600.0,
         margin: float | None = None,
         penalty_tokens: int = RATE_LIMIT_PENALTY,
+        refresh_every: float | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
         asleep: Callable[[float], Awaitable[None]] | None = None,
@@ -149,6 +168,8 @@ class Limiter:
         # a burst's thread scheduling and connection set-up can take ~50 ms on a busy host.
         self.margin = min(0.25, max(0.1, window / 100)) if margin is None else margin
         self.penalty_tokens = penalty_tokens
+        # How often a bucket reads the limits other processes learned (always, while probing).
+        self.refresh_every = min(1.0, window / 10) if refresh_every is None else refresh_every
         self.clock = clock or system.now
         self.sleep = sleep or system.sleep
         self.asleep = asleep or system.asleep
@@ -169,26 +190,109 @@ class Limiter:
         #: Called with a `WaitTick` on every deferral and when a deferred reservation gets in
         #: (live notices, the `waited` hook); must not block.
         self.wait_listeners: list[Callable[[WaitTick], None]] = []
+        #: Called with a `LimitLearned` when a server's figure starts to set a bucket's pace
+        #: (by the one process whose answer changed the backend's record); must not block.
+        self.limit_listeners: list[Callable[[LimitLearned], None]] = []
         self._who: dict[str, tuple[str, str]] = {}
 
     # -- buckets ---------------------------------------------------------------------------
     def bucket_for(self, vendor: str, model: str) -> str:
-        """The name of the bucket a (vendor, model) call spends from."""
-        return self._buckets.name_for(vendor, model)
+        """The name of the bucket a (vendor, model) call spends from (on first use, with the
+        limits the backend already learned for it)."""
+        name = self._buckets.name_for(vendor, model)
+        if self._buckets[name].refreshed == float("-inf"):
+            self._refresh(name, self.clock())
+        return name
 
-    def _limits_for(self, rule: LimitRule) -> Limits:
-        """The limits of a rule's bucket: its budget, the window and the limiter's settings."""
+    def _limits_for(self, rule: LimitRule, learned: Mapping[str, Mapping[str, int]]) -> Limits:
+        """The limits of a rule's bucket: the lower of its configured and its stated limits
+        (the headroom kept off either token figure), the window and the limiter's settings.
+
+        A `tpm=auto` bucket that knows no limit yet probes: one call at a time.
+        """
+        server_tpm, server_rpm = stated(learned, "tokens"), stated(learned, "requests")
+        budgets = [b for b in (rule.budget(self.headroom), server_tpm) if b is not None]
+        if server_tpm is not None:
+            budgets[-1] = budget_of(server_tpm, self.headroom)
+        requests = [r for r in (rule.rpm, server_rpm) if r is not None]
+        concurrency = self.max_concurrency
+        if rule.tpm is None and server_tpm is None and server_rpm is None:
+            concurrency = 1
         return Limits(
-            tokens=rule.budget(self.headroom),
+            tokens=min(budgets, default=UNKNOWN_TOKENS),
             window=self.window,
-            requests=rule.rpm,
-            concurrency=self.max_concurrency,
+            requests=min(requests, default=None),
+            concurrency=concurrency,
             margin=self.margin,
         )
 
     def limits(self, bucket: str) -> Limits:
         """The limits a bucket enforces."""
         return self._buckets[bucket].limits
+
+    def budget(self, bucket: str) -> int | None:
+        """Tokens the bucket admits per window; None while its limit is not known (auto)."""
+        return self._buckets[bucket].budget
+
+    def known_budget(self, vendor: str, model: str) -> int | None:
+        """The budget of a (vendor, model) call's bucket, with what the backend learned so far
+        (None: not known yet)."""
+        rule = rule_for(self.rules, vendor, model)
+        record = self.backend.learned_limits(rule.bucket_name(vendor, model), self.clock())
+        if rule.tpm is None and stated(record, "tokens") is None:
+            return None
+        return self._limits_for(rule, record).tokens
+
+    def probing(self, bucket: str) -> bool:
+        """Whether the bucket sends one call at a time until it learns its limit."""
+        b = self._buckets[bucket]
+        return b.rule.tpm is None and not any(b.learned.values())
+
+    # -- learned limits ----------------------------------------------------------------------
+    def learn(self, bucket: str, model: str, figures: Mapping[str, int]) -> None:
+        """Store what a server stated for a model of the bucket (shared through the backend);
+        a figure that now sets the bucket's pace is told to the limit listeners, once."""
+        b = self._buckets[bucket]
+        known = b.learned.get(model, {})
+        if all(known.get(k) == v for k, v in figures.items()):
+            return
+        now = self.clock()
+        before = self.backend.learn_limits(bucket, model, figures, now)
+        after = {m: dict(f) for m, f in before.items()}
+        after.setdefault(model, {}).update(figures)
+        self._buckets.learned(bucket, after, now)
+        self._room_freed()
+        if self.limit_listeners:
+            for event in self._pace_changes(bucket, model, before, after):
+                for listener in list(self.limit_listeners):
+                    listener(event)
+
+    def _pace_changes(
+        self,
+        bucket: str,
+        model: str,
+        before: Mapping[str, Mapping[str, int]],
+        after: Mapping[str, Mapping[str, int]],
+    ) -> list[LimitLearned]:
+        """The dimensions whose stated figure changed and now sets the bucket's pace."""
+        rule = self._buckets[bucket].rule
+        vendor = bucket.split(":", 1)[0]
+        events = []
+        for dimension, configured in (("tokens", rule.tpm), ("requests", rule.rpm)):
+            server = stated(after, dimension)
+            if server is None or server == stated(before, dimension):
+                continue
+            if configured is None or server < configured:
+                events.append(
+                    LimitLearned(bucket, vendor, model, dimension, server, configured, server)
+                )
+        return events
+
+    def _refresh(self, bucket: str, now: float) -> None:
+        """Read the limits other processes learned for the bucket, now and then (each try
+        while it probes)."""
+        if self.probing(bucket) or now - self._buckets[bucket].refreshed >= self.refresh_every:
+            self._buckets.learned(bucket, self.backend.learned_limits(bucket, now), now)
 
     # -- reserving -------------------------------------------------------------------------
     def reserve(
@@ -230,12 +334,17 @@ class Limiter:
 
     def _begin(self, estimate: int, vendor: str, model: str) -> tuple[str, str, float]:
         bucket = self.bucket_for(vendor, model)
-        limits = self._buckets[bucket].limits
+        b = self._buckets[bucket]
+        limits = b.limits
         if estimate > limits.tokens:
+            server = stated(b.learned, "tokens")
+            limit = f"tpm {b.rule.tpm}"
+            if server is not None and (b.rule.tpm is None or server < b.rule.tpm):
+                limit = f"the server's limit {server}"
             raise RequestTooLarge(
                 f"{vendor} model {model}: this request needs about {estimate} tokens but the "
                 f"bucket {bucket} admits {limits.tokens} per {limits.window:g}s window "
-                f"(tpm {self._buckets[bucket].rule.tpm} less {self.headroom:.0%} headroom); "
+                f"({limit} less {self.headroom:.0%} headroom); "
                 "lower max_tokens or raise --llm-tpm",
                 vendor=vendor,
                 model=model,
@@ -252,8 +361,9 @@ class Limiter:
         first: bool,
     ) -> Admitted | float:
         """Ask the backend once; the admission, else the seconds to sleep."""
-        b = self._buckets[bucket]
         now = self.clock()
+        self._refresh(bucket, now)
+        b = self._buckets[bucket]
         decision = self.backend.admit(
             bucket, b.limits, ticket, estimate, now, self.owner, uncertain
         )

@@ -252,12 +252,14 @@ class GeminiProvider(ProviderDefaults):
         metric = _METRIC_IN_MESSAGE.search(message)
         quota = quota_ids.split(" ", 1)[0] or (metric.group(1) if metric else None)
         per_day = bool(_PER_DAY.search(quota_ids) or _PER_DAY.search(message))
-        facts = {"dimension": _dimension(quota or ""), "quota": quota, "per_day": per_day}
         if status != 429 and error.get("status") != "RESOURCE_EXHAUSTED":
-            return Rejection(RejectionKind.OTHER, delay, message, limit, None, **facts)
-        if limit == 0 or per_day:
-            return Rejection(RejectionKind.QUOTA, delay, message, limit, None, **facts)
-        return Rejection(RejectionKind.RATE_LIMIT, delay, message, limit, None, **facts)
+            kind = RejectionKind.OTHER
+        elif limit == 0 or per_day:
+            kind = RejectionKind.QUOTA
+        else:
+            kind = RejectionKind.RATE_LIMIT
+        dimension = _dimension(quota or "")
+        return Rejection(kind, delay, message, limit, None, dimension, quota, per_day)
 
     def charge(self, usage: Usage) -> int:
         """Gemini's TPM quota counts input (prompt) tokens."""

@@ -201,13 +201,15 @@ class OpenAIProvider(ProviderDefaults):
             dimension = kind_match.group(1).lower()
             per_day = kind_match.group(2).lower() == "day"
             quota = kind_match.group(0)
-        facts = {"dimension": dimension, "quota": quota, "per_day": per_day}
         if code in _QUOTA_CODES or limit_type in _QUOTA_CODES:
-            quota = quota or code or limit_type
-            facts.update(quota=quota, dimension=None)
-            return Rejection(RejectionKind.QUOTA, None, message or code, limit, requested, **facts)
+            return Rejection(
+                RejectionKind.QUOTA, None, message or code, limit, requested, None,
+                quota or code or limit_type, per_day,
+            )
         if message.lower().startswith("request too large"):
-            return Rejection(RejectionKind.TOO_LARGE, None, message, limit, requested, **facts)
+            return Rejection(
+                RejectionKind.TOO_LARGE, None, message, limit, requested, dimension, quota, per_day
+            )
         explicit = "retry-after" in lowered or "retry-after-ms" in lowered
         hint = None if explicit else parse_retry_hint_in_message(message)
         delay = (
@@ -216,7 +218,9 @@ class OpenAIProvider(ProviderDefaults):
             else retry_delay_from_headers(lowered, now, limit_type=limit_type)
         )
         kind = RejectionKind.RATE_LIMIT if status == 429 else RejectionKind.OTHER
-        return Rejection(kind, delay, message or f"HTTP {status}", limit, requested, **facts)
+        return Rejection(
+            kind, delay, message or f"HTTP {status}", limit, requested, dimension, quota, per_day
+        )
 
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
         """`x-ratelimit-{limit,remaining,reset}-{tokens,requests}` (resets are Go durations)."""

@@ -10,7 +10,8 @@
 - each 429 calls `reservation.rate_limited(delay)`: penalty tokens and a pause of the whole
   bucket, so the retry (a fresh reservation, timed from when it leaves) waits out the pause.
 - at most `retries` retries; `insufficient_quota` / per-day quotas and "Request too large"
-  are never retried.
+  are never retried; nor a 429 whose own retry delay is longer than `max_wait` (a quota no
+  retry inside the run can outlast): `QuotaExhausted`, naming the quota, at once.
 - errors: clients the plugin builds (`raise_errors=True`) raise the structured error
   (openai 3.x and google-genai let non-httpx exceptions through unchanged, with no SDK retry);
   clients the code under test builds get the provider's final 429 back, marked
@@ -97,12 +98,21 @@ def after_429(
     provider_says = f"provider: {rejection.message}"
     facts: dict[str, Any] = {
         "vendor": vendor, "model": model, "limit": rejection.limit, "attempts": attempts,
-        "waited_s": waited_s,
+        "waited_s": waited_s, "quota": rejection.quota, "per_day": rejection.per_day,
     }
+    quota = f"quota {rejection.quota}, " if rejection.quota else ""
     if rejection.kind is RejectionKind.QUOTA:
         return QuotaExhausted(
-            f"{where}: quota exhausted ({limit}), not retried after {attempts} "
+            f"{where}: quota exhausted ({quota}{limit}), not retried after {attempts} "
             f"attempt(s), {waited_s:.1f}s waited; {provider_says}",
+            **facts,
+        )
+    hint = rejection.retry_after_s
+    if rejection.kind is RejectionKind.RATE_LIMIT and hint is not None and hint > policy.max_wait:
+        return QuotaExhausted(
+            f"{where}: quota exhausted ({quota}{limit}): the provider asks to retry in "
+            f"{hint:.0f}s, longer than --llm-max-wait={policy.max_wait:g}s allows; not retried "
+            f"after {attempts} attempt(s), {waited_s:.1f}s waited; {provider_says}",
             **facts,
         )
     if rejection.kind is RejectionKind.TOO_LARGE:

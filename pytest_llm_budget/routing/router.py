@@ -294,6 +294,7 @@ class Router:
     ) -> LLMBudgetError | None:
         """A 429: count it, pause the bucket; None to retry, or the error that ends the call."""
         rejection = call.provider.classify(429, response.headers, body, time.time())
+        reservation.learn(call.model, call.provider.learned_limits(response.headers, rejection))
         call.release_cost()
         call.rate_limit_events += 1
         call.rejection = rejection
