@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 
+from pytest_llm_budget.backends import Backend, MemoryBackend
+from pytest_llm_budget.backends.file import FileBackend
+from pytest_llm_budget.errors import BudgetWaitTimeout
+from pytest_llm_budget.events import LimitLearned
+from pytest_llm_budget.limiting.buckets import LimitRule
+from pytest_llm_budget.limiting.limiter import Limiter
 from pytest_llm_budget.providers import (
     GeminiProvider,
     LearnedLimits,
@@ -114,20 +125,6 @@ def test_gemini_per_day_quota_is_a_quota_and_no_limit() -> None:
 
 
 # -- the limiter, on the fake clock ---------------------------------------------------------------
-import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from redis_server import RedisServer, redis_server  # noqa: E402, F401 - fixture
-
-from pytest_llm_budget.backends import Backend, MemoryBackend  # noqa: E402
-from pytest_llm_budget.backends.file import FileBackend  # noqa: E402
-from pytest_llm_budget.errors import BudgetWaitTimeout  # noqa: E402
-from pytest_llm_budget.events import LimitLearned  # noqa: E402
-from pytest_llm_budget.limiting.buckets import LimitRule  # noqa: E402
-from pytest_llm_budget.limiting.limiter import Limiter  # noqa: E402
-
 AUTO = LimitRule("*", "*", None, None, per_model=True)
 
 
@@ -245,7 +242,8 @@ def test_learned_limits_live_in_redis(clock: Any, redis_backends: tuple[Any, Any
     assert first.learn_limits("openai:gpt-4o", "gpt-4o", {"tokens": 6000}, 0.0) == {}
     before = second.learn_limits("openai:gpt-4o", "gpt-4o", {"requests": 50}, 0.0)
     assert before == {"gpt-4o": {"tokens": 6000}}
-    assert first.learned_limits("openai:gpt-4o", 0.0) == {"gpt-4o": {"tokens": 6000, "requests": 50}}
+    both = {"gpt-4o": {"tokens": 6000, "requests": 50}}
+    assert first.learned_limits("openai:gpt-4o", 0.0) == both
     assert 0 < first.client.ttl(first.limits_key("openai:gpt-4o")) <= 30 * 86400
     one, two = _limiter(first, clock, max_wait=0.5), _limiter(second, clock, max_wait=0.5)
     probe = one.reserve(100, model="gpt-5")

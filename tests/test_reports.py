@@ -119,7 +119,9 @@ def _document() -> dict[str, Any]:
     ]
     totals = Totals(calls=2, replayed=1, prompt_tokens=790, completion_tokens=331,
                     total_tokens=1121, rate_limit_events=2, retries=2, waited_s=12.34, errors=1)
-    settings = Settings(tpm=30000, backend="redis://user:secret@host:6379/0", reports=("a.html",)).public()
+    settings = Settings(
+        tpm=30000, backend="redis://user:secret@host:6379/0", reports=("a.html",)
+    ).public()
     return build_report(settings, totals, buckets, calls)
 
 
