@@ -237,6 +237,22 @@ def redis_backends(redis_server: RedisServer) -> Iterator[tuple[Any, Any]]:  # n
     two.close()
 
 
+def test_redis_dates_a_late_request_from_when_it_left(
+    clock: Any, redis_backends: tuple[Any, Any]
+) -> None:
+    backend, _ = redis_backends
+    limiter = Limiter(
+        backend, [LimitRule(tpm=1000)], headroom=0.0, window=2.0, clock=clock.now,
+        sleep=clock.sleep,
+    )
+    start = clock.t
+    slow = limiter.reserve(600)
+    clock.advance(0.5)
+    slow.sent()
+    limiter.reserve(600)
+    assert clock.t - start >= 0.5 + 2.0 + limiter.margin - 1e-9
+
+
 def test_learned_limits_live_in_redis(clock: Any, redis_backends: tuple[Any, Any]) -> None:
     first, second = redis_backends
     assert first.learn_limits("openai:gpt-4o", "gpt-4o", {"tokens": 6000}, 0.0) == {}
@@ -252,3 +268,65 @@ def test_learned_limits_live_in_redis(clock: Any, redis_backends: tuple[Any, Any
     probe.learn("gpt-5", LearnedLimits(tokens=1000))
     assert two.reserve(100, model="gpt-5").waited_s == 0.0
     assert two.budget("openai:gpt-5") == 850
+
+
+# -- a reservation is timed from when its request leaves (the rare 429 under load) ----------------
+def test_a_charge_is_dated_from_when_its_request_left(clock: Any) -> None:
+    """The issue's 429 at -n 4 on a loaded machine: a request that left late stayed in the
+    provider's window after it had left ours, and the next waiter got in too early."""
+    limiter = Limiter(
+        MemoryBackend(), [LimitRule(tpm=1000)], headroom=0.0, window=2.0,
+        clock=clock.now, sleep=clock.sleep,
+    )
+    start = clock.t
+    slow = limiter.reserve(600)
+    clock.advance(0.5)  # the sender was descheduled between its admission and its send
+    slow.sent()
+    later = limiter.reserve(600)
+    assert clock.t - start >= 0.5 + 2.0 + limiter.margin - 1e-9
+    prompt = limiter.reserve(1)  # a request sent at once is not moved (no extra backend op)
+    stamped = prompt.stamped_at
+    clock.advance(limiter.margin / 4)
+    prompt.sent()
+    assert prompt.stamped_at == stamped == later.stamped_at
+
+
+def test_a_slow_sender_gets_no_429(emu: Any, make_budget: Any) -> None:
+    """A real request held back between its admission and its send (a trace hook sleeping, as
+    a loaded machine's scheduler would), then a prompt one: the server must see them a window
+    apart."""
+    import threading
+    import time
+
+    from pytest_llm_budget.emulator import EmulatorConfig, LimitSpec
+    from pytest_llm_budget.routing import clients
+
+    emu.configure(EmulatorConfig(window=2.0, openai=LimitSpec(tpm=1000, rpm=None)))
+    emu.reset()
+    budget = make_budget(tpm=1000, window=2.0, headroom=0.0, retries=0)
+    http = clients.http_client(budget)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 540}
+    headers = {"Authorization": "Bearer sk-test"}
+
+    def slow_trace(name: str, info: dict[str, Any]) -> None:
+        if name.endswith("send_request_headers.started"):
+            time.sleep(0.6)
+
+    def call(trace: Any = None) -> int:
+        extensions = {"trace": trace} if trace else {}
+        response = http.post(
+            f"{emu.openai_base_url}/chat/completions", json=body, headers=headers,
+            extensions=extensions,
+        )
+        return int(response.status_code)
+
+    statuses: list[int] = []
+    slow = threading.Thread(target=lambda: statuses.append(call(slow_trace)))
+    slow.start()
+    time.sleep(0.2)
+    statuses.append(call())
+    slow.join(10)
+    assert statuses == [200, 200], [r.outcome for r in emu.log]
+    ok = [r.t for r in emu.log if r.status == 200]
+    assert ok[1] - ok[0] >= 2.0, ok

@@ -80,6 +80,10 @@ class Backend(abc.ABC):
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         """End a lease (or leave the queue) without settling: the estimate stays charged."""
 
+    def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:  # noqa: B027
+        """Date an admitted charge from `now`, when its request left (`WindowState.restamp`);
+        a backend that cannot keeps its admission time (its margin is then all it has)."""
+
     @abc.abstractmethod
     def penalize(
         self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float
@@ -216,6 +220,10 @@ class StateBackend(Backend):
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         with self._state(bucket, now) as state:
             state.release(ticket)
+
+    def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        with self._state(bucket, now) as state:
+            state.restamp(limits, ticket, now)
 
     def penalize(
         self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float

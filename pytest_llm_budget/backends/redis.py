@@ -218,6 +218,9 @@ class RedisBackend(Backend):
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         self._run("release", bucket, limits, now, ticket)
 
+    def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        self._run("restamp", bucket, limits, now, ticket)
+
     def penalize(self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float,
                  now: float) -> None:
         self._run("penalize", bucket, limits, now, ticket, int(tokens), float(pause_until))

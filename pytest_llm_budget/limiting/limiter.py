@@ -80,6 +80,8 @@ class Reservation:
     waited_s: float
     requested: int = -1
     uncertain: int = 0
+    #: When the backend dated the charge (its admission; moved by `sent`).
+    stamped_at: float = -1.0
     settled: bool = field(default=False, init=False)
     actual: int | None = field(default=None, init=False)
 
@@ -106,6 +108,12 @@ class Reservation:
         return self.limiter._observe(
             self.bucket, self.ticket, server_limit, server_remaining, reset_s
         )
+
+    def sent(self) -> None:
+        """The request has left (its last byte is written): when that is later than its
+        admission by more than half the margin, its charge is dated from now."""
+        if not self.settled:
+            self.limiter._sent(self)
 
     def release(self) -> None:
         """Free the concurrency slot without reporting usage (the estimate stays charged)."""
@@ -311,7 +319,7 @@ class Limiter:
             freed = self._freed
             wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
             if isinstance(wait, Admitted):
-                return self._admitted(bucket, ticket, estimate, uncertain, start, wait.charge)
+                return self._admitted(bucket, ticket, estimate, uncertain, start, wait)
             if self._wakeable:
                 self._nap(wait, freed)
             else:
@@ -328,7 +336,7 @@ class Limiter:
         for attempt in itertools.count():
             wait = self._try(bucket, ticket, estimate, uncertain, start, first=attempt == 0)
             if isinstance(wait, Admitted):
-                return self._admitted(bucket, ticket, estimate, uncertain, start, wait.charge)
+                return self._admitted(bucket, ticket, estimate, uncertain, start, wait)
             await self.asleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -392,15 +400,23 @@ class Limiter:
         return decision.wait
 
     def _admitted(
-        self, bucket: str, ticket: str, estimate: int, uncertain: int, start: float, charge: int
+        self,
+        bucket: str,
+        ticket: str,
+        estimate: int,
+        uncertain: int,
+        start: float,
+        admitted: Admitted,
     ) -> Reservation:
         now = self.clock()
         waited = max(0.0, now - start)
-        charged = estimate if charge < 0 else charge
+        charged = estimate if admitted.charge < 0 else admitted.charge
         self._buckets.count(bucket, calls=1, estimated=charged, waited_s=waited)
         if self._who:
             self._tell_wait(bucket, ticket, estimate, start, now, now, "", admitted=waited > 0)
-        return Reservation(self, bucket, ticket, charged, now, waited, estimate, uncertain)
+        return Reservation(
+            self, bucket, ticket, charged, now, waited, estimate, uncertain, admitted.at
+        )
 
     def _tell_wait(
         self,
@@ -460,6 +476,14 @@ class Limiter:
         self.backend.cancel(r.bucket, b.limits, r.ticket, self.clock())
         self._buckets.count(r.bucket, calls=-1, estimated=-r.estimate)
         self._room_freed()
+
+    def _sent(self, r: Reservation) -> None:
+        now = self.clock()
+        stamped = r.stamped_at if r.stamped_at >= 0 else r.admitted_at
+        if now - stamped > self.margin / 2:
+            b = self._buckets[r.bucket]
+            self.backend.restamp(r.bucket, b.limits, r.ticket, now)
+            r.stamped_at = now
 
     def _release(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]

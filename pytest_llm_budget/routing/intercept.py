@@ -133,6 +133,7 @@ def gated_methods(
         if gate is None:
             return original_sync(self, request)
         gate.pay()
+        gate.trace(request)
         try:
             return original_sync(self, request)
         except unsent:
@@ -144,6 +145,7 @@ def gated_methods(
         if gate is None:
             return await original_async(self, request)
         await gate.apay()
+        gate.trace(request, is_async=True)
         try:
             return await original_async(self, request)
         except unsent:
