@@ -330,3 +330,179 @@ def test_a_slow_sender_gets_no_429(emu: Any, make_budget: Any) -> None:
     assert statuses == [200, 200], [r.outcome for r in emu.log]
     ok = [r.t for r in emu.log if r.status == 200]
     assert ok[1] - ok[0] >= 2.0, ok
+
+
+# -- whole runs against the emulator: limits the plugin was not told -----------------------------
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from pytest_llm_budget.emulator import Emulator, EmulatorConfig, LimitSpec  # noqa: E402
+
+WINDOW = 2.0
+REAL_TPM = 3000  # per WINDOW, per model; a call charges ~300 (input + max_tokens 290)
+SUITE = """
+import pytest
+
+@pytest.mark.parametrize("i", range({n}))
+@pytest.mark.parametrize("model", {models!r})
+def test_call(i, model, openai_client):
+    openai_client.chat.completions.create(
+        model=model, max_tokens=290,
+        messages=[{{"role": "user", "content": "question number %d" % i}}],
+    )
+"""
+GEMINI_SUITE = """
+import pytest
+
+PROMPT = "tell me about the weather in a long sentence " * 40  # ~450 input tokens
+
+@pytest.mark.parametrize("i", range({n}))
+def test_call(i, gemini_client):
+    gemini_client.models.generate_content(model="gemini-2.5-flash", contents=PROMPT + str(i))
+"""
+
+
+@pytest.fixture
+def real_limits() -> Iterator[Emulator]:
+    """An emulator enforcing 3000 tokens per 2 s per model, stating them in its headers."""
+    config = EmulatorConfig(
+        window=WINDOW, openai=LimitSpec(tpm=REAL_TPM, rpm=None),
+        gemini=LimitSpec(tpm=1000, rpm=None),
+    ).updated({"limits": ["openai:gpt-5* tpm=1500 rpm=none"]})
+    with Emulator(config) as emu:
+        yield emu
+
+
+def run_suite(
+    pytester: pytest.Pytester, emu: Emulator, *args: str, workers: int = 0, suite: str = ""
+) -> subprocess.CompletedProcess[str]:
+    if suite:
+        pytester.makepyfile(test_calls=suite)
+    env = dict(os.environ)
+    env.update(
+        OPENAI_BASE_URL=emu.openai_base_url, OPENAI_API_KEY="sk-test",
+        GOOGLE_GEMINI_BASE_URL=emu.gemini_base_url, GEMINI_API_KEY="g-test",
+    )
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+               f"--llm-window={WINDOW}", "--llm-headroom=0.05", *args]
+    if workers:
+        command += ["-n", str(workers)]
+    return subprocess.run(
+        command, cwd=pytester.path, env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def rejected(emu: Emulator) -> int:
+    return sum(sum(b["rejected"].values()) for b in emu.stats()["buckets"].values())
+
+
+def never_over(emu: Emulator) -> None:
+    for name, bucket in emu.stats()["buckets"].items():
+        limit = bucket.get("tpm") or (1500 if "gpt-5" in name else REAL_TPM)
+        assert bucket["max_window_tokens"] <= limit, (name, bucket)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_told_a_limit_five_times_too_high(
+    pytester: pytest.Pytester, real_limits: Emulator, workers: int
+) -> None:
+    suite = SUITE.format(n=16, models=["gpt-4o-mini"])
+    report = pytester.path / "report.json"
+    result = run_suite(
+        pytester, real_limits, f"--llm-tpm={5 * REAL_TPM}", f"--llm-report={report}",
+        workers=workers, suite=suite,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    line = "the server allows 3000 tokens per window, configured 15000: using 3000"
+    assert f"llm-budget: openai:* (gpt-4o-mini): {line}" in out  # the notice, once
+    assert out.count(f"(gpt-4o-mini): {line}") == 1
+    assert f"openai:*: {line}" in out  # the summary's line
+    assert re.search(r"^openai:\*\s+2850/2s\s", out, re.M), out
+    assert rejected(real_limits) <= 2  # target 0: the first calls fit the real limit
+    never_over(real_limits)
+    document = json.loads(report.read_text())
+    assert document["limits"] == [f"openai:*: {line}"]
+    [bucket] = document["buckets"]
+    assert bucket["budget"] == 2850
+    assert bucket["limits"] == {
+        "configured": {"tokens": 15000, "requests": None},
+        "server": {"tokens": 3000, "requests": None},
+    }
+
+
+@pytest.mark.parametrize("workers", [0, 4])
+def test_told_nothing_learns_each_models_limit(
+    pytester: pytest.Pytester, real_limits: Emulator, workers: int
+) -> None:
+    suite = SUITE.format(n=8, models=["gpt-4o-mini", "gpt-5"])
+    result = run_suite(pytester, real_limits, workers=workers, suite=suite)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert rejected(real_limits) == 0  # each bucket's first call went alone
+    never_over(real_limits)
+    assert ("openai:gpt-4o-mini: the server allows 3000 tokens per window, configured auto: "
+            "using 3000") in out
+    assert ("openai:gpt-5: the server allows 1500 tokens per window, configured auto: "
+            "using 1500") in out  # gpt-4o-mini's figure does not limit gpt-5
+    assert re.search(r"^openai:gpt-5\s+1425/2s\s", out, re.M), out
+    assert "429s: 0" in out
+
+
+def test_gemini_limits_come_from_a_429s_quota_failure(
+    pytester: pytest.Pytester, real_limits: Emulator
+) -> None:
+    result = run_suite(
+        pytester, real_limits, "--llm-tpm=15000", suite=GEMINI_SUITE.format(n=8)
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert ("gemini:* (gemini-2.5-flash): the server allows 1000 tokens per window, "
+            "configured 15000: using 1000") in out
+    assert 1 <= rejected(real_limits) <= 2  # Gemini states no limit until it refuses
+    assert re.search(r"^gemini:\*\s+950/2s\s", out, re.M), out
+
+
+def test_gemini_per_day_quota_fails_at_once_naming_it(
+    pytester: pytest.Pytester, real_limits: Emulator
+) -> None:
+    real_limits.configure(insufficient_quota=True)
+    suite = """
+import pytest
+from pytest_llm_budget import QuotaExhausted
+
+def test_call(gemini_client):
+    with pytest.raises(QuotaExhausted) as caught:
+        gemini_client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert caught.value.quota == "GenerateRequestsPerDayPerProjectPerModel"
+    assert "quota GenerateRequestsPerDayPerProjectPerModel" in str(caught.value)
+    assert caught.value.details["per_day"] is True
+"""
+    result = run_suite(pytester, real_limits, suite=suite)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(real_limits.log) == 1  # never retried
+
+
+def test_two_processes_on_one_redis_learn_once(
+    pytester: pytest.Pytester, real_limits: Emulator, redis_server: RedisServer  # noqa: F811
+) -> None:
+    procs = []
+    for name in ("a", "b"):
+        folder = pytester.mkdir(name)
+        (folder / "test_calls.py").write_text(SUITE.format(n=8, models=["gpt-4o-mini"]))
+        env = dict(os.environ, OPENAI_BASE_URL=real_limits.openai_base_url,
+                   OPENAI_API_KEY="sk-test")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+             f"--llm-window={WINDOW}", "--llm-headroom=0.05",
+             f"--llm-backend={redis_server.url}"],
+            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))
+    outs = [proc.communicate(timeout=180)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), outs
+    assert rejected(real_limits) == 0  # one probe for both hosts
+    never_over(real_limits)
+    notice = "llm-budget: openai:gpt-4o-mini: the server allows 3000 tokens per window"
+    assert sum(out.count(notice) for out in outs) == 1  # told by the host that learned it

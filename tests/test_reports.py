@@ -324,7 +324,9 @@ def test_a_run_writes_the_json_and_html_reports(pytester: pytest.Pytester) -> No
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*LLM budget*", "*429s: 1*", "LLM budget report: out/report.html"])
     document = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert list(document) == ["settings", "totals", "buckets", "tests", "calls", "overspent", "run"]
+    assert list(document) == [
+        "settings", "totals", "buckets", "limits", "tests", "calls", "overspent", "run"
+    ]
     assert document["settings"]["tpm"] == 10000 and document["settings"]["headroom"] == 0
     totals = document["totals"]
     assert {"calls", "replayed", "prompt_tokens", "completion_tokens", "total_tokens",
