@@ -17,12 +17,9 @@ from pytest_llm_budget.errors import BudgetWaitTimeout
 from pytest_llm_budget.events import LimitLearned
 from pytest_llm_budget.limiting.buckets import LimitRule
 from pytest_llm_budget.limiting.limiter import Limiter
-from pytest_llm_budget.providers import (
-    GeminiProvider,
-    LearnedLimits,
-    OpenAIProvider,
-    RejectionKind,
-)
+from pytest_llm_budget.providers.base import LearnedLimits, RejectionKind
+from pytest_llm_budget.providers.gemini import GeminiProvider
+from pytest_llm_budget.providers.openai import OpenAIProvider
 
 OPENAI = OpenAIProvider()
 GEMINI = GeminiProvider()

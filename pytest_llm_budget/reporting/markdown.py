@@ -41,8 +41,8 @@ _BUCKET_COLUMNS = (
     ("cost_usd", "cost"),
 )
 _BUCKET_TEXT = frozenset({"name", "rule"})
-#: Folded into another cell (cost_unknown into cost).
-_BUCKET_FOLDED = frozenset({"cost_unknown"})
+#: Folded into another cell (cost_unknown into cost), or shown below the table (limits).
+_BUCKET_FOLDED = frozenset({"cost_unknown", "limits"})
 _LABELS = {"tokens": "tokens", "cost_usd": "cost", "waited_s": "waited", "calls": "calls"}
 
 
@@ -236,7 +236,9 @@ def _buckets(document: Mapping[str, Any]) -> str:
                 row.append(_any(value))
         row += [_any(b.get(key)) for key in extra]
         rows.append(row)
-    return table(header, rows, numeric)
+    stated = "".join(f"\n- {_text(line)}" for line in document.get("limits") or [])
+    notes = f"\n\nLimits the servers stated:{stated}" if stated else ""
+    return table(header, rows, numeric) + notes
 
 
 def _test_tokens(entry: Mapping[str, Any]) -> int:
