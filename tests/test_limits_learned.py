@@ -465,21 +465,56 @@ def test_gemini_limits_come_from_a_429s_quota_failure(
 def test_gemini_per_day_quota_fails_at_once_naming_it(
     pytester: pytest.Pytester, real_limits: Emulator
 ) -> None:
-    real_limits.configure(insufficient_quota=True)
+    real_limits.configure(gemini_rpd=1)  # the second request of the day is refused
     suite = """
 import pytest
 from pytest_llm_budget import QuotaExhausted
 
+QUOTA = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+
 def test_call(gemini_client):
+    gemini_client.models.generate_content(model="gemini-2.5-flash", contents="hi")
     with pytest.raises(QuotaExhausted) as caught:
         gemini_client.models.generate_content(model="gemini-2.5-flash", contents="hi")
-    assert caught.value.quota == "GenerateRequestsPerDayPerProjectPerModel"
-    assert "quota GenerateRequestsPerDayPerProjectPerModel" in str(caught.value)
+    assert caught.value.quota == QUOTA and f"quota {QUOTA}" in str(caught.value)
     assert caught.value.details["per_day"] is True
 """
     result = run_suite(pytester, real_limits, suite=suite)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(real_limits.log) == 1  # never retried
+    assert len(real_limits.log) == 2  # the refused one never retried
+
+
+def test_a_daily_limit_no_retry_can_outlast_fails_at_once(
+    pytester: pytest.Pytester, real_limits: Emulator
+) -> None:
+    real_limits.queue_fault("daily_quota", count=1)  # OpenAI RPD: retry-after until the day turns
+    suite = """
+import pytest
+from pytest_llm_budget import QuotaExhausted
+
+def test_call(openai_client):
+    with pytest.raises(QuotaExhausted) as caught:
+        openai_client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.quota == "requests per day (RPD)"
+    assert "longer than --llm-max-wait=600s" in str(caught.value)
+"""
+    result = run_suite(pytester, real_limits, suite=suite)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(real_limits.log) == 1
+
+
+def test_without_limit_headers_the_429_message_teaches_the_limit(
+    pytester: pytest.Pytester, real_limits: Emulator
+) -> None:
+    real_limits.configure(limit_headers=False, openai={"tpm": 700})  # two calls per window
+    result = run_suite(pytester, real_limits, suite=SUITE.format(n=8, models=["gpt-4o-mini"]))
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert rejected(real_limits) == 1  # one at a time until the first 429 says "Limit 700"
+    assert ("openai:gpt-4o-mini: the server allows 700 tokens per window, configured auto: "
+            "using 700") in out
+    assert re.search(r"^openai:gpt-4o-mini\s+665/2s\s", out, re.M), out
 
 
 def test_two_processes_on_one_redis_learn_once(
