@@ -41,8 +41,8 @@ _BUCKET_COLUMNS = (
     ("cost_usd", "cost"),
 )
 _BUCKET_TEXT = frozenset({"name", "rule"})
-#: Folded into another cell (cost_unknown into cost), or shown below the table (limits).
-_BUCKET_FOLDED = frozenset({"cost_unknown", "limits"})
+#: Folded into another cell (cost_unknown into cost).
+_BUCKET_FOLDED = frozenset({"cost_unknown"})
 _LABELS = {"tokens": "tokens", "cost_usd": "cost", "waited_s": "waited", "calls": "calls"}
 
 
