@@ -147,10 +147,12 @@ def _commentary(run: dict[str, Any]) -> str:
         n429 = max(s["rejected_429"] for s in learning.values())
         failed = sum(s["failed"] for s in learning.values())
         met = worst <= LEARNING_TARGET and n429 <= 2 and failed == 0
+        floors = [s["span_over_floor"] for s in learning.values() if s.get("span_over_floor")]
+        floor = f" (span / floor {min(floors):.2f}-{max(floors):.2f})" if floors else ""
         out.append(
-            "Limits it was not told (" + ", ".join(labels[k] for k in learning) + "): span / "
-            f"oracle up to {worst:.2f}, at most {n429} 429s per run, {failed} failed tests: it "
-            f"**{'meets' if met else 'misses'}** the target (span / oracle <= "
+            "Limits it was not told (" + "; ".join(labels[k] for k in learning) + "): span / "
+            f"oracle up to {worst:.2f}{floor}, at most {n429} 429s per run, {failed} failed "
+            f"tests: it **{'meets' if met else 'misses'}** the target (span / oracle <= "
             f"{LEARNING_TARGET}, at most 2 429s)."
         )
     bucket = ok.get("plugin-n4-bucket")

@@ -101,8 +101,8 @@ def configurations(suite: Suite) -> list[Config]:
             4,
             needs=xdist,
             told_tpm=5 * TPM,
-            note=f"told --llm-tpm {5 * TPM}; the emulator's {TPM} per vendor, stated in its "
-            "headers",
+            note=f"told --llm-tpm {5 * TPM}; the emulator enforces {TPM} per vendor and states it "
+            "in its headers",
         ),
         Config(
             "sdk-default",
