@@ -1,4 +1,4 @@
-"""Offline replay of the 24-case example suite: pytest-llm-budget vs plain vcrpy (pytest-recording).
+"""Offline replay of the 36-case example suite: pytest-llm-budget vs plain vcrpy (pytest-recording).
 
 Both runs replay the same committed cassettes in a fresh pytest process. The baseline copies the
 suite to a temp dir with a conftest that disables this plugin's cassettes (record mode off) and
@@ -31,6 +31,10 @@ from pytest_llm_budget.replay.cassettes import cassette_name, _body_matcher
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OPENAI_BASE_URL", "http://127.0.0.1:8787/v1")
 os.environ.setdefault("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:8787/")
+os.environ.setdefault("ANTHROPIC_BASE_URL", "http://127.0.0.1:8787")
+os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-baseline")
+os.environ.setdefault("OPENAI_API_KEY", "sk-baseline")
+os.environ.setdefault("GEMINI_API_KEY", "baseline")
 
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -51,8 +55,9 @@ def default_cassette_name(request):
 
 
 def _run(cwd: Path, args: list[str]) -> float:
-    """Wall seconds of one pytest process; raises when it does not pass 24 tests."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GOOGLE_"))}
+    """Wall seconds of one pytest process; raises when it does not pass 36 tests."""
+    keys = ("OPENAI_", "GOOGLE_", "GEMINI_", "ANTHROPIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(keys)}
     start = time.perf_counter()
     done = subprocess.run(
         [
@@ -72,7 +77,7 @@ def _run(cwd: Path, args: list[str]) -> float:
         text=True,
     )
     elapsed = time.perf_counter() - start
-    if done.returncode != 0 or "24 passed" not in done.stdout:
+    if done.returncode != 0 or "36 passed" not in done.stdout:
         raise SystemExit(f"run failed in {cwd}:\n{done.stdout}\n{done.stderr}")
     return elapsed
 
@@ -83,13 +88,15 @@ def main(runs: int) -> None:
         base = Path(tmp) / "suite"
         shutil.copytree(SUITE, base)
         (base / "conftest.py").write_text(BASELINE_CONFTEST)
-        (base / "pytest.ini").write_text("[pytest]\nllm_record_mode = off\n")
+        models = "".join(f"\n    {m}" for m in ("openai:gpt-5", "gemini:gemini-2.5-pro",
+                                                  "anthropic:claude-sonnet-4-5"))
+        (base / "pytest.ini").write_text(f"[pytest]\nllm_record_mode = off\nllm_models ={models}\n")
         ours, plain = [], []
         for _ in range(runs):
             ours.append(_run(SUITE, []))
             plain.append(_run(base, ["--record-mode", "none"]))
     mo, mp = statistics.median(ours), statistics.median(plain)
-    print(f"runs: {runs} each (fresh pytest process per run, 24 replayed cases)")
+    print(f"runs: {runs} each (fresh pytest process per run, 36 replayed cases)")
     print(f"pytest-llm-budget replay : median {mo:.3f}s  (min {min(ours):.3f}s)")
     print(f"plain vcrpy (pytest-recording): median {mp:.3f}s  (min {min(plain):.3f}s)")
     print(f"ratio: {mo / mp:.3f}  (target <= 1.2)")

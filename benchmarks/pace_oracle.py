@@ -7,6 +7,11 @@ Pure functions (no I/O, no clock) so that they can be unit-tested and re-run on 
   Its last admission time is the fastest span a zero-429 limiter can reach on those charges.
 * Fluid floor: (S - B) / B x W, S the total charge: the first B goes at t=0, the rest drains at
   B per W. A lower bound on any zero-429 span (the oracle is >= it, discreteness costs more).
+* Token-bucket oracle (Anthropic: requests, input and output tokens): the same knowing FIFO
+  client against one token bucket per dimension, each full at t=0 and refilled continuously at
+  limit / W per second up to its limit. It knows each request's exact output, so it charges it
+  at admission (a real client can only charge it when the answer reports it), and admits the
+  next request as soon as every bucket holds its charge (`token_bucket_admissions`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ __all__ = [
     "fluid_floor",
     "oracle_admissions",
     "oracle_span",
+    "token_bucket_admissions",
+    "token_bucket_span",
 ]
 
 _EPS = 1e-9
@@ -61,6 +68,63 @@ def oracle_admissions(charges: Sequence[float], budget: float, window: float) ->
 def oracle_span(charges: Sequence[float], budget: float, window: float) -> float:
     """The oracle's last admission time (0 for no charges, or when all fit at once)."""
     times = oracle_admissions(charges, budget, window)
+    return times[-1] if times else 0.0
+
+
+def token_bucket_admissions(
+    charges: Sequence[tuple[float, float, float]],
+    input_limit: float | None,
+    output_limit: float | None,
+    window: float,
+    requests_limit: float | None = None,
+) -> list[float]:
+    """Admission time of each `(input, output, requests)` charge, FIFO from t=0, under token
+    buckets of `input_limit`, `output_limit` and `requests_limit` per `window` (None: not
+    limited).
+
+    Every bucket starts full and refills at limit / window per second, never above its limit.
+    A charge waits for the one before it, then until every bucket holds it: its time is the
+    later of the previous admission and, over the dimensions, the time to refill the missing
+    part (missing / rate); it then takes its charge from each bucket.
+    """
+    if window <= 0:
+        raise ValueError(f"window must be positive, got {window!r}")
+    limits = (input_limit, output_limit, requests_limit)
+    for limit in limits:
+        if limit is not None and limit <= 0:
+            raise ValueError(f"a limit must be positive, got {limit!r}")
+    levels = [0.0 if limit is None else float(limit) for limit in limits]
+    times: list[float] = []
+    now = 0.0
+    for charge in charges:
+        if any(c < 0 for c in charge):
+            raise ValueError(f"a charge cannot be negative, got {charge!r}")
+        wait = 0.0
+        for d, limit in enumerate(limits):
+            if limit is None:
+                continue
+            if charge[d] > limit + _EPS:
+                raise ValueError(f"a charge of {charge[d]} can never fit a limit of {limit}")
+            missing = charge[d] - levels[d]
+            if missing > _EPS:
+                wait = max(wait, missing / (limit / window))
+        now += wait
+        for d, limit in enumerate(limits):
+            if limit is not None:
+                levels[d] = min(float(limit), levels[d] + limit / window * wait) - charge[d]
+        times.append(now)
+    return times
+
+
+def token_bucket_span(
+    charges: Sequence[tuple[float, float, float]],
+    input_limit: float | None,
+    output_limit: float | None,
+    window: float,
+    requests_limit: float | None = None,
+) -> float:
+    """The token-bucket oracle's last admission time (0 for no charges)."""
+    times = token_bucket_admissions(charges, input_limit, output_limit, window, requests_limit)
     return times[-1] if times else 0.0
 
 

@@ -205,6 +205,15 @@ How to read it: the suite's calls are charged by the emulator exactly as it admi
   so the oracle moves in steps of about one window: the same charges in another arrival order
   give 24 s or 30 s here. **span / floor** (order-free) helps tell a real change from a
   reshuffle.
+- **token-bucket oracle** (Anthropic rows): the same knowing client against Anthropic's model,
+  one token bucket per dimension (input tokens, output tokens, requests), each full at t=0 and
+  refilled continuously at limit / W per second, never above its limit. Taking the emulator's
+  admitted requests in arrival order with their exact `(input, output, 1)` charges, it admits
+  each FIFO as soon as every bucket holds its charge: at the later of the previous admission and,
+  over the dimensions, the time to refill the missing part (missing / rate), then takes the
+  charge from each bucket. Knowing each answer's output, it charges output at admission, which
+  no real client can (the output is known only when the answer reports it); its last admission
+  time is the yardstick (`benchmarks/pace_oracle.py: token_bucket_span`).
 - **floor**: the fluid floor (S - B) / B x W of the slower vendor, S its total admitted charge.
   **wall / floor** uses pytest's wall time (start-up and xdist included).
 - **peak window / B**: the emulator's `max_window_tokens` (largest charge in any 6 s window) over

@@ -1,9 +1,10 @@
-"""A small LLM app: ask OpenAI or Gemini a question under a scenario, get a structured answer.
+"""A small LLM app: ask OpenAI, Gemini or Claude a question under a scenario, get an answer.
 
 The scenario's vantage policy goes into the system prompt; grounding turns on the vendor's search
-tool (OpenAI Responses `web_search`, Gemini `google_search`). Base URLs and keys come from the
-environment (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `GOOGLE_GEMINI_BASE_URL`, `GEMINI_API_KEY`),
-as the SDKs read them; replaying cassettes needs none of them (the plugin sees to that).
+tool (OpenAI Responses `web_search`, Gemini `google_search`, Anthropic's `web_search` server
+tool). Base URLs and keys come from the environment (`OPENAI_BASE_URL`, `OPENAI_API_KEY`,
+`GOOGLE_GEMINI_BASE_URL`, `GEMINI_API_KEY`, `ANTHROPIC_BASE_URL`, `ANTHROPIC_API_KEY`), as the
+SDKs read them; replaying cassettes needs none of them (the plugin sees to that).
 """
 
 from __future__ import annotations
@@ -117,6 +118,35 @@ def ask_gemini(question: str, model: str, vantage: str, grounding: str) -> Answe
     )
 
 
+def ask_anthropic(question: str, model: str, vantage: str, grounding: str) -> Answer:
+    """Ask Claude with the anthropic SDK; grounding adds the web_search server tool."""
+    import anthropic
+
+    client = anthropic.Anthropic()
+    extra: dict[str, object] = {}
+    if grounding != "off":
+        extra["tools"] = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+        extra["tool_choice"] = {"type": "any" if grounding == "required" else "auto"}
+    reply = client.messages.create(
+        model=model,
+        max_tokens=MAX_TOKENS,
+        system=_system_prompt(vantage, grounding),
+        messages=[{"role": "user", "content": question}],
+        **extra,  # type: ignore[arg-type]
+    )
+    usage = reply.usage
+    cache = (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+    return Answer(
+        "anthropic",
+        model,
+        vantage,
+        grounding != "off",
+        "".join(block.text for block in reply.content if block.type == "text"),
+        usage.input_tokens + cache,
+        usage.output_tokens,
+    )
+
+
 def ask(question: str, *, vendor: str, model: str, vantage: str, grounding: str) -> Answer:
     """Ask `vendor`'s `model` a question under a vantage policy and grounding mode."""
     if vantage not in VANTAGE_PROMPTS:
@@ -125,4 +155,6 @@ def ask(question: str, *, vendor: str, model: str, vantage: str, grounding: str)
         return ask_openai(question, model, vantage, grounding)
     if vendor == "gemini":
         return ask_gemini(question, model, vantage, grounding)
+    if vendor == "anthropic":
+        return ask_anthropic(question, model, vantage, grounding)
     raise ValueError(f"unknown vendor {vendor!r}")

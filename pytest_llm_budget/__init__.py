@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any
 from pytest_llm_budget.api import budget_session, open_budget, summary_text, write_reports
 from pytest_llm_budget.errors import (
     BudgetWaitTimeout,
+    CallTimeout,
     CostCapExceeded,
     LLMBudgetError,
+    ProviderOverloaded,
     QuotaExhausted,
     RateLimitExhausted,
     RequestTooLarge,
+    SpendCapReached,
 )
 from pytest_llm_budget.events import RateLimitEvent, WaitEvent
 from pytest_llm_budget.limiting.buckets import LimitRule
@@ -22,16 +25,19 @@ from pytest_llm_budget.settings.resolved import Settings
 __all__ = [
     "BudgetSession",
     "BudgetWaitTimeout",
+    "CallTimeout",
     "CostCapExceeded",
     "LLMBudgetError",
     "LimitRule",
     "Limiter",
+    "ProviderOverloaded",
     "QuotaExhausted",
     "RateLimitEvent",
     "RateLimitExhausted",
     "RequestTooLarge",
     "Reservation",
     "Settings",
+    "SpendCapReached",
     "WaitEvent",
     "budget_session",
     "open_budget",

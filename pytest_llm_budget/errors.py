@@ -6,16 +6,20 @@ __all__ = [
     "BackendUnavailable",
     "BaselineError",
     "BudgetWaitTimeout",
+    "CallTimeout",
     "CostCapExceeded",
     "CostWarning",
     "LLMBudgetError",
     "LLMBudgetWarning",
     "MatrixError",
     "PriceFileError",
+    "ProviderOverloaded",
     "QuotaExhausted",
     "RateLimitExhausted",
     "RequestTooLarge",
+    "RunInterrupted",
     "SettingsError",
+    "SpendCapReached",
     "StateFileLocked",
     "StateFileWarning",
     "TiktokenSeedError",
@@ -55,6 +59,19 @@ class QuotaExhausted(LLMBudgetError):
         return None if quota is None else str(quota)
 
 
+class SpendCapReached(QuotaExhausted):
+    """The organization's spend cap is reached (Anthropic `enforced_spend_limit_reached`): never
+    retried; a `QuotaExhausted` with its own code."""
+
+    code = "LLM_SPEND_CAP"
+
+
+class ProviderOverloaded(LLMBudgetError):
+    """The provider stayed overloaded (Anthropic 529) through every retry; not a rate limit."""
+
+    code = "LLM_PROVIDER_OVERLOADED"
+
+
 class RequestTooLarge(LLMBudgetError):
     """One request needs more tokens than a whole window allows: it can never be admitted."""
 
@@ -67,10 +84,22 @@ class BudgetWaitTimeout(LLMBudgetError):
     code = "LLM_BUDGET_TIMEOUT"
 
 
+class CallTimeout(LLMBudgetError):
+    """A routed call's answer did not come, or did not end, within `--llm-call-timeout`."""
+
+    code = "LLM_CALL_TIMEOUT"
+
+
 class CostCapExceeded(LLMBudgetError):
     """The call's worst-case cost would take the run (or the test) past its dollar cap: not sent."""
 
     code = "LLM_COST_CAP"
+
+
+class RunInterrupted(LLMBudgetError):
+    """The run is being interrupted (Ctrl-C, SIGTERM): no new call is sent."""
+
+    code = "LLM_RUN_INTERRUPTED"
 
 
 class BackendUnavailable(RuntimeError):

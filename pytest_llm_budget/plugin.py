@@ -74,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
         xdist,
     )
     from pytest_llm_budget.plugins.live import LiveHooks
+    from pytest_llm_budget.plugins.signals import handle_sigterm
     from pytest_llm_budget.session import BudgetSession
 
     config.addinivalue_line(
@@ -117,6 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
             f"pytest-llm-budget: --llm-backend: {redact(str(exc))}"
         ) from None
     config.stash[plugins.SESSION_KEY] = session
+    if workerinput is None:
+        handle_sigterm(config)
     if workerinput is not None and shared_dir:
         xdist.start_spool(config, session, workerinput, shared_dir)
     distributing = workerinput is not None or config.getoption("dist", "no") not in (None, "no")

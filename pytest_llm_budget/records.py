@@ -29,6 +29,10 @@ class CallRecord:
     malformed: bool = False
     error_code: str | None = None
     cached_tokens: int = 0
+    #: Part of `prompt_tokens` written to the prompt cache (Anthropic cache creation).
+    cache_write_tokens: int = 0
+    #: Overloaded answers (Anthropic 529) this call got and retried; never a rate limit.
+    overloaded: int = 0
     reasoning_tokens: int = 0
     service_tier: str | None = None
     #: Dollars this call cost (0 when replayed or refused); None when its model has no price.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ class BudgetSession:
         self.estimate_hooks: list[Callable[[Any, str, str, int], int | None]] = []
         self.notice_after: float | None = settings.notice_after
         self.started = time.time()
+        #: Set when the run is interrupted: no new call is sent; the calls in flight end.
+        self.stopping = False
+        self._in_flight = 0
+        self._flight_lock = threading.Lock()
         WaitWatch(self).attach()
         self.limiter.limit_listeners.append(lambda event: notify(self.limit_observers, event))
 
@@ -152,6 +157,21 @@ class BudgetSession:
         record = self.costs.complete(record)
         self.calls.add(record)
         notify(self.observers, record)  # an observer's bug must not fail the test's LLM call
+
+    def call_started(self) -> None:
+        """A call was admitted: it is in flight until `call_ended`."""
+        with self._flight_lock:
+            self._in_flight += 1
+
+    def call_ended(self) -> None:
+        """An admitted call ended and was recorded."""
+        with self._flight_lock:
+            self._in_flight -= 1
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Admitted calls not yet recorded."""
+        return self._in_flight
 
     def usage(self, test: str | None = None) -> TestUsage:
         """Live usage of a test (default: the one running)."""

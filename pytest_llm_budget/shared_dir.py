@@ -6,6 +6,11 @@ line per call written by a single `os.write` on an `O_APPEND` descriptor (so a w
 over in `workeroutput`; the controller reads the spool of any worker that did not (it crashed),
 so every finished call reaches the summary and reports exactly once.
 
+When the controller is interrupted (Ctrl-C, SIGTERM) it leaves a `stop` file there: each
+worker's `StopWatch` then stops its session from sending new calls, waits for its calls in flight
+to end (and be spooled), and leaves `stopped-<worker>-<pid>`; the controller waits for those
+(`Handover.stop_workers`) before it merges every spool and writes the reports.
+
 Folder names carry the controller's pid (`llm-budget-<pid>-XXXXXXXX`): a controller starting up
 removes the folders of controllers that are dead and have left them untouched for a while.
 """
@@ -21,16 +26,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pytest_llm_budget.atomic import PRIVATE, open_file, write_all, write_atomically
 from pytest_llm_budget.limiting.buckets import BucketStats
 from pytest_llm_budget.records import CallRecord
+
+if TYPE_CHECKING:
+    from pytest_llm_budget.session import BudgetSession
 
 __all__ = [
     "PREFIX",
     "STALE_AFTER",
+    "STOP_FILE",
     "Handover",
     "RecordSpool",
+    "StopWatch",
     "clean_stale_dirs",
     "make_shared_dir",
     "read_spool",
@@ -41,6 +52,36 @@ PREFIX = "llm-budget-"
 STALE_AFTER = 600.0
 _OWNED = re.compile(rf"^{re.escape(PREFIX)}(\d+)-[A-Za-z0-9_]+$")
 _SPOOL = re.compile(r"^records-(?P<worker>[A-Za-z0-9_]+)-(?P<pid>\d+)\.jsonl$")
+#: Left by an interrupted controller: workers send no new call.
+STOP_FILE = "stop"
+
+
+class StopWatch:
+    """Worker side: once the `stop` file appears, send no new call and say when the calls in
+    flight have ended (`stopped-<worker>-<pid>`); a daemon thread polling the folder."""
+
+    def __init__(self, folder: str, worker: str, session: BudgetSession, poll: float = 0.05):
+        self.folder = folder
+        self.done = os.path.join(folder, f"stopped-{worker}-{os.getpid()}")
+        self.session = session
+        self.poll = poll
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="llm-budget-stop", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        stop = os.path.join(self.folder, STOP_FILE)
+        while not self._closed.wait(self.poll):
+            if os.path.exists(stop):
+                self.session.stopping = True
+                while self.session.calls_in_flight > 0 and not self._closed.wait(0.02):
+                    pass
+                write_atomically(self.done, b"", PRIVATE)
+                return
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._closed.set()
 
 
 def make_shared_dir() -> str:
@@ -99,7 +140,7 @@ class RecordSpool:
         self.path = os.path.join(folder, self.name)
         self._stats = stats
         self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = open_file(self.path, os.O_WRONLY | os.O_APPEND)
 
     def __call__(self, record: CallRecord) -> None:
         """Append one record (and the worker's bucket figures so far) as one line."""
@@ -107,7 +148,7 @@ class RecordSpool:
         data = (json.dumps(line, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
             if self._fd >= 0:
-                os.write(self._fd, data)
+                write_all(self._fd, data)
 
     def close(self) -> None:
         """Close the file (it stays for the controller)."""
@@ -139,10 +180,44 @@ class Handover:
     folder: str
     taken: set[str] = field(default_factory=set)
 
-    def delivered(self, spool_name: Any) -> None:
-        """A worker handed its records over in `workeroutput`: its spool is not needed."""
-        if isinstance(spool_name, str):
-            self.taken.add(spool_name)
+    def delivered(self, spool_name: Any) -> bool:
+        """A worker handed its records over in `workeroutput`: its spool is not needed. False
+        when that spool was merged already (an interrupted run merged every spool)."""
+        if not isinstance(spool_name, str):
+            return True
+        if spool_name in self.taken:
+            return False
+        self.taken.add(spool_name)
+        return True
+
+    def workers(self) -> set[str]:
+        """The workers that left a spool (every worker does, at start)."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return set()
+        return {m["worker"] for m in map(_SPOOL.match, names) if m is not None}
+
+    def stop_workers(self, timeout: float) -> None:
+        """Tell the workers to send no new call; wait (at most `timeout` s, or until a second
+        Ctrl-C) until each live one says its calls in flight have ended."""
+        from pytest_llm_budget.backends.file import pid_alive
+
+        write_atomically(os.path.join(self.folder, STOP_FILE), b"", PRIVATE)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                names = set(os.listdir(self.folder))
+                pending = [
+                    m for m in map(_SPOOL.match, names)
+                    if m is not None and f"stopped-{m['worker']}-{m['pid']}" not in names
+                    and pid_alive(int(m["pid"]))
+                ]
+                if not pending:
+                    return
+                time.sleep(0.05)
+        except KeyboardInterrupt:  # a second Ctrl-C: report what the spools hold now
+            return
 
     def lost(self, worker: str | None = None) -> tuple[list[CallRecord], list[BucketStats]]:
         """Records and figures of spools not handed over (of `worker`'s dead processes, or all)."""

@@ -481,6 +481,10 @@ def test_a_price_file_adds_and_overrides_prices(tmp_path: Path, make_budget: Any
         ('["openai:x"]\ninput_mtok = 1\n', "missing output_mtok"),
         ('["openai:x"]\ninput_mtok = 1\noutput_mtok = 1\nspeed = 2\n', "unknown key(s) speed"),
         ('["openai:x"]\ninput_mtok = -1\noutput_mtok = 1\n', "input_mtok=-1"),
+        ('["openai:x"]\ninput_mtok = nan\noutput_mtok = 1\n', "input_mtok=nan"),
+        ('["openai:x"]\ninput_mtok = 1\noutput_mtok = inf\n', "output_mtok=inf"),
+        ('["openai:x"]\ninput_mtok = 1\noutput_mtok = 1\ncached_input_mtok = -inf\n',
+         "cached_input_mtok=-inf"),
         ("not toml [", "not valid TOML"),
     ],
 )

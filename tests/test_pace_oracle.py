@@ -16,6 +16,8 @@ from benchmarks.pace_oracle import (
     fluid_floor,
     oracle_admissions,
     oracle_span,
+    token_bucket_admissions,
+    token_bucket_span,
 )
 
 
@@ -111,3 +113,50 @@ def test_figures_of_an_emulator_that_limits_each_model() -> None:
     assert shared.oracle["openai"] == 24.0  # 15000 through one 5400 window
     assert apart.oracle["openai"] == 12.0  # model a's 9000: its slowest bucket
     assert apart.charged["openai"] == 15000
+
+
+# -- token buckets (Anthropic): input 1500 and output 800 per 6 s ------------------------------
+def test_token_buckets_admit_what_fits_at_zero() -> None:
+    assert token_bucket_admissions([(500, 250, 1)] * 3, 1500, 800, 6) == [0, 0, 0]
+    # 3 x 300 output: 100 short, refilled at 133.3/s
+    assert token_bucket_admissions([(500, 300, 1)] * 3, 1500, 800, 6)[2] == pytest.approx(0.75)
+    assert token_bucket_span([], 1500, 800, 6) == 0.0
+
+
+def test_each_dimension_can_bind_and_the_slowest_decides() -> None:
+    # input: 1500 spent, the next 500 refills at 250/s
+    assert token_bucket_admissions([(1500, 0, 1), (500, 0, 1)], 1500, 800, 6) == [0, 2.0]
+    # output: 800 spent, the next 400 refills at 133.3/s
+    times = token_bucket_admissions([(10, 800, 1), (10, 400, 1)], 1500, 800, 6)
+    assert times == [0, pytest.approx(3.0)]
+    # both short: output's 3 s beats input's 2 s
+    times = token_bucket_admissions([(1500, 800, 1), (500, 400, 1)], 1500, 800, 6)
+    assert times == [0, pytest.approx(3.0)]
+    # requests: 2 per 6 s, the third waits 3 s
+    times = token_bucket_admissions([(1, 1, 1)] * 3, 1500, 800, 6, requests_limit=2)
+    assert times == [0, 0, pytest.approx(3.0)]
+
+
+def test_token_buckets_are_fifo_and_refill_only_up_to_the_limit() -> None:
+    # the small third request waits behind the second, whatever room it would find alone
+    times = token_bucket_admissions([(1500, 0, 1), (1500, 0, 1), (10, 0, 1)], 1500, None, 6)
+    assert times == [0, pytest.approx(6.0), pytest.approx(6.04)]
+    # a long pause refills to full, never beyond: two 1500s after it still wait for each other
+    times = token_bucket_admissions([(1500, 0, 1)] * 2, 1500, None, 6)
+    assert times[1] - times[0] == pytest.approx(6.0)
+
+
+def test_token_bucket_oracle_is_at_least_the_fluid_floor_of_each_dimension() -> None:
+    charges = [(300 + (i * 397) % 900, 100 + (i * 211) % 600, 1) for i in range(30)]
+    span = token_bucket_span(charges, 1500, 800, 6)
+    assert span >= fluid_floor([c[0] for c in charges], 1500, 6) - 1e-9
+    assert span >= fluid_floor([c[1] for c in charges], 800, 6) - 1e-9
+
+
+def test_token_bucket_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="never fit"):
+        token_bucket_span([(1600, 0, 1)], 1500, 800, 6)
+    with pytest.raises(ValueError, match="negative"):
+        token_bucket_span([(1, -1, 1)], 1500, 800, 6)
+    with pytest.raises(ValueError, match="positive"):
+        token_bucket_span([(1, 1, 1)], 0, 800, 6)

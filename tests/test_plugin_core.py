@@ -18,6 +18,7 @@ import pytest
         ("llm_budget(tokenz=5)", "unknown argument(s) tokenz"),
         ("llm_budget(vendor='')", "vendor must be a non-empty string"),
         ("llm_budget(grounded='yes')", "grounded must be True/False"),
+        ("llm_budget(vendor='bogus')", "unknown vendor 'bogus' (known: "),
     ],
 )
 def test_a_malformed_marker_is_a_collection_error(

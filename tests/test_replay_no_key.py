@@ -94,8 +94,13 @@ def test_placeholders_fill_only_missing_keys() -> None:
     environ = {"GOOGLE_API_KEY": "real"}
     assert "GEMINI_API_KEY" not in placeholder_keys(environ)
     undo = use_placeholder_keys(environ)
-    assert environ == {"GOOGLE_API_KEY": "real", "OPENAI_API_KEY": PLACEHOLDER_KEYS[
-        "OPENAI_API_KEY"]}
+    assert environ == {
+        "GOOGLE_API_KEY": "real",
+        "OPENAI_API_KEY": PLACEHOLDER_KEYS["OPENAI_API_KEY"],
+        "ANTHROPIC_API_KEY": PLACEHOLDER_KEYS["ANTHROPIC_API_KEY"],
+    }
+    with_token = {"ANTHROPIC_AUTH_TOKEN": "real"}
+    assert "ANTHROPIC_API_KEY" not in placeholder_keys(with_token)
     undo()
     assert environ == {"GOOGLE_API_KEY": "real"}
 

@@ -297,3 +297,28 @@ def test_failed_test_report_shows_the_structured_error(pytester: pytest.Pytester
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*LLM budget*", "*[[]LLM_QUOTA_EXHAUSTED[]] openai model gpt-4o*"])
+
+
+def test_a_final_429_with_a_non_ascii_hint_reaches_an_app_client(
+    scripted: Any, make_budget: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+
+    from pytest_llm_budget.routing import intercept
+
+    arabic_three = "\u0663".encode().decode("latin-1")  # its UTF-8 bytes, as sent on the wire
+    server = scripted([(429, {"retry-after": arabic_three}, _openai_429())])
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")  # an LLM host for the patch
+    budget = make_budget(retries=1, backoff_base=0.05)
+    intercept.install(budget)
+    try:
+        client = openai.OpenAI(api_key="k")
+        start = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as excinfo:
+            client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
+    finally:
+        intercept.uninstall()
+    assert "[LLM_RATE_LIMIT_EXHAUSTED]" in str(excinfo.value)
+    assert (b"retry-after", "\u0663".encode()) in excinfo.value.response.headers.raw
+    assert time.monotonic() - start < 2.0  # the hint "3" in Arabic-Indic digits is malformed
+    assert len(server.arrivals) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pytest_llm_budget.settings import Settings, SettingsError, parse_duration, parse_limit_rule
@@ -24,7 +26,8 @@ def run_show(pytester: pytest.Pytester, *args: str) -> str:
 def test_defaults(pytester: pytest.Pytester) -> None:
     line = run_show(pytester)
     assert line.startswith("SETTINGS None 0.15 5 auto")  # --llm-tpm auto: learned
-    assert "LimitRule(vendor='*', model='*', tpm=None, rpm=None, per_model=True)" in line
+    fallback = "vendor='*', model='*', tpm=None, rpm=None, itpm=None, otpm=None, per_model=True"
+    assert f"LimitRule({fallback})" in line
     assert line.endswith("default")
 
 
@@ -85,9 +88,10 @@ def test_ini_from_pyproject(pytester: pytest.Pytester) -> None:
     )
     line = run_show(pytester)
     assert line.startswith("SETTINGS 4000 ")
-    assert "LimitRule(vendor='openai', model='gpt-5*', tpm=500, rpm=5, " in line
-    assert "LimitRule(vendor='gemini', model='*', tpm=100000, rpm=None, " in line
-    assert "LimitRule(vendor='*', model='*', tpm=4000, rpm=None, " in line  # the fallback, last
+    tail = "itpm=None, otpm=None, per_model=False)"
+    assert f"LimitRule(vendor='openai', model='gpt-5*', tpm=500, rpm=5, {tail}" in line
+    assert f"LimitRule(vendor='gemini', model='*', tpm=100000, rpm=None, {tail}" in line
+    assert f"LimitRule(vendor='*', model='*', tpm=4000, rpm=None, {tail}" in line  # the fallback
 
 
 @pytest.mark.parametrize(
@@ -126,6 +130,8 @@ def test_our_env_name_beats_the_seeds() -> None:
         (["--llm-backend=ftp://x"], "--llm-backend='ftp://x'", "redis://"),
         (["--llm-report=out.txt"], "--llm-report='out.txt'", ".json, .html or .md"),
         (["--llm-max-duration=soon"], "--llm-max-duration='soon'", "duration"),
+        (["--llm-metrics-port=99999"], "--llm-metrics-port='99999'", "1 to 65535"),
+        (["--llm-metrics-port=-1"], "--llm-metrics-port='-1'", "1 to 65535"),
         (["--llm-backoff-base=5", "--llm-backoff-max=1"], "--llm-backoff-max=1", "below"),
     ],
 )
@@ -158,6 +164,10 @@ def test_bad_env_value_names_the_variable(
         ("openai:gpt-5 tpm=lots", "tpm='lots'"),
         ("openai:gpt-5 tpm=0", "above 0"),
         ("openai:gpt-5 tpm=5 burst=2", "unknown key 'burst'"),
+        ("openai:gpt-5 itpm=5", "also matches openai"),
+        ("anthropic:claude* tpm=5 itpm=5", "not both"),
+        ("opnai:* tpm=1000", "unknown vendor 'opnai' (known: "),
+        ("openai:* tpm=1000 tpm=2000", "duplicate key 'tpm'"),
     ],
 )
 def test_malformed_limit_rules(pytester: pytest.Pytester, rule: str, why: str) -> None:
@@ -195,6 +205,29 @@ def test_limit_rule_matching() -> None:
     rule = parse_limit_rule("openai:gpt-5* tpm=30000 rpm=500")
     assert rule.matches("openai", "gpt-5-mini") and not rule.matches("gemini", "gpt-5")
     assert str(rule) == "openai:gpt-5* tpm=30000 rpm=500"
+
+
+def test_anthropic_rules_take_input_and_output_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llm_budget.providers import registry
+
+    if "anthropic" not in registry.vendors():  # until the Anthropic provider is registered
+        real = registry.unknown_vendor
+        monkeypatch.setattr(
+            registry, "unknown_vendor", lambda name: None if name == "anthropic" else real(name)
+        )
+    rule = parse_limit_rule("anthropic:claude-sonnet-4* itpm=40000 otpm=8000 rpm=50")
+    assert (rule.itpm, rule.otpm, rule.rpm, rule.tpm) == (40000, 8000, 50, 40000)
+    assert str(rule) == "anthropic:claude-sonnet-4* itpm=40000 otpm=8000 rpm=50"
+    assert rule.budget(0.15) == 34000 and rule.output_budget(0.15) == 6800
+    assert parse_limit_rule("anthropic:* tpm=9000").output_budget(0.0) is None
+    for bad, why in [
+        ("*:claude* itpm=5", "also matches openai, gemini"),
+        ("gem*:x itpm=5", "also matches gemini"),
+        ("anthropic:x otpm=5", "needs tpm=N (or itpm=N"),
+        ("anthropic:x tpm=5 otpm=5", "needs itpm too"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            parse_limit_rule(bad)
 
 
 def test_settings_are_frozen_and_public_masks_passwords() -> None:

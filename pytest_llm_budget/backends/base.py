@@ -1,4 +1,8 @@
-"""The interface backends offer the limiter, and a base for backends that hold a WindowState."""
+"""The interface backends offer the limiter, and a base for backends that hold bucket states.
+
+A bucket's `Limits` say its admission model: `TokenBucketLimits` (token_bucket.py, Anthropic)
+keep a `TokenBucketState`, plain `Limits` a sliding `WindowState`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from contextlib import AbstractContextManager
 
 from pytest_llm_budget.backends.ledger import LedgerAnswer, LedgerState
 from pytest_llm_budget.limiting.admission import Decision, Limits
+from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits, TokenBucketState
 from pytest_llm_budget.limiting.window import WindowSnapshot, WindowState
 
-__all__ = ["Backend", "LimitRecord", "StateBackend", "merge_limits"]
+__all__ = ["Backend", "LimitRecord", "StateBackend", "budgets_seen", "merge_limits"]
 
 #: What the servers stated for a bucket: model -> {"tokens": N, "requests": M} (either may lack).
 LimitRecord = dict[str, dict[str, int]]
@@ -54,9 +59,11 @@ class Backend(abc.ABC):
         now: float,
         owner: str,
         uncertain: int = 0,
+        output: int = 0,
     ) -> Decision:
         """Admit the ticket's estimate (its `uncertain` part scaled by the bucket's learned
-        factor) now, or say how long to wait before asking again."""
+        factor) now, or say how long to wait before asking again (token buckets: `estimate` is
+        the input, `output` the declared max_tokens)."""
 
     @abc.abstractmethod
     def settle(
@@ -68,9 +75,11 @@ class Backend(abc.ABC):
         charge: int,
         now: float,
         refund: bool = False,
+        output_tokens: int | None = None,
     ) -> int:
         """Charge what the call really cost and end its lease; returns the change in tokens
-        (max(estimate, charge) without `refund`; exactly `charge`, learning from it, with)."""
+        (max(estimate, charge) without `refund`; exactly `charge`, learning from it, with).
+        Token buckets: `charge` is the input, `output_tokens` the output produced."""
 
     @abc.abstractmethod
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
@@ -106,9 +115,11 @@ class Backend(abc.ABC):
         server_used: int,
         now: float,
         reset_s: float | None = None,
+        dimension: str = "tokens",
     ) -> int:
         """Learn from the server's figures after it admitted `ticket` (`reset_s`: its
-        `x-ratelimit-reset-tokens`, when sent); returns tokens added."""
+        `x-ratelimit-reset-tokens`, when sent); returns tokens added. Token buckets take them
+        for `dimension` (`tokens`: the input)."""
 
     @abc.abstractmethod
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
@@ -151,6 +162,12 @@ class Backend(abc.ABC):
     def cost_state(self, ledger: str, now: float) -> LedgerState:
         """The ledger's spend, holds and refusals now."""
 
+    def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
+        """Record that a caller gives `bucket` `tokens` per window; returns the other budgets
+        callers sharing this backend gave it within the last `ttl` seconds (none by default:
+        a backend of one process)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free connections and files."""
 
@@ -166,10 +183,16 @@ class StateBackend(Backend):
         """Hold the bucket's state exclusively for one operation, saving it on exit."""
 
     @abc.abstractmethod
+    def _buckets_state(
+        self, bucket: str, now: float
+    ) -> AbstractContextManager[TokenBucketState]:
+        """Hold a token-bucket bucket's state exclusively for one operation, saving it on exit."""
+
+    @abc.abstractmethod
     def _ledger(self, ledger: str, now: float) -> AbstractContextManager[LedgerState]:
         """Hold a cost ledger exclusively for one operation, saving it on exit."""
 
-    def _before_admit(self, state: WindowState, now: float) -> None:
+    def _before_admit(self, state: WindowState | TokenBucketState, now: float) -> None:
         """Tidy the state under the lock before an admit (the file backend reaps dead leases)."""
 
     def cost_hold(
@@ -195,7 +218,12 @@ class StateBackend(Backend):
         now: float,
         owner: str,
         uncertain: int = 0,
+        output: int = 0,
     ) -> Decision:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                self._before_admit(buckets, now)
+                return buckets.admit(limits, ticket, estimate, now, owner, uncertain, output)
         with self._state(bucket, now) as state:
             self._before_admit(state, now)
             return state.admit(limits, ticket, estimate, now, owner, uncertain)
@@ -209,31 +237,51 @@ class StateBackend(Backend):
         charge: int,
         now: float,
         refund: bool = False,
+        output_tokens: int | None = None,
     ) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                return buckets.settle(limits, ticket, charge, now, refund, output_tokens)
         with self._state(bucket, now) as state:
             return state.settle(limits, ticket, estimate, charge, now, refund)
 
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                return buckets.cancel(limits, ticket, now)
         with self._state(bucket, now) as state:
             return state.cancel(ticket, limits, now)
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                buckets.release(ticket)
+            return
         with self._state(bucket, now) as state:
             state.release(ticket)
 
     def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        if isinstance(limits, TokenBucketLimits):  # a token bucket keeps no dated charges
+            return
         with self._state(bucket, now) as state:
             state.restamp(limits, ticket, now)
 
     def penalize(
         self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float
     ) -> None:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                buckets.penalize(limits, tokens, pause_until, now)
+            return
         with self._state(bucket, now) as state:
             state.penalize(tokens, pause_until, now, ticket)
 
     def calibrate(
         self, bucket: str, limits: Limits, ticket: str, server_used: int, now: float
     ) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                return buckets.observe(limits, 0, server_used, now)
         with self._state(bucket, now) as state:
             return state.calibrate(limits, server_used, now, ticket)
 
@@ -246,10 +294,31 @@ class StateBackend(Backend):
         server_used: int,
         now: float,
         reset_s: float | None = None,
+        dimension: str = "tokens",
     ) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                return buckets.observe(limits, server_limit, server_used, now, dimension)
         with self._state(bucket, now) as state:
             return state.observe(limits, ticket, server_limit, server_used, now, reset_s)
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
+        if isinstance(limits, TokenBucketLimits):
+            with self._buckets_state(bucket, now) as buckets:
+                return buckets.snapshot(limits, now)
         with self._state(bucket, now) as state:
             return state.snapshot(limits, now)
+
+
+def budgets_seen(raw: object, tokens: int, now: float, ttl: float) -> dict[str, float]:
+    """A bucket's {budget: last seen} without entries older than `ttl`, ours seen `now`."""
+    seen: dict[str, float] = {}
+    if isinstance(raw, dict):
+        for key, when in raw.items():
+            try:
+                if now - float(when) <= ttl:
+                    seen[str(int(key))] = float(when)
+            except (TypeError, ValueError):
+                continue
+    seen[str(tokens)] = now
+    return seen

@@ -1,6 +1,7 @@
 """File backend: all buckets' windows in one JSON file under a file lock, for local processes.
 
-The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}}`; each bucket
+The state file holds `{"version": 1, "buckets": {name: WindowState.to_json()}}` (and, once a
+token-bucket bucket is used, `"token_buckets": {name: TokenBucketState.to_json()}`); each bucket
 keeps its own clock (the latest `now` it has seen), so decisions stay in time order across
 processes. An idle bucket is not stored, clock included: the next caller starts it afresh, as
 Redis does once a bucket's key expires. Each operation takes the lock (`<path>.lock`), reads the
@@ -24,14 +25,17 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from pytest_llm_budget.atomic import PRIVATE, open_file, read_file, write_all, write_atomically
 from pytest_llm_budget.backends.base import (
     LimitRecord,
     StateBackend,
+    budgets_seen,
     limit_record,
     merge_limits,
 )
 from pytest_llm_budget.backends.ledger import LedgerState
-from pytest_llm_budget.errors import StateFileLocked, StateFileWarning
+from pytest_llm_budget.errors import BackendUnavailable, StateFileLocked, StateFileWarning
+from pytest_llm_budget.limiting.token_bucket import TokenBucketState
 from pytest_llm_budget.limiting.window import WindowState
 
 __all__ = ["FileBackend", "StateFileLocked", "StateFileWarning", "owner_pid", "pid_alive"]
@@ -67,7 +71,9 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def reap_dead_owners(state: WindowState, now: float, lease_ttl: float | None) -> int:
+def reap_dead_owners(
+    state: WindowState | TokenBucketState, now: float, lease_ttl: float | None
+) -> int:
     """Drop leases whose owner's pid is dead (or older than `lease_ttl`); returns how many."""
     owners = {str(lease[0]) for lease in state.leases.values()}
     alive = set()
@@ -98,7 +104,7 @@ class _Flock:
         import fcntl
 
         if self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            self._fd = open_file(self.path, os.O_RDWR)
             self._pid = os.getpid()
         deadline = time.monotonic() + timeout
         delay = 0.00005
@@ -147,14 +153,26 @@ class FileBackend(StateBackend):
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
         self.atomic_rename = atomic_rename or not hasattr(os, "pwrite")
-        self._tmp = f"{self.path}.tmp"
         self._file_lock = FileLock(f"{self.path}.lock", timeout=lock_timeout)
         self._flock = _Flock(f"{self.path}.lock") if sys.platform != "win32" else None
         self._thread_lock = threading.Lock()
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        check_state_path(self.path)
 
     # -- storage ---------------------------------------------------------------------------
+    @contextmanager
+    def _storage(self) -> Iterator[None]:
+        """The lock, and the state's I/O: an OS error (full disk, read-only) is one line."""
+        try:
+            with self._locked():
+                yield
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"llm-budget state file {self.path}: {exc.strerror or exc} "
+                f"({exc.filename or self.path}); the call's budget cannot be kept"
+            ) from None
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the process-local and the cross-process lock, or raise StateFileLocked."""
@@ -187,17 +205,17 @@ class FileBackend(StateBackend):
             "no pytest process is running)"
         )
 
-    def _read(self) -> tuple[str, dict[str, WindowState]]:
-        """The file's text and buckets; an unreadable file warns and counts as empty.
+    def _read(self) -> tuple[str, dict[str, WindowState], dict[str, TokenBucketState]]:
+        """The file's text, windows and token buckets; an unreadable file warns and counts as
+        empty.
 
         A file from before the buckets kept their own clock (`"clocks": {name: t}` beside
         them) loads with those clocks moved into the buckets.
         """
         try:
-            with open(self.path, "rb") as f:
-                blob = f.read()
+            blob = read_file(self.path)
         except FileNotFoundError:
-            return "", {}
+            return "", {}, {}
         text = ""
         try:
             text = blob.decode("utf-8")
@@ -209,6 +227,10 @@ class FileBackend(StateBackend):
             if not isinstance(raw, dict):
                 raise ValueError("'buckets' is not an object")
             buckets = {str(k): WindowState.from_json(v) for k, v in raw.items()}
+            token_buckets = {
+                str(k): TokenBucketState.from_json(v)
+                for k, v in dict(data.get("token_buckets", {})).items()
+            }
             for name, clock in dict(data.get("clocks", {})).items():
                 if name in buckets and "clock" not in raw[name]:
                     buckets[name].clock = float(clock)
@@ -220,10 +242,15 @@ class FileBackend(StateBackend):
                 StateFileWarning,
                 stacklevel=5,
             )
-            return "\0corrupt", {}
-        return text, buckets
+            return "\0corrupt", {}, {}
+        return text, buckets, token_buckets
 
-    def _drop_future(self, buckets: dict[str, WindowState], now: float) -> None:
+    def _drop_future(
+        self,
+        buckets: dict[str, WindowState],
+        now: float,
+        token_buckets: dict[str, TokenBucketState] | None = None,
+    ) -> None:
         """Treat times beyond now + `max_skew` as corrupt: warn, drop them, reset the clock.
 
         A state written by a machine whose clock runs fast (or a file copied from one) would
@@ -259,6 +286,11 @@ class FileBackend(StateBackend):
                 )
             else:
                 state.clock = clock
+        for name, tb in sorted((token_buckets or {}).items()):
+            if tb.clock > limit or tb.paused_until > limit:
+                found.append(name)
+                ahead = max(ahead, tb.clock, tb.paused_until)
+                token_buckets[name] = TokenBucketState()  # type: ignore[index]
         if found:
             warnings.warn(
                 f"llm-budget state file {self.path} holds times up to {ahead - reference:.0f}s "
@@ -269,19 +301,25 @@ class FileBackend(StateBackend):
                 stacklevel=6,
             )
 
-    def _write(self, buckets: dict[str, WindowState], old_text: str) -> None:
+    def _write(
+        self,
+        buckets: dict[str, WindowState],
+        old_text: str,
+        token_buckets: dict[str, TokenBucketState] | None = None,
+    ) -> None:
         """Write atomically (temp file + rename), skipping the write when nothing changed."""
         kept = {name: s.to_json() for name, s in sorted(buckets.items()) if not _idle(s)}
-        data = {"version": FORMAT_VERSION, "buckets": kept}
+        data: dict[str, Any] = {"version": FORMAT_VERSION, "buckets": kept}
+        tb = {n: s.to_json() for n, s in sorted((token_buckets or {}).items()) if not s.idle()}
+        if tb:
+            data["token_buckets"] = tb
         text = json.dumps(data, separators=(",", ":"))
         if text == old_text:
             return
         if self.atomic_rename or not old_text or old_text == "\0corrupt":
-            with open(self._tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(self._tmp, self.path)
+            write_atomically(self.path, text.encode("utf-8"), PRIVATE)
             return
-        fd = os.open(self.path, os.O_WRONLY)
+        fd = open_file(self.path, os.O_WRONLY)
         try:
             _overwrite(fd, text.encode("utf-8"), len(old_text.encode("utf-8")))
         finally:
@@ -289,16 +327,27 @@ class FileBackend(StateBackend):
 
     @contextmanager
     def _state(self, bucket: str, now: float) -> Iterator[WindowState]:
-        with self._locked():
-            old_text, buckets = self._read()
-            self._drop_future(buckets, now)
+        with self._storage():
+            old_text, buckets, token_buckets = self._read()
+            self._drop_future(buckets, now, token_buckets)
             state = buckets.get(bucket)
             if state is None:
                 state = buckets[bucket] = WindowState()
             yield state
-            self._write(buckets, old_text)
+            self._write(buckets, old_text, token_buckets)
 
-    def _before_admit(self, state: WindowState, now: float) -> None:
+    @contextmanager
+    def _buckets_state(self, bucket: str, now: float) -> Iterator[TokenBucketState]:
+        with self._storage():
+            old_text, buckets, token_buckets = self._read()
+            self._drop_future(buckets, now, token_buckets)
+            state = token_buckets.get(bucket)
+            if state is None:
+                state = token_buckets[bucket] = TokenBucketState()
+            yield state
+            self._write(buckets, old_text, token_buckets)
+
+    def _before_admit(self, state: WindowState | TokenBucketState, now: float) -> None:
         """Reap the leases of dead processes, so a killed worker's slot is free again."""
         reap_dead_owners(state, now, self.lease_ttl)
 
@@ -306,8 +355,8 @@ class FileBackend(StateBackend):
     def _ledger(self, ledger: str, now: float) -> Iterator[LedgerState]:
         """A cost ledger in `<path>.cost.json`, under the same lock, written in place."""
         path = f"{self.path}.cost.json"
-        with self._locked():
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with self._storage():
+            fd = open_file(path, os.O_RDWR)
             try:
                 blob = b""
                 while chunk := os.read(fd, 65536):
@@ -336,27 +385,18 @@ class FileBackend(StateBackend):
         """The stated limits of every bucket, in `<path>.limits.json` under the same lock
         (kept when the windows go idle: a later run on this file starts with them)."""
         path = f"{self.path}.limits.json"
-        with self._locked():
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with self._storage():
             try:
-                blob = b""
-                while chunk := os.read(fd, 65536):
-                    blob += chunk
-                raw: Any = {}
-                try:
-                    raw = json.loads(blob) if blob.strip() else {}
-                except ValueError:
-                    raw = {}
-                limits = {str(k): limit_record(v) for k, v in dict(raw).items()} if isinstance(
-                    raw, dict
-                ) else {}
-                before = json.dumps(limits, sort_keys=True, separators=(",", ":")).encode()
-                yield limits
-                text = json.dumps(limits, sort_keys=True, separators=(",", ":")).encode()
-                if text != before:
-                    _overwrite(fd, text, len(blob))
-            finally:
-                os.close(fd)
+                raw: Any = json.loads(read_file(path))
+            except (FileNotFoundError, ValueError, TypeError):
+                raw = {}
+            items = raw.items() if isinstance(raw, dict) else ()
+            limits = {str(k): limit_record(v) for k, v in items}
+            before = json.dumps(limits, sort_keys=True, separators=(",", ":"))
+            yield limits
+            text = json.dumps(limits, sort_keys=True, separators=(",", ":"))
+            if text != before:
+                write_atomically(path, text.encode("utf-8"), PRIVATE)
 
     def learn_limits(
         self, bucket: str, model: str, figures: Mapping[str, int], now: float
@@ -370,6 +410,19 @@ class FileBackend(StateBackend):
         with self._limits_file() as limits:
             return limits.get(bucket, {})
 
+    def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
+        """Budgets live in `<path>.budgets.json` ({bucket: {tokens: last seen}}), same lock."""
+        path = f"{self.path}.budgets.json"
+        with self._storage():
+            try:
+                seen: dict[str, Any] = dict(json.loads(read_file(path)))
+            except (FileNotFoundError, ValueError, TypeError):
+                seen = {}
+            budgets = budgets_seen(seen.get(bucket), tokens, now, ttl)
+            seen[bucket] = budgets
+            write_atomically(path, json.dumps(seen).encode("utf-8"), PRIVATE)
+        return sorted(int(k) for k in budgets if int(k) != tokens)
+
     def close(self) -> None:
         """Close the lock file's descriptor."""
         with self._thread_lock:
@@ -378,15 +431,35 @@ class FileBackend(StateBackend):
 
 
 def _overwrite(fd: int, blob: bytes, old_len: int) -> None:
-    """Replace a file's `old_len` bytes by `blob` in place, in ONE write.
+    """Replace a file's `old_len` bytes by `blob` in place.
 
-    Padded with JSON whitespace to the old length, so a process killed before the truncate still
-    leaves valid JSON; every reader holds the lock, so none sees a half-written file. (ext4
-    flushes data on rename-over-existing, which costs milliseconds per operation on a busy disk;
-    this costs microseconds.)
+    A longer `blob` first grows the file with spaces after the old JSON (still valid JSON): on a
+    full disk that write fails, is truncated away, and the old state stays untouched. The new
+    text then goes over blocks already allocated, padded with JSON whitespace to the old length,
+    so a process killed before the truncate still leaves valid JSON; every reader holds the
+    lock, so none sees a half-written file. (ext4 flushes data on rename-over-existing, which
+    costs milliseconds per operation on a busy disk; this costs microseconds.)
     """
-    os.pwrite(fd, blob + b" " * max(0, old_len - len(blob)), 0)
+    if len(blob) > old_len:
+        try:
+            write_all(fd, b" " * (len(blob) - old_len), old_len)
+        except OSError:
+            os.ftruncate(fd, old_len)
+            raise
+    write_all(fd, blob + b" " * max(0, old_len - len(blob)), 0)
     os.ftruncate(fd, len(blob))
+
+
+def check_state_path(path: str) -> None:
+    """Refuse a state path that cannot work (a symlink, a directory, a read-only folder) now."""
+    for name in (path, f"{path}.lock", f"{path}.cost.json", f"{path}.budgets.json"):
+        if os.path.islink(name):
+            raise ValueError(f"{name} is a symlink; the plugin never writes through one")
+    if os.path.isdir(path):
+        raise ValueError(f"state file {path} is a directory; give a file path (file:DIR/state)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(f"state file {path}: its folder {directory} is not writable")
 
 
 def _idle(state: WindowState) -> bool:

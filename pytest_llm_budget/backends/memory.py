@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from pytest_llm_budget.backends.base import StateBackend
 from pytest_llm_budget.backends.ledger import LedgerState
+from pytest_llm_budget.limiting.token_bucket import TokenBucketState
 from pytest_llm_budget.limiting.window import WindowState
 
 __all__ = ["MemoryBackend"]
@@ -21,6 +22,7 @@ class MemoryBackend(StateBackend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, WindowState] = {}
+        self._token_buckets: dict[str, TokenBucketState] = {}
         self._ledgers: dict[str, LedgerState] = {}
 
     @contextmanager
@@ -29,6 +31,14 @@ class MemoryBackend(StateBackend):
             state = self._states.get(bucket)
             if state is None:  # not setdefault: building a WindowState per call costs ~1 us
                 state = self._states[bucket] = WindowState()
+            yield state
+
+    @contextmanager
+    def _buckets_state(self, bucket: str, now: float) -> Iterator[TokenBucketState]:
+        with self._lock:
+            state = self._token_buckets.get(bucket)
+            if state is None:
+                state = self._token_buckets[bucket] = TokenBucketState()
             yield state
 
     @contextmanager

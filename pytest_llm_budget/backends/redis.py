@@ -2,8 +2,10 @@
 
 Layout: `{prefix}:{bucket}:state` holds the bucket's `WindowState` as a MessagePack blob, read and
 rewritten by `redis_window.lua` (a port of `window.py`, `admission.py` and `correction.py`) in a
-single EVALSHA per operation, with a PX expiry so an abandoned bucket disappears. Only core
-commands and EVAL/EVALSHA are used, so Valkey works too.
+single EVALSHA per operation, with a PX expiry so an abandoned bucket disappears. A token-bucket
+bucket (Anthropic) is `{prefix}:{bucket}:tb`, changed by `redis_token_bucket.lua` (a port of
+`token_bucket.py`) the same way. Only core commands and EVAL/EVALSHA are used, so Valkey works
+too.
 
 Clock: by default the caller's `now` is used (the limiter's clock, which tests can fake), so hosts
 sharing a bucket need NTP-synced clocks; `use_server_time=True` makes the scripts read Redis's
@@ -19,16 +21,22 @@ owner runs on this host with a dead pid are reaped at once and the admit is trie
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from pytest_llm_budget.backends.base import Backend, LimitRecord, limit_record
+from pytest_llm_budget.backends.base import Backend, LimitRecord, budgets_seen, limit_record
 from pytest_llm_budget.backends.ledger import IDLE_TTL, LedgerAnswer, LedgerState
 from pytest_llm_budget.errors import BackendUnavailable
 from pytest_llm_budget.limiting.admission import Admitted, Decision, Deferred, Limits
+from pytest_llm_budget.limiting.token_bucket import (
+    DIMENSIONS,
+    DimensionSnapshot,
+    TokenBucketLimits,
+)
 from pytest_llm_budget.limiting.window import WindowSnapshot
 from pytest_llm_budget.redact import mask_url, redact
 
@@ -55,6 +63,7 @@ class RedisBackend(Backend):
         backoff: float = 0.2,
     ) -> None:
         from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         if lease_ttl <= 0:
@@ -68,9 +77,11 @@ class RedisBackend(Backend):
         self.backoff = backoff
         self.host = socket.gethostname()
         self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+        self._refused: type[BaseException] = RedisError
         self._script = client.register_script(_load_script())
         self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
         self._limits_script = client.register_script(_LEARN_LIMITS)
+        self._buckets_script = client.register_script(_load_script("redis_token_bucket.lua"))
 
     @classmethod
     def from_url(
@@ -108,6 +119,13 @@ class RedisBackend(Backend):
             raise BackendUnavailable(
                 f"cannot reach the llm-budget Redis at {description}: {_describe(exc)}"
             ) from exc
+        try:  # a full (maxmemory, noeviction) or read-only Redis refuses writes: say so now
+            client.set(f"{prefix}:probe", "1", px=60_000)
+            client.delete(f"{prefix}:probe")
+        except (redis.RedisError, OSError) as exc:
+            raise BackendUnavailable(
+                f"cannot write to the llm-budget Redis at {description}: {_describe(exc)}"
+            ) from exc
         return cls(
             client,
             description=description,
@@ -136,6 +154,28 @@ class RedisBackend(Backend):
         ]
         return self._call(self._script, self.key(bucket), argv, f"{op} on bucket {bucket!r}")
 
+    def buckets_key(self, bucket: str) -> str:
+        """The Redis key holding a token-bucket bucket's state."""
+        return f"{self.prefix}:{bucket}:tb"
+
+    def _run_buckets(
+        self, op: str, bucket: str, limits: TokenBucketLimits, now: float, *args: object
+    ) -> Any:
+        """Run one op of the token-bucket script."""
+        argv = [
+            op,
+            repr(float(now)),
+            "1" if self.use_server_time else "0",
+            repr(float(limits.span)),
+            repr(float(self.lease_ttl)),
+            *[str(-1 if cap is None else int(cap)) for cap in limits.capacities()],
+            "1" if limits.charge_max_tokens else "0",
+            *[repr(a) if isinstance(a, float) else str(a) for a in args],
+        ]
+        return self._call(
+            self._buckets_script, self.buckets_key(bucket), argv, f"{op} on bucket {bucket!r}"
+        )
+
     def _call(self, script: Any, key: str, argv: list[str], what: str) -> Any:
         """Run a registered script, retrying lost connections a bounded number of times."""
         last: BaseException | None = None
@@ -146,6 +186,11 @@ class RedisBackend(Backend):
                 last = exc
                 if attempt + 1 < self.tries:
                     time.sleep(self.backoff * 2**attempt)
+            except self._refused as exc:  # OOM (maxmemory), READONLY replica, NOPERM, ...
+                raise BackendUnavailable(
+                    f"the llm-budget Redis at {self.description} refused {what}: "
+                    f"{_describe(exc)}"
+                ) from None
         raise BackendUnavailable(
             f"lost the llm-budget Redis at {self.description}: {what} failed "
             f"{self.tries} times ({_describe(last)})"
@@ -167,8 +212,12 @@ class RedisBackend(Backend):
         now: float,
         owner: str,
         uncertain: int = 0,
+        output: int = 0,
     ) -> Decision:
         """Admit or defer in one script run; when blocked by dead local leases, reap and retry."""
+        if isinstance(limits, TokenBucketLimits):
+            return self._admit_buckets(bucket, limits, ticket, estimate, now, owner, uncertain,
+                                       output)
         args = (
             ticket,
             int(estimate),
@@ -192,6 +241,33 @@ class RedisBackend(Backend):
                 break
         return decision
 
+    def _admit_buckets(
+        self, bucket: str, limits: TokenBucketLimits, ticket: str, estimate: int, now: float,
+        owner: str, uncertain: int, output: int,
+    ) -> Decision:
+        args = (
+            ticket,
+            int(estimate),
+            f"{self.host}:{owner}",
+            int(uncertain),
+            int(output),
+            -1 if limits.concurrency is None else int(limits.concurrency),
+            float(limits.poll),
+            float(limits.waiter_grace),
+        )
+        for attempt in range(2):
+            reply = self._run_buckets("admit", bucket, limits, now, *args)
+            if str(reply[0]) == "1":
+                fill = tuple(float(x) for x in reply[3:6])
+                return Admitted(ticket, float(reply[1]), int(reply[2]), fill)
+            decision = Deferred(float(reply[1]), str(reply[2]))
+            if attempt or decision.reason != "concurrency":
+                break
+            dead = self._dead_local([str(o) for o in reply[3:]])
+            if not (dead and self._run_buckets("reap", bucket, limits, now, *dead)):
+                break
+        return decision
+
     def _dead_local(self, owners: list[str]) -> list[str]:
         """Owners (`host:pid[:worker]`) on this host whose process no longer exists."""
         from pytest_llm_budget.backends.file import owner_pid, pid_alive
@@ -205,7 +281,13 @@ class RedisBackend(Backend):
         return sorted(dead)
 
     def settle(self, bucket: str, limits: Limits, ticket: str, estimate: int, charge: int,
-               now: float, refund: bool = False) -> int:
+               now: float, refund: bool = False, output_tokens: int | None = None) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            return int(self._run_buckets(
+                "settle", bucket, limits, now, ticket, int(charge), "1" if refund else "0",
+                "" if output_tokens is None else int(output_tokens),
+                float(limits.factor_floor), float(limits.factor_cap),
+            ))
         return int(self._run(
             "settle", bucket, limits, now, ticket, int(estimate), int(charge),
             "1" if refund else "0", float(limits.factor_floor), float(limits.factor_cap),
@@ -213,16 +295,25 @@ class RedisBackend(Backend):
         ))
 
     def cancel(self, bucket: str, limits: Limits, ticket: str, now: float) -> int:
+        if isinstance(limits, TokenBucketLimits):
+            return int(self._run_buckets("cancel", bucket, limits, now, ticket))
         return int(self._run("cancel", bucket, limits, now, ticket))
 
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        if isinstance(limits, TokenBucketLimits):
+            self._run_buckets("release", bucket, limits, now, ticket)
+            return
         self._run("release", bucket, limits, now, ticket)
 
     def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
-        self._run("restamp", bucket, limits, now, ticket)
+        if not isinstance(limits, TokenBucketLimits):  # a token bucket keeps no dated charges
+            self._run("restamp", bucket, limits, now, ticket)
 
     def penalize(self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float,
                  now: float) -> None:
+        if isinstance(limits, TokenBucketLimits):
+            self._run_buckets("penalize", bucket, limits, now, int(tokens), float(pause_until))
+            return
         self._run("penalize", bucket, limits, now, ticket, int(tokens), float(pause_until))
 
     def calibrate(self, bucket: str, limits: Limits, ticket: str, server_used: int,
@@ -230,7 +321,13 @@ class RedisBackend(Backend):
         return self.observe(bucket, limits, ticket, 0, server_used, now)
 
     def observe(self, bucket: str, limits: Limits, ticket: str, server_limit: int,
-                server_used: int, now: float, reset_s: float | None = None) -> int:
+                server_used: int, now: float, reset_s: float | None = None,
+                dimension: str = "tokens") -> int:
+        if isinstance(limits, TokenBucketLimits):
+            d = DIMENSIONS.index("input_tokens" if dimension == "tokens" else dimension)
+            return int(self._run_buckets(
+                "observe", bucket, limits, now, int(server_used), d + 1
+            ))
         return int(self._run(
             "observe", bucket, limits, now, ticket, int(server_used), int(server_limit),
             float(limits.window), float(limits.factor_floor), float(limits.factor_cap),
@@ -238,6 +335,8 @@ class RedisBackend(Backend):
         ))
 
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
+        if isinstance(limits, TokenBucketLimits):
+            return self._snapshot_buckets(bucket, limits, now)
         used, requests, in_flight, waiting, paused, factor = self._run(
             "snapshot", bucket, limits, now
         )
@@ -277,6 +376,28 @@ class RedisBackend(Backend):
             f"{bucket!r} failed {self.tries} times ({_describe(last)})"
         ) from last
 
+    def _snapshot_buckets(
+        self, bucket: str, limits: TokenBucketLimits, now: float
+    ) -> WindowSnapshot:
+        in_flight, waiting, paused, factor, expected, *spent_raw = self._run_buckets(
+            "snapshot", bucket, limits, now
+        )
+        spent = [float(x) for x in spent_raw]
+        dims = {
+            name: DimensionSnapshot(cap, spent[d], float(expected) if d == 2 else 0.0)
+            for d, (name, cap) in enumerate(zip(DIMENSIONS, limits.capacities(), strict=True))
+            if cap is not None
+        }
+        return WindowSnapshot(
+            used_tokens=math.ceil(spent[1] - 1e-6),
+            requests=math.ceil(spent[0] - 1e-6),
+            in_flight=int(in_flight),
+            waiting=int(waiting),
+            paused_for=float(paused),
+            factor=float(factor),
+            dimensions=dims,
+        )
+
     def cost_hold(
         self, ledger: str, hold_id: str, amount: int, cap: int | None, now: float
     ) -> LedgerAnswer:
@@ -293,6 +414,23 @@ class RedisBackend(Backend):
         spent, _, refused, touched, *pairs = self._run_ledger("state", ledger, now)
         holds = {str(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
         return LedgerState(int(spent), holds, int(refused), float(touched))
+
+    def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
+        """Budgets in the hash `{prefix}:{bucket}:budgets` ({tokens: last seen}), with a TTL."""
+        key = f"{self.prefix}:{bucket}:budgets"
+        try:
+            pipe = self.client.pipeline()
+            pipe.hset(key, str(tokens), repr(float(now)))
+            pipe.hgetall(key)
+            pipe.pexpire(key, int(ttl * 1000))
+            _, raw, _ = pipe.execute()
+        except self._refused as exc:
+            raise BackendUnavailable(
+                f"the llm-budget Redis at {self.description} refused a budget check: "
+                f"{_describe(exc)}"
+            ) from None
+        budgets = budgets_seen(raw, tokens, now, ttl)
+        return sorted(int(k) for k in budgets if int(k) != tokens)
 
     def close(self) -> None:
         """Close the connection pool."""

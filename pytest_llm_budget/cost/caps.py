@@ -113,6 +113,7 @@ class CostGuard:
             cached_tokens=record.cached_tokens,
             reasoning_tokens=record.reasoning_tokens,
             service_tier=record.service_tier,
+            cache_write_tokens=record.cache_write_tokens,
         )
         would = self.price(record.vendor, record.model, usage) if record.status == "ok" else 0.0
         return replace(record, cost_usd=0.0, would_cost_usd=would)

@@ -8,6 +8,7 @@ file (`--llm-prices`, ini `llm_prices`) adds or overrides prices, USD per millio
     ["openai:ft:gpt-4o-mini:acme:*"]      # vendor:model, model may use * and ?
     input_mtok = 0.30
     cached_input_mtok = 0.15              # optional, default input_mtok
+    cache_write_mtok = 0.375              # optional (Anthropic cache writes), default input_mtok
     output_mtok = 1.20
 
 A model with no price costs "unknown" (None), warns once (caps.py), and is never refused by a cap.
@@ -40,7 +41,7 @@ __all__ = [
     "usd",
 ]
 
-_PRICE_KEYS = ("input_mtok", "cached_input_mtok", "output_mtok")
+_PRICE_KEYS = ("input_mtok", "cached_input_mtok", "cache_write_mtok", "output_mtok")
 _MILLION = Decimal(1_000_000)
 
 
@@ -67,6 +68,7 @@ class ModelPrice:
     input_mtok: Decimal
     output_mtok: Decimal
     cached_input_mtok: Decimal | None = None
+    cache_write_mtok: Decimal | None = None
 
     def matches(self, vendor: str, model: str) -> bool:
         return fnmatch.fnmatchcase(vendor, self.vendor) and fnmatch.fnmatchcase(
@@ -74,12 +76,16 @@ class ModelPrice:
         )
 
     def cost(self, usage: Usage) -> Decimal:
-        """Uncached input, cached input and output (reasoning included) at these rates."""
+        """Uncached input, cached input, cache writes and output (reasoning included) at these
+        rates."""
         cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
         cached_rate = self.input_mtok if self.cached_input_mtok is None else self.cached_input_mtok
+        write_rate = self.input_mtok if self.cache_write_mtok is None else self.cache_write_mtok
         total = (
-            (usage.prompt_tokens - cached) * self.input_mtok
+            (usage.prompt_tokens - cached - written) * self.input_mtok
             + cached * cached_rate
+            + written * write_rate
             + usage.completion_tokens * self.output_mtok
         )
         return total / _MILLION
@@ -111,8 +117,15 @@ def load_price_file(path: str) -> tuple[ModelPrice, ...]:
             raise PriceFileError(f"{where}: unknown key(s) {', '.join(unknown)}")
         values: dict[str, Decimal] = {}
         for key, raw in table.items():
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
-                raise PriceFileError(f"{where}: {key}={raw!r} must be a number, 0 or more")
+            if (
+                isinstance(raw, bool)
+                or not isinstance(raw, (int, float))
+                or not math.isfinite(raw)
+                or raw < 0
+            ):
+                raise PriceFileError(
+                    f"{where}: {key}={raw!r} must be a finite number, 0 or more"
+                )
             values[key] = Decimal(str(raw))
         missing = [k for k in ("input_mtok", "output_mtok") if k not in values]
         if missing:
@@ -124,6 +137,7 @@ def load_price_file(path: str) -> tuple[ModelPrice, ...]:
                 values["input_mtok"],
                 values["output_mtok"],
                 values.get("cached_input_mtok"),
+                values.get("cache_write_mtok"),
             )
         )
     return tuple(prices)
@@ -189,6 +203,8 @@ def genai_price(vendor: str, model: str, usage: Usage) -> Decimal:
     }
     if usage.cached_tokens:
         counts["cache_read_tokens"] = min(usage.cached_tokens, usage.prompt_tokens)
+    if usage.cache_write_tokens:
+        counts["cache_write_tokens"] = usage.cache_write_tokens
     if usage.reasoning_tokens:
         counts["output_reasoning_tokens"] = min(usage.reasoning_tokens, usage.completion_tokens)
     context = {"service_tier": usage.service_tier} if usage.service_tier else None

@@ -16,6 +16,7 @@ __all__ = [
     "Admitted",
     "Decision",
     "Deferred",
+    "DimensionSnapshot",
     "Limits",
     "queue_ahead",
     "time_to_free",
@@ -52,11 +53,16 @@ class Limits:
 
 @dataclass(frozen=True)
 class Admitted:
-    """The request may leave now; `charge` tokens are recorded under `id` at time `at`."""
+    """The request may leave now; `charge` tokens are recorded under `id` at time `at`.
+
+    `fill` (token buckets only): what each dimension holds just after, in
+    `token_bucket.DIMENSIONS` order (the output counting what is expected in flight).
+    """
 
     id: str
     at: float
     charge: int = -1
+    fill: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,16 @@ class Deferred:
 
 
 Decision = Admitted | Deferred
+
+
+@dataclass(frozen=True)
+class DimensionSnapshot:
+    """One dimension at one instant: its capacity, what is spent (above it: debt) and, for the
+    output, what the requests in flight are expected to produce."""
+
+    limit: int
+    used: float
+    in_flight: float = 0.0
 
 
 #: When each waiter ahead is due, and its charge: `[(time, charge), ...]` in queue order.

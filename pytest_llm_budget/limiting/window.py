@@ -17,6 +17,7 @@ from pytest_llm_budget.limiting.admission import (
     Admitted,
     Decision,
     Deferred,
+    DimensionSnapshot,
     Entry,
     Limits,
     queue_ahead,
@@ -44,6 +45,8 @@ class WindowSnapshot:
     waiting: int
     paused_for: float
     factor: float = 1.0
+    #: Token buckets only: each limited dimension by name (`token_bucket.DIMENSIONS`).
+    dimensions: dict[str, DimensionSnapshot] = field(default_factory=dict)
 
 
 @dataclass

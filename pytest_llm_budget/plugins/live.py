@@ -79,6 +79,7 @@ class LiveHooks:
         session.wait_observers.append(self._waited)
         session.rate_limit_observers.append(self._rate_limited)
         session.limit_observers.append(self._limit_learned)
+        session.limiter.budget_listeners.append(self._budget_differs)
 
     # -- the session's observers -------------------------------------------------------------
     def _estimate(self, request: Any, vendor: str, model: str, estimate: int) -> int | None:
@@ -102,6 +103,11 @@ class LiveHooks:
     def _limit_learned(self, event: LimitLearned) -> None:
         if self.notices:
             self.emit(limit_line(event, self.session.worker))
+
+    def _budget_differs(self, bucket: str, ours: int, theirs: list[int]) -> None:
+        from pytest_llm_budget.limiting.limiter import budget_differs_line
+
+        self.emit(budget_differs_line(bucket, ours, theirs))
 
     def _print(self, line: str) -> None:
         """Write one notice line now, outside the test's output capture."""

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict
 from typing import Any
 
 import pytest
 
+from pytest_llm_budget.errors import LLMBudgetWarning
 from pytest_llm_budget.plugins import budget, ci, live
 from pytest_llm_budget.plugins.live import calls_by_bucket, session_report
 from pytest_llm_budget.reporting.report import bucket_costs, cost_line, summary_lines, write_report
+
+_UNWRITTEN = pytest.StashKey[dict[str, str]]()
+
+
+def _warn(config: pytest.Config, message: str) -> None:
+    """A warning in pytest's summary; printed instead when warnings are errors (-W error)."""
+    try:
+        warnings.warn(LLMBudgetWarning(f"pytest-llm-budget: {message}"), stacklevel=2)
+    except Warning:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"pytest-llm-budget: warning: {message}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -33,8 +47,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         document = session_report(run)
         ci.compare_with_baseline(config, document)
         notices.complete(document)
+        unwritten = config.stash.setdefault(_UNWRITTEN, {})
         for path in run.settings.reports:
-            write_report(path, document)
+            try:
+                write_report(path, document)
+            except OSError as exc:  # a full or read-only disk: warn, never fail the run
+                unwritten[path] = exc.strerror or str(exc)
+                _warn(config, f"could not write the LLM budget report {path}: {unwritten[path]}")
         ci.finish(session, document)
 
 
@@ -63,5 +82,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write_line(cost_line(totals, records, run.settings.max_cost))
     for line, failed in ci.summary_lines(config):
         terminalreporter.write_line(line, red=failed, bold=failed)
+    unwritten = config.stash.get(_UNWRITTEN, {})
     for path in run.settings.reports:
-        terminalreporter.write_line(f"LLM budget report: {path}")
+        why = f" (not written: {unwritten[path]})" if path in unwritten else ""
+        terminalreporter.write_line(f"LLM budget report: {path}{why}")

@@ -66,6 +66,19 @@ def async_openai_client(pytestconfig: pytest.Config) -> Any:
 
 
 @pytest.fixture
+def anthropic_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
+    """`anthropic.Anthropic` routed through the budget, SDK retries off (ANTHROPIC_API_KEY/
+    BASE_URL)."""
+    yield from _closed_after(pytestconfig, "anthropic_client")
+
+
+@pytest.fixture
+def async_anthropic_client(pytestconfig: pytest.Config) -> Any:
+    """`anthropic.AsyncAnthropic` routed through the budget, SDK retries off; bound to one loop."""
+    return _client(pytestconfig, "async_anthropic_client")
+
+
+@pytest.fixture
 def gemini_client(pytestconfig: pytest.Config) -> Generator[Any, None, None]:
     """`genai.Client` whose sync and `.aio` calls are routed (GEMINI_API_KEY, base URL env)."""
     yield from _closed_after(pytestconfig, "gemini_client")
@@ -117,6 +130,9 @@ def llm_emulator(
         env.setenv("GOOGLE_GEMINI_BASE_URL", emulator.gemini_base_url)
         env.setenv("GEMINI_API_KEY", "emulator-key")
         env.delenv("GOOGLE_API_KEY", raising=False)
+        env.setenv("ANTHROPIC_BASE_URL", emulator.anthropic_base_url)
+        env.setenv("ANTHROPIC_API_KEY", "sk-ant-emulator")
+        env.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
         try:
             yield emulator
         finally:

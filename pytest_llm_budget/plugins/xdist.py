@@ -48,7 +48,8 @@ class XdistHooks:
             records, buckets = self.handover.lost(node.workerinput["workerid"])
         else:
             data = json.loads(raw)
-            self.handover.delivered(data.get("spool"))
+            if not self.handover.delivered(data.get("spool")):
+                return
             records = [CallRecord.from_json(c) for c in data["calls"]]
             buckets = [BucketStats(**b) for b in data["buckets"]]
             declared = data.get("declared")
@@ -58,12 +59,17 @@ class XdistHooks:
         run.calls.extend(records, declared)
 
     @pytest.hookimpl(tryfirst=True)  # before the reports are written
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Merge the spools of workers that never reported (crashed, never replaced)."""
-        records, buckets = self.handover.lost()
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Merge the spools of workers that never reported (crashed, never replaced, or the run
+        was interrupted: then once the workers' calls in flight have ended)."""
         run = budget(session.config)
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            self.handover.stop_workers(run.settings.call_timeout)
+        records, buckets = self.handover.lost()
         run.merged_stats.extend(buckets)
         run.calls.extend(records)
+        notices = live(session.config)
+        notices.workers = max(notices.workers, len(self.handover.workers()))
 
     def cleanup(self) -> None:
         """Remove the shared folder (after the session has closed its backend)."""
@@ -78,17 +84,20 @@ class WorkerPreflight:
 
     @pytest.hookimpl(tryfirst=True)  # before the worker tells the controller it collected
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        with open(self.path, "w", encoding="utf-8") as handle:
-            json.dump(preflight(session), handle)
+        from pytest_llm_budget.atomic import PRIVATE, write_atomically
+
+        write_atomically(self.path, json.dumps(preflight(session)).encode("utf-8"), PRIVATE)
 
 
 def start_spool(
     config: pytest.Config, session: BudgetSession, workerinput: dict[str, Any], folder: str
 ) -> None:
-    """Spool a worker's finished calls to the shared folder: a crashed worker's still count."""
-    from pytest_llm_budget.shared_dir import RecordSpool
+    """Spool a worker's finished calls to the shared folder: a crashed worker's still count;
+    watch for the controller's stop (an interrupted run)."""
+    from pytest_llm_budget.shared_dir import RecordSpool, StopWatch
 
     spool = RecordSpool(folder, session.worker, session.limiter.stats)
     session.observers.append(spool)
     config.add_cleanup(spool.close)
     workerinput["llm_budget_spool"] = spool.name
+    config.add_cleanup(StopWatch(folder, session.worker, session).close)

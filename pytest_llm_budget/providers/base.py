@@ -20,6 +20,7 @@ from pytest_llm_budget.tokens.counting import TokenCounter
 from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = [
+    "UNSEEN_TOKENS",
     "Estimate",
     "LearnedLimits",
     "Provider",
@@ -36,6 +37,7 @@ __all__ = [
     "load_json",
     "lower_headers",
     "missing_key",
+    "plausible_usage",
     "server_limits",
     "times_choices",
 ]
@@ -55,6 +57,22 @@ class Estimate:
         return self.input_tokens + self.output_tokens
 
 
+#: Tokens a request may use beyond what its body shows (images, files, grounding): the floor of
+#: `plausible_usage`'s bound.
+UNSEEN_TOKENS = 200_000
+
+
+def plausible_usage(usage: Usage, estimate: Estimate) -> bool:
+    """Whether a reported usage fits the request: at most 8x its estimate plus UNSEEN_TOKENS.
+
+    A provider (or a proxy) reporting more is malformed: charging it would stall the bucket for
+    a window, overflow the costs and a cap, for tokens the request cannot have used.
+    """
+    bound = 8 * estimate.total + UNSEEN_TOKENS
+    parts = usage.prompt_tokens + usage.completion_tokens
+    return max(parts, usage.total_tokens) <= bound
+
+
 @dataclass(frozen=True)
 class Usage:
     """What the provider reported a request actually used (the detail fields price it)."""
@@ -68,6 +86,9 @@ class Usage:
     reasoning_tokens: int = 0
     #: OpenAI's `service_tier` of the response ("default", "flex", "priority"), when reported.
     service_tier: str | None = None
+    #: Part of `prompt_tokens` written to the prompt cache (Anthropic's
+    #: `cache_creation_input_tokens`, billed above the input rate).
+    cache_write_tokens: int = 0
 
     @classmethod
     def reported(
@@ -79,24 +100,31 @@ class Usage:
         cached: int = 0,
         reasoning: int = 0,
         service_tier: str | None = None,
+        cache_write: int = 0,
     ) -> Usage:
         """Usage from a provider's counts: the total from the parts when it has none, and the
-        cached / reasoning details never more than the part they belong to."""
+        cached / cache-write / reasoning details never more than the part they belong to."""
+        cached = min(cached, prompt)
         return cls(
             prompt,
             completion,
             prompt + completion if total is None else total,
-            cached_tokens=min(cached, prompt),
+            cached_tokens=cached,
             reasoning_tokens=min(reasoning, completion),
             service_tier=service_tier,
+            cache_write_tokens=min(cache_write, prompt - cached),
         )
 
 
 class RejectionKind(enum.Enum):
-    """Why a request was refused: only RATE_LIMIT is worth retrying."""
+    """Why a request was refused: RATE_LIMIT and OVERLOADED are worth retrying."""
 
     RATE_LIMIT = "rate_limit"
     QUOTA = "quota"
+    #: A spend cap (Anthropic `enforced_spend_limit_reached`): no retry-after, never retried.
+    SPEND_CAP = "spend_cap"
+    #: The provider is overloaded (Anthropic 529): retried with backoff, the bucket not paused.
+    OVERLOADED = "overloaded"
     TOO_LARGE = "too_large"
     OTHER = "other"
 
@@ -122,22 +150,33 @@ class Rejection:
 
 @dataclass(frozen=True)
 class LearnedLimits:
-    """Limits the provider stated for a model: tokens and requests per (its) minute."""
+    """Limits the provider stated for a model: tokens and requests per (its) minute, and for a
+    token-bucket vendor (Anthropic) its input and output tokens."""
 
     tokens: int | None = None
     requests: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
     def figures(self) -> dict[str, int]:
-        """The stated dimensions only, by name ("tokens", "requests")."""
+        """The stated dimensions only, by name ("tokens", "requests", "input_tokens", ...)."""
         return {
             name: value
-            for name, value in (("tokens", self.tokens), ("requests", self.requests))
+            for name, value in (
+                ("tokens", self.tokens), ("requests", self.requests),
+                ("input_tokens", self.input_tokens), ("output_tokens", self.output_tokens),
+            )
             if value is not None and value > 0
         }
 
     @classmethod
     def stated(
-        cls, rejection: Rejection | None, tokens: int | None = None, requests: int | None = None
+        cls,
+        rejection: Rejection | None,
+        tokens: int | None = None,
+        requests: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> LearnedLimits | None:
         """Header figures completed by a per-minute 429's limit; None when nothing is stated."""
         if (
@@ -150,7 +189,7 @@ class LearnedLimits:
                 tokens = rejection.limit
             elif rejection.dimension == "requests" and requests is None:
                 requests = rejection.limit
-        learned = cls(tokens or None, requests or None)
+        learned = cls(tokens or None, requests or None, input_tokens or None, output_tokens or None)
         return learned if learned.figures() else None
 
 
@@ -170,6 +209,10 @@ class SSEUsageParser(Protocol):
     @property
     def malformed(self) -> int:
         """How many events could not be parsed (counted, never raised)."""
+
+    @property
+    def error(self) -> str | None:
+        """The error type an error event in the stream named (Anthropic `event: error`)."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +259,7 @@ class Provider(Protocol):
 
     @property
     def vendor(self) -> str:
-        """Vendor name used for buckets, rules and reports ("openai", "gemini")."""
+        """Vendor name used for buckets, rules and reports ("openai", "gemini", "anthropic")."""
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -259,6 +302,10 @@ class Provider(Protocol):
         """True when the TPM limit keeps the reported usage, not the admission charge: an
         over-estimate is then refunded at settle (Gemini); else the admission charge stays."""
 
+    @property
+    def refusal_statuses(self) -> frozenset[int]:
+        """HTTP statuses `classify` decides on (429; Anthropic's 529 too), never passed on."""
+
     def handles(self, host: str, path: str) -> bool:
         """True when a request to this host and URL path costs tokens at this vendor."""
 
@@ -285,7 +332,7 @@ class Provider(Protocol):
     def classify(
         self, status: int, headers: Mapping[str, str], body: bytes, now: float
     ) -> Rejection:
-        """Classify a refusal (429) and extract when to retry."""
+        """Classify a refusal (one of `refusal_statuses`) and extract when to retry."""
 
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
         """The rate-limit headers of a response, parsed per dimension."""
@@ -322,6 +369,7 @@ class ProviderDefaults:
     price_id: str | None = None
     fixtures: tuple[str, ...] = ()
     counts_reported_usage = False
+    refusal_statuses: frozenset[int] = frozenset({429})
 
     def stream_usage_expected(self, path: str, body: bytes) -> bool:
         """Every stream is expected to carry usage."""
@@ -338,10 +386,13 @@ class ProviderDefaults:
         per-minute 429's limit for the dimension it names (OpenAI's `Limit 30000, Used ...`,
         Gemini's QuotaFailure `quotaValue`); never a per-day figure."""
         stated = self.rate_limits(headers)
+
+        def limit(dimension: ServerLimits | None) -> int | None:
+            return dimension.limit if dimension is not None else None
+
         return LearnedLimits.stated(
-            rejection,
-            stated.tokens.limit if stated.tokens is not None else None,
-            stated.requests.limit if stated.requests is not None else None,
+            rejection, limit(stated.tokens), limit(stated.requests),
+            limit(stated.input_tokens), limit(stated.output_tokens),
         )
 
     def charge(self, usage: Usage) -> int:
@@ -392,7 +443,7 @@ def as_int(value: object) -> int | None:
         return value if value >= 0 else None
     if isinstance(value, float) and value.is_integer() and value >= 0:
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value.strip())
     return None
 

@@ -33,10 +33,11 @@ _builtins_loaded = False
 def _builtins() -> list[Provider]:
     """The bundled providers, in the order they are asked (Gemini's OpenAI-compatible endpoint
     before plain OpenAI, whose paths it shares)."""
+    from pytest_llm_budget.providers.anthropic import AnthropicProvider
     from pytest_llm_budget.providers.gemini import GeminiOpenAIProvider, GeminiProvider
     from pytest_llm_budget.providers.openai import OpenAIProvider
 
-    return [GeminiProvider(), GeminiOpenAIProvider(), OpenAIProvider()]
+    return [GeminiProvider(), GeminiOpenAIProvider(), AnthropicProvider(), OpenAIProvider()]
 
 
 def providers() -> tuple[Provider, ...]:

@@ -35,7 +35,7 @@ _GO_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_GO_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)", re.ASCII)
 _MESSAGE_HINT = re.compile(r"(?:try|retry) again in ([0-9][0-9a-zµμ.]*)|retry in ([0-9.]+\s*s)")
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
@@ -59,9 +59,18 @@ def parse_go_duration(value: str) -> float | None:
     return max(0.0, sign * total)
 
 
+def _ascii_number(text: str) -> float:
+    """A number written in ASCII (float() also takes other scripts' digits); else ValueError."""
+    if not text.isascii():
+        raise ValueError(f"not ASCII: {text!r}")
+    return float(text)
+
+
 def parse_retry_after(value: str, now: float) -> float | None:
     """Seconds to wait from a Retry-After value: delta-seconds or an HTTP date; past -> 0."""
     text = value.strip()
+    if not text.isascii():
+        return None
     try:
         seconds = float(text)
     except ValueError:
@@ -100,7 +109,7 @@ def retry_delay_from_headers(
     raw_ms = lowered.get("retry-after-ms")
     if raw_ms is not None:
         try:
-            millis = float(raw_ms.strip())
+            millis = _ascii_number(raw_ms.strip())
         except ValueError:
             millis = math.nan
         if math.isfinite(millis):

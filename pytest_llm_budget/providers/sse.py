@@ -40,6 +40,11 @@ class JSONEventUsageParser:
         """Events whose data was not a JSON object."""
         return self._malformed
 
+    @property
+    def error(self) -> str | None:
+        """OpenAI and Gemini streams name no error event."""
+        return None
+
     def feed(self, chunk: bytes) -> None:
         """Consume bytes; only whole lines are decoded, so splits inside UTF-8 are harmless."""
         buffer = self._buffer

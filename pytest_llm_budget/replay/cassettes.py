@@ -217,11 +217,13 @@ def replayed_record(
     provider = classify(url.host, url.port, url.path).provider
     if provider is None:
         return None
+    stream_error = None
     if "text/event-stream" in content_type:
         parser = provider.sse_usage_parser()
         parser.feed(payload)
         parser.close()
         usage = parser.usage
+        stream_error = parser.error
     else:
         usage = provider.usage_from_json(payload)
     return CallRecord(
@@ -232,7 +234,7 @@ def replayed_record(
         estimated=0,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
-        status="ok" if status < 400 else f"http_{status}",
+        status=f"http_{status}" if status >= 400 else "stream_error" if stream_error else "ok",
         attempts=1,
         waited_s=0.0,
         replayed=True,
@@ -240,6 +242,7 @@ def replayed_record(
         rate_limit_events=int(status == 429),
         malformed=usage is None and status < 400,
         cached_tokens=usage.cached_tokens if usage else 0,
+        cache_write_tokens=usage.cache_write_tokens if usage else 0,
         reasoning_tokens=usage.reasoning_tokens if usage else 0,
         service_tier=usage.service_tier if usage else None,
         cost_usd=0.0,

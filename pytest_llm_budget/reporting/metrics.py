@@ -28,7 +28,6 @@ push are written once, at the end, by the controller, with every worker's figure
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -165,12 +164,12 @@ class BudgetMetrics:
         return bytes(generate_latest(self.registry)).decode("utf-8")
 
     def write_textfile(self, path: str) -> None:
-        """Write the metrics for node-exporter's textfile collector (atomically)."""
-        from prometheus_client import write_to_textfile
+        """Write the metrics for node-exporter's textfile collector (atomically, mode 0644)."""
+        from prometheus_client import generate_latest
 
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        write_to_textfile(path, self.registry)
+        from pytest_llm_budget.atomic import PUBLIC, write_atomically
+
+        write_atomically(path, bytes(generate_latest(self.registry)), PUBLIC)
 
     def push(self, gateway: str, *, timeout: float = 10.0) -> None:
         """PUT the metrics to a Pushgateway under job `pytest-llm-budget`; raises on failure."""

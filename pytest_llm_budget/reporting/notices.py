@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from pytest_llm_budget.atomic import open_file
 from pytest_llm_budget.events import LimitLearned, RateLimitEvent, WaitEvent
 
 __all__ = ["NOTICE_FILE", "NoticeRelay", "NoticeTail", "limit_line", "retry_line", "wait_line"]
@@ -63,7 +64,7 @@ class NoticeRelay:
 
     def __call__(self, line: str) -> None:
         data = (json.dumps({"line": line}) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_file(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, data)
         finally:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
-from pytest_llm_budget.atomic import write_atomically
+from pytest_llm_budget.atomic import PUBLIC, write_atomically
 from pytest_llm_budget.limiting.buckets import BucketStats, LimitRule, rule_for
 from pytest_llm_budget.records import CallRecord, Overspend, Totals
 
@@ -15,6 +16,7 @@ __all__ = [
     "bucket_costs",
     "build_report",
     "cost_line",
+    "dimension_lines",
     "limit_lines",
     "overspend_lines",
     "summary_lines",
@@ -106,9 +108,10 @@ def limit_lines(buckets: Sequence[BucketStats]) -> list[str]:
     return lines
 
 
-def _budget_cell(budget: int | None, window: float) -> str:
-    """`5100/6s`, or `auto/6s` while the limit is not known."""
-    return f"{'auto' if budget is None else budget}/{window:g}s"
+def _budget_cell(budget: int | None, window: float, token_bucket: bool = False) -> str:
+    """`5100/6s` (`in 1500/60s` for a token bucket's input), or `auto/6s` while the limit is
+    not known."""
+    return f"{'in ' if token_bucket else ''}{'auto' if budget is None else budget}/{window:g}s"
 
 
 def overspend_lines(overspent: Sequence[Overspend]) -> list[str]:
@@ -145,7 +148,7 @@ def summary_lines(
     rows = [
         (
             b.name,
-            _budget_cell(b.budget, window),
+            _budget_cell(b.budget, window, bool(b.dimensions)),
             str(calls_of.get(b.name, b.calls)),
             str(b.calls),
             str(b.estimated),
@@ -166,6 +169,7 @@ def summary_lines(
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
             lines.append("  ".join(cells).rstrip())
+        lines += dimension_lines(buckets, window)
     else:
         lines.append("no live LLM call reserved budget")
     rate_limits = max(totals.rate_limit_events, sum(b.rate_limit_events for b in buckets))
@@ -178,6 +182,30 @@ def summary_lines(
         f" [backend {backend_label(backend)}]"
     )
     return lines + limit_lines(buckets) + overspend_lines(overspent)
+
+
+#: How the summary names each dimension of a token-bucket bucket.
+_DIMENSION_LABELS = {"input_tokens": "in", "output_tokens": "out", "requests": "req"}
+
+
+def dimension_lines(buckets: Sequence[BucketStats], window: float) -> list[str]:
+    """One line per token-bucket bucket: each dimension's fullest after an admission over its
+    capacity, e.g. `anthropic:claude-sonnet-4*  in 1490/1500  out 790/800  req 12/50`."""
+    lines = []
+    for b in buckets:
+        if not b.dimensions:
+            continue
+        cells = [
+            f"{_DIMENSION_LABELS.get(name, name)} {d.peak}/{d.limit}"
+            for name, d in sorted(b.dimensions.items(), key=lambda kv: _dimension_order(kv[0]))
+        ]
+        lines.append(f"{b.name}  {'  '.join(cells)}  (peak / capacity per {window:g}s)")
+    return lines
+
+
+def _dimension_order(name: str) -> int:
+    order = list(_DIMENSION_LABELS)
+    return order.index(name) if name in order else len(order)
 
 
 def backend_label(description: str) -> str:
@@ -221,6 +249,9 @@ def build_report(
                 "rate_limit_events": b.rate_limit_events,
                 "cost_usd": costs.get(b.name, (0.0, 0))[0],
                 "cost_unknown": costs.get(b.name, (0.0, 0))[1],
+                "admission": b.admission,
+                **({"dimensions": {k: asdict(d) for k, d in b.dimensions.items()}}
+                   if b.dimensions else {}),
             }
             for b in buckets
         ],
@@ -275,4 +306,4 @@ def write_report(path: str, document: dict[str, Any]) -> None:
         text = render_markdown(document)
     else:
         text = json.dumps(document, indent=2, sort_keys=False) + "\n"
-    write_atomically(path, text.encode("utf-8"))
+    write_atomically(path, text.encode("utf-8"), PUBLIC)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.errors import BackendUnavailable
+from pytest_llm_budget.errors import BackendUnavailable, LLMBudgetError
 
 if TYPE_CHECKING:
     from pytest_llm_budget.limiting.limiter import Reservation
@@ -94,12 +95,20 @@ class UsageSink:
             yield
         except GeneratorExit:  # the caller stopped reading: its close() settles
             raise
-        except BaseException:
-            self.finish(failed=True)
+        except BaseException as exc:
+            timed_out = self.call.timed_out(exc)
+            self.finish(failed=True, error_code="LLM_CALL_TIMEOUT" if timed_out else None)
+            if timed_out and not isinstance(exc, LLMBudgetError):
+                raise self.call.timeout_error() from None
             raise
         self.finish(failed=False)
 
-    def finish(self, failed: bool) -> None:
+    def past_deadline(self) -> None:
+        """A stream still going at the call's deadline fails with CallTimeout."""
+        if time.monotonic() > self.call.deadline:
+            raise self.call.timeout_error()
+
+    def finish(self, failed: bool, error_code: str | None = None) -> None:
         """Settle with the reported usage (else the estimate) and record the call, once."""
         with self._lock:
             if self._done:
@@ -107,13 +116,20 @@ class UsageSink:
             self._done = True
         call = self.call
         usage: Usage | None
+        stream_error = None
         if self.sse is not None:
             self.sse.close()
             usage = self.sse.usage
+            stream_error = self.sse.error
             malformed = self.sse.malformed > 0 or (usage is None and call.stream_usage_expected)
         else:
             usage = None if self.undecodable else call.provider.usage_from_json(bytes(self.body))
             malformed = usage is None and not failed
+        if usage is not None and call.estimate is not None:
+            from pytest_llm_budget.providers.base import plausible_usage
+
+            if not plausible_usage(usage, call.estimate):  # settled as if none was reported
+                usage, malformed = None, True
         charge = call.provider.charge(usage) if usage is not None else call.charge
         refund = usage is not None and call.provider.counts_reported_usage
         lost = backend_lost(lambda: self.reservation.settle(charge, refund=refund))
@@ -121,8 +137,10 @@ class UsageSink:
         if hold is not None:
             lost = backend_lost(lambda: costs.settle(hold, usage)) or lost
         cost = hold.cost_usd if hold is not None else None
-        status = "error" if failed else "ok"
-        call.record(usage, status, malformed=malformed, error_code=lost, cost_usd=cost)
+        # A 2xx stream that ended in an error event (Anthropic): what it produced is charged.
+        status = "error" if failed else "stream_error" if stream_error else "ok"
+        code = lost or error_code
+        call.record(usage, status, malformed=malformed, error_code=code, cost_usd=cost)
 
 
 BACKEND_LOST = "LLM_BACKEND_UNAVAILABLE"
@@ -148,6 +166,7 @@ def _meter_stream_iter(inner: Any, sink: UsageSink) -> Iterator[bytes]:
     with sink.watching():
         for chunk in inner:
             sink.feed(chunk)
+            sink.past_deadline()
             yield chunk
 
 
@@ -155,6 +174,7 @@ async def _meter_stream_aiter(inner: Any, sink: UsageSink) -> AsyncIterator[byte
     with sink.watching():
         async for chunk in inner:
             sink.feed(chunk)
+            sink.past_deadline()
             yield chunk
 
 

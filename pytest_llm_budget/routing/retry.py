@@ -9,12 +9,16 @@
   that would push the call's total wait past `max_wait` fails fast with `RateLimitExhausted`.
 - each 429 calls `reservation.rate_limited(delay)`: penalty tokens and a pause of the whole
   bucket, so the retry (a fresh reservation, timed from when it leaves) waits out the pause.
-- at most `retries` retries; `insufficient_quota` / per-day quotas and "Request too large"
-  are never retried; nor a 429 whose own retry delay is longer than `max_wait` (a quota no
-  retry inside the run can outlast): `QuotaExhausted`, naming the quota, at once.
+- at most `retries` retries; `insufficient_quota` / per-day quotas, spend caps (Anthropic
+  `enforced_spend_limit_reached`: `SpendCapReached`) and "Request too large" are never retried;
+  nor a 429 whose own retry delay is longer than `max_wait` (a quota no retry inside the run can
+  outlast): `QuotaExhausted`, naming the quota, at once.
+- an overloaded provider (Anthropic 529) is retried the same way (its `retry-after`, else the
+  backoff) but never pauses or charges the bucket (it says nothing about the bucket); it counts
+  in the call's `overloaded`, and ends in `ProviderOverloaded` when the retries run out.
 - errors: clients the plugin builds (`raise_errors=True`) raise the structured error
   (openai 3.x and google-genai let non-httpx exceptions through unchanged, with no SDK retry);
-  clients the code under test builds get the provider's final 429 back, marked
+  clients the code under test builds get the provider's final 429 (or 529) back, marked
   `x-should-retry: false` and `x-llm-budget-error: <code>` with the code prefixed to the
   error message, so their SDK raises its own error at once; the structured error is also
   remembered for the running test (`errors_for`) and shown in its report.
@@ -36,9 +40,11 @@ from typing import TYPE_CHECKING, Any
 from pytest_llm_budget.errors import (
     CostCapExceeded,
     LLMBudgetError,
+    ProviderOverloaded,
     QuotaExhausted,
     RateLimitExhausted,
     RequestTooLarge,
+    SpendCapReached,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +55,8 @@ _DROPPED_HEADERS = frozenset({"content-length", "content-encoding", "transfer-en
 STATUS_OF = {
     RateLimitExhausted.code: "rate_limited",
     QuotaExhausted.code: "quota",
+    SpendCapReached.code: "spend_cap",
+    ProviderOverloaded.code: "overloaded",
     RequestTooLarge.code: "too_large",
     CostCapExceeded.code: "cost_cap",
 }
@@ -100,6 +108,12 @@ def after_429(
         "vendor": vendor, "model": model, "limit": rejection.limit, "attempts": attempts,
         "waited_s": waited_s, "quota": rejection.quota, "per_day": rejection.per_day,
     }
+    if rejection.kind is RejectionKind.SPEND_CAP:
+        return SpendCapReached(
+            f"{where}: spend cap reached, not retried after {attempts} attempt(s), "
+            f"{waited_s:.1f}s waited; {provider_says}",
+            **facts,
+        )
     quota = f"quota {rejection.quota}, " if rejection.quota else ""
     if rejection.kind is RejectionKind.QUOTA:
         return QuotaExhausted(
@@ -130,6 +144,12 @@ def after_429(
         if exhausted
         else f"the next wait of {delay:.1f}s would exceed --llm-max-wait={policy.max_wait:g}s"
     )
+    if rejection.kind is RejectionKind.OVERLOADED:
+        return ProviderOverloaded(
+            f"{where}: still overloaded (529) after {attempts} attempt(s) and {waited_s:.1f}s "
+            f"waited: {why}; {provider_says}",
+            **facts,
+        )
     return RateLimitExhausted(
         f"{where}: still rate limited (429, {limit}) after {attempts} attempt(s) "
         f"and {waited_s:.1f}s waited: {why}; {provider_says}",
@@ -159,13 +179,20 @@ def passable(err: LLMBudgetError) -> LLMBudgetError:
 
 
 def final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | None) -> Any:
-    """The answer an app's SDK gets: the provider's 429 (or a made-up one), never retried."""
+    """The answer an app's SDK gets: the provider's 429 / 529 (or a made-up 429), never
+    retried."""
     module = sys.modules[type(request).__module__.split(".")[0]]
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[bytes, bytes]] = []
     payload: Any = None
+    status = 429
     if rejected is not None:
         response, body = rejected
-        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _DROPPED_HEADERS]
+        status = int(response.status_code)
+        # Raw bytes, as on the wire: a value that is not ASCII must pass unchanged, not crash.
+        headers = [
+            (k, v) for k, v in response.headers.raw if k.lower().decode("latin-1")
+            not in _DROPPED_HEADERS
+        ]
         try:
             payload = json.loads(body)
         except ValueError:
@@ -175,14 +202,14 @@ def final_429(request: Any, err: LLMBudgetError, rejected: tuple[Any, bytes] | N
         payload["error"]["message"] = marked
     else:
         payload = {"error": {"message": marked, "type": "tokens", "code": err.code.lower()}}
-    headers = [(k, v) for k, v in headers if k.lower() not in ("x-should-retry", "content-type")]
+    headers = [(k, v) for k, v in headers if k.lower() not in (b"x-should-retry", b"content-type")]
     headers += [
-        ("content-type", "application/json"),
-        ("x-should-retry", "false"),
-        ("x-llm-budget-error", err.code),
+        (b"content-type", b"application/json"),
+        (b"x-should-retry", b"false"),
+        (b"x-llm-budget-error", err.code.encode("ascii")),
     ]
     return module.Response(
-        429, headers=headers, content=json.dumps(payload).encode(), request=request
+        status, headers=headers, content=json.dumps(payload).encode(), request=request
     )
 
 

@@ -26,7 +26,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pytest_llm_budget.errors import BackendUnavailable, LLMBudgetError
+from pytest_llm_budget.errors import (
+    BackendUnavailable,
+    CallTimeout,
+    LLMBudgetError,
+    RunInterrupted,
+)
 from pytest_llm_budget.routing.call import Call
 from pytest_llm_budget.routing.metering import deliver
 from pytest_llm_budget.routing.retry import (
@@ -97,17 +102,28 @@ class Gate:
         """Estimate and reserve (blocking); a budget error is kept for the router, then raised."""
         with self._paying():
             self.reservation = self.router._reserve(self.call)
+        self.call.deadline = time.monotonic() + self.router.call_timeout
 
     async def apay(self) -> None:
         """`pay` for event loops."""
         with self._paying():
             self.reservation = await self.router._areserve(self.call)
+        self.call.deadline = time.monotonic() + self.router.call_timeout
 
     @contextlib.contextmanager
     def _paying(self) -> Iterator[None]:
         self.taken = True
+        session = self.router.session
         try:
+            if session.stopping:
+                raise RunInterrupted(
+                    f"{self.call.vendor}: the run is being interrupted; this call was not sent",
+                    vendor=self.call.vendor,
+                )
             yield
+            if not self.call.flying:
+                self.call.flying = True
+                session.call_started()
         except LLMBudgetError as err:
             self.error = err
             raise
@@ -167,6 +183,7 @@ class Router:
             s.retries, s.backoff_base, s.backoff_max, s.max_wait, session.limiter.margin
         )
         self.rng = rng or random.Random()
+        self.call_timeout = s.call_timeout
 
     # -- drivers -------------------------------------------------------------------------------
     # One call's attempts are written once, as a generator of I/O steps (`_flow`); `handle` and
@@ -210,14 +227,18 @@ class Router:
                 if gate.error is not None:
                     return self._fail(call, request, gate.error, None)
             tokens = (_IN_SEND.set(True), _GATE.set(gate))
+            bound_timeouts(request, self.call_timeout)
             try:
                 response = yield SEND, request
             except LLMBudgetError as err:
                 if err is not gate.error:
                     raise
                 return self._fail(call, request, err, None)
-            except BaseException:
-                self._abort(call, gate)
+            except BaseException as exc:
+                timed_out = call.timed_out(exc)
+                self._abort(call, gate, CallTimeout.code if timed_out else None)
+                if timed_out:
+                    raise call.timeout_error() from None
                 raise
             finally:
                 _GATE.reset(tokens[1])
@@ -225,7 +246,7 @@ class Router:
             reservation = gate.reservation
             if reservation is None:  # answered above the network: a mock or a cassette
                 return response
-            if response.status_code != 429:
+            if response.status_code not in call.provider.refusal_statuses:
                 return deliver(call, reservation, response, is_async=is_async)
             body = yield READ, response
             outcome = self._rejected(call, reservation, response, body)
@@ -302,30 +323,40 @@ class Router:
             request=request,
         )
 
-    def _abort(self, call: Call, gate: Gate) -> None:
+    def _abort(self, call: Call, gate: Gate, error_code: str | None = None) -> None:
         """The send failed after admission (timeout, dropped, cancel): keep the charge, record."""
         if gate.reservation is None:  # never admitted, or it never reached the provider
             call.release_cost()
+            call.landed()
             return
         gate.reservation.release()
         cost = self.session.costs.settle(call.cost, None) if call.cost else None
-        call.record(None, "error", malformed=False, cost_usd=cost)
+        call.record(None, "error", malformed=False, error_code=error_code, cost_usd=cost)
 
     def _rejected(
         self, call: Call, reservation: Reservation, response: Any, body: bytes
     ) -> LLMBudgetError | None:
-        """A 429: count it, pause the bucket; None to retry, or the error that ends the call."""
-        rejection = call.provider.classify(429, response.headers, body, time.time())
+        """A 429 (or 529): count it, pause the bucket on a rate limit; None to retry, or the
+        error that ends the call."""
+        from pytest_llm_budget.providers.base import RejectionKind
+
+        status = int(response.status_code)
+        rejection = call.provider.classify(status, response.headers, body, time.time())
         reservation.learn(call.model, call.provider.learned_limits(response.headers, rejection))
         call.release_cost()
-        call.rate_limit_events += 1
+        overloaded = rejection.kind is RejectionKind.OVERLOADED
+        if overloaded:
+            call.overloaded += 1
+        else:
+            call.rate_limit_events += 1
         call.rejection = rejection
         outcome = after_429(
             rejection, call.attempts, call.waited_s, self.retry, self.rng,
             vendor=call.vendor, model=call.model,
         )
         call.retry_in = outcome.after_s if isinstance(outcome, Retry) else None
-        reservation.rate_limited(call.retry_in)
+        if not overloaded:  # an overloaded provider is no sign that the bucket is too full
+            reservation.rate_limited(call.retry_in)
         reservation.release()
         return None if isinstance(outcome, Retry) else outcome
 
@@ -351,3 +382,13 @@ class Router:
         if self.raise_errors:
             raise passable(err)
         return final_429(request, err, rejected)
+
+
+def bound_timeouts(request: Any, seconds: float) -> None:
+    """Cap the request's connect/read/write/pool timeouts (httpx extensions) at `seconds`: a
+    provider that never answers, or goes silent mid-stream, then raises a timeout in time."""
+    timeouts = dict(request.extensions.get("timeout") or {})
+    for kind in ("connect", "read", "write", "pool"):
+        value = timeouts.get(kind)
+        timeouts[kind] = seconds if value is None else min(float(value), seconds)
+    request.extensions["timeout"] = timeouts

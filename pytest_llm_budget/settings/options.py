@@ -151,6 +151,16 @@ DECLARED: tuple[Option, ...] = (
         metavar="S",
     ),
     Option(
+        "call_timeout",
+        values.positive_float,
+        "longest a routed call may take from leaving to its answer's last byte before failing "
+        "(LLM_CALL_TIMEOUT), seconds",
+        "--llm-call-timeout",
+        ("LLM_BUDGET_CALL_TIMEOUT",),
+        "llm_call_timeout",
+        metavar="S",
+    ),
+    Option(
         "notice_after",
         values.notice_after,
         "print a line when a call will wait longer than this for budget, seconds, or off",
@@ -372,7 +382,7 @@ DECLARED: tuple[Option, ...] = (
     ),
     Option(
         "metrics_port",
-        values.optional_positive_int,
+        values.optional_port,
         "serve Prometheus metrics on this port during the run",
         "--llm-metrics-port",
         ("LLM_BUDGET_METRICS_PORT",),

@@ -35,6 +35,7 @@ class Settings:
     backoff_base: float = 2.0
     backoff_max: float = 30.0
     max_wait: float = 600.0
+    call_timeout: float = 600.0
     notice_after: float | None = 2.0
     # The estimate's three: EstimatePolicy declares their defaults, for library users too.
     est_tokens: int = EstimatePolicy.default_output_tokens

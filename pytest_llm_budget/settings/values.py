@@ -26,6 +26,7 @@ __all__ = [
     "notice_after",
     "optional_duration",
     "optional_percent",
+    "optional_port",
     "optional_positive_int",
     "optional_usd",
     "parse_duration",
@@ -127,6 +128,17 @@ def tpm(text: str) -> int | None:
         return positive_int(text)
     except ValueError:
         raise ValueError("must be a whole number above 0, or auto") from None
+
+
+def port(text: str) -> int:
+    """A TCP port to listen on, 1-65535."""
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port, 1 to 65535")
+    return value
+
+
+optional_port = _or_none(port, "", "none", "off")
 notice_after = _or_none(non_negative_float, "off", "none", "never")
 optional_duration = _or_none(parse_duration, "", "none", "off")
 
@@ -202,32 +214,47 @@ def percent(text: str) -> float:
 optional_percent = _or_none(percent, "", "none", "off")
 
 
+_RULE_KEYS = ("tpm", "rpm", "itpm", "otpm")
 _RULE = re.compile(r"^(?P<vendor>[^\s:]+):(?P<model>\S+)(?P<rest>(?:\s+\w+=\S+)*)\s*$")
 
 
 def parse_limit_rule(line: str) -> LimitRule:
-    """`openai:gpt-5* tpm=30000 rpm=500` -> LimitRule; raises ValueError naming the fault."""
-    match = _RULE.match(line.strip())
+    """`openai:gpt-5* tpm=30000 rpm=500` or `anthropic:claude-sonnet-4* itpm=40000 otpm=8000
+    rpm=50` -> LimitRule; raises ValueError naming the fault."""
+    text = line.strip()
+    match = _RULE.match(text)
     if not match:
-        raise ValueError(f"{line.strip()!r} is not 'vendor:model tpm=N [rpm=M]'")
+        raise ValueError(f"{text!r} is not 'vendor:model tpm=N [rpm=M]'")
     values: dict[str, int | None] = {}
     for pair in match["rest"].split():
         key, _, raw = pair.partition("=")
-        if key not in ("tpm", "rpm"):
-            raise ValueError(f"{line.strip()!r}: unknown key {key!r} (expected tpm or rpm)")
+        if key not in _RULE_KEYS:
+            raise ValueError(
+                f"{text!r}: unknown key {key!r} (expected {', '.join(_RULE_KEYS)})"
+            )
+        if key in values:
+            raise ValueError(f"{text!r}: duplicate key {key!r}")
         try:
             values[key] = tpm(raw) if key == "tpm" else positive_int(raw)
         except ValueError:
             what = "a whole number above 0" + (" or auto" if key == "tpm" else "")
-            raise ValueError(f"{line.strip()!r}: {key}={raw!r} must be {what}") from None
-    if "tpm" not in values:
-        raise ValueError(f"{line.strip()!r}: a rule needs tpm=N (or tpm=auto)")
+            raise ValueError(f"{text!r}: {key}={raw!r} must be {what}") from None
+    if "tpm" in values and "itpm" in values:
+        raise ValueError(f"{text!r}: give itpm (input tokens) or tpm, not both")
+    if "tpm" not in values and "itpm" not in values:
+        raise ValueError(f"{text!r}: a rule needs tpm=N (or itpm=N for anthropic, or tpm=auto)")
     from pytest_llm_budget.providers.registry import unknown_vendor
 
     problem = unknown_vendor(match["vendor"])
     if problem:
-        raise ValueError(f"{line.strip()!r}: {problem}")
-    return LimitRule(match["vendor"], match["model"], values["tpm"], values.get("rpm"))
+        raise ValueError(f"{text!r}: {problem}")
+    try:
+        return LimitRule(
+            match["vendor"], match["model"], values.get("tpm", values.get("itpm", 0)),
+            values.get("rpm"), itpm=values.get("itpm"), otpm=values.get("otpm"),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
 
 
 def limit_rules(text: str) -> tuple[LimitRule, ...]:
