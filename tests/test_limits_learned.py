@@ -157,6 +157,20 @@ def test_a_lower_server_limit_wins_with_one_notice(clock: Any) -> None:
     assert (stats.budget, stats.tpm, stats.server_tpm, stats.server_rpm) == (5100, 30000, 6000, 500)
 
 
+def test_a_token_bucket_vendor_learns_its_input_and_output_limits(clock: Any) -> None:
+    from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits
+
+    limiter = _limiter(MemoryBackend(), clock)
+    bucket = limiter.bucket_for("anthropic", "claude-sonnet-4-5")
+    assert limiter.probing(bucket) and limiter.budget(bucket) is None
+    limiter.learn(bucket, "claude-sonnet-4-5", LearnedLimits(
+        input_tokens=1000, output_tokens=500, requests=50).figures())
+    limits = limiter.limits(bucket)
+    assert isinstance(limits, TokenBucketLimits)
+    assert (limits.tokens, limits.output, limits.requests) == (850, 425, 50)
+    assert not limiter.probing(bucket) and limits.concurrency is None
+
+
 def test_a_configured_limit_lower_than_the_servers_is_kept(clock: Any) -> None:
     limiter = _limiter(MemoryBackend(), clock, LimitRule("*", "*", 3000, 20))
     told: list[LimitLearned] = []

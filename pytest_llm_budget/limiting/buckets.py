@@ -21,6 +21,7 @@ from pytest_llm_budget.limiting.token_bucket import DIMENSIONS, TokenBucketLimit
 
 __all__ = [
     "COUNTERS",
+    "UNKNOWN_TOKENS",
     "Bucket",
     "BucketStats",
     "Buckets",
@@ -30,6 +31,9 @@ __all__ = [
     "rule_for",
     "stated",
 ]
+
+#: The token budget of a bucket whose limit is not known yet (`tpm=auto`): no token pacing.
+UNKNOWN_TOKENS = 2**40
 
 #: Vendors whose buckets are sliding windows: a rule that can match one of them takes `tpm`.
 _WINDOW_VENDORS = ("openai", "gemini")
@@ -228,9 +232,7 @@ class Bucket:
     @property
     def budget(self) -> int | None:
         """Tokens admitted per window; None while no limit is known (`tpm=auto`)."""
-        if self.rule.tpm is None and stated(self.learned, "tokens") is None:
-            return None
-        return self.limits.tokens
+        return None if self.limits.tokens >= UNKNOWN_TOKENS else self.limits.tokens
 
     def stats(self) -> BucketStats:
         """The counts so far, as a record."""

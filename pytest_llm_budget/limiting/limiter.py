@@ -23,6 +23,7 @@ from pytest_llm_budget.errors import BudgetWaitTimeout, RequestTooLarge
 from pytest_llm_budget.events import LimitLearned, WaitTick
 from pytest_llm_budget.limiting.admission import Admitted, Limits
 from pytest_llm_budget.limiting.buckets import (
+    UNKNOWN_TOKENS,
     Buckets,
     BucketStats,
     LimitRule,
@@ -48,8 +49,6 @@ __all__ = [
 
 #: Tokens a bucket is charged for every 429 it receives (the seed's penalty).
 RATE_LIMIT_PENALTY = 1000
-#: The token budget of a bucket whose limit is not known yet (`tpm=auto`): no token pacing.
-UNKNOWN_TOKENS = 2**40
 
 
 class SystemClock:
