@@ -134,12 +134,15 @@ def fluid_floor(charges: Iterable[float], budget: float, window: float) -> float
     return max(0.0, (total - budget) / budget * window)
 
 
-def admitted_charges(records: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
-    """Charges per vendor of the admitted requests in an emulator log, in arrival order."""
+def admitted_charges(
+    records: Iterable[Mapping[str, Any]], by: str = "vendor"
+) -> dict[str, list[float]]:
+    """Charges per vendor (or per emulator `bucket`) of the admitted requests in an emulator
+    log, in arrival order."""
     by_vendor: dict[str, list[tuple[float, float]]] = {}
     for r in records:
         if r.get("outcome") == "ok" and r.get("status") == 200 and r.get("charge", 0) > 0:
-            by_vendor.setdefault(str(r["vendor"]), []).append((float(r["t"]), float(r["charge"])))
+            by_vendor.setdefault(str(r[by]), []).append((float(r["t"]), float(r["charge"])))
     return {v: [c for _, c in sorted(items, key=lambda x: x[0])] for v, items in by_vendor.items()}
 
 
@@ -168,15 +171,29 @@ class RowFigures:
 
 
 def figures(
-    records: Sequence[Mapping[str, Any]], wall: float, budget: float, window: float
+    records: Sequence[Mapping[str, Any]],
+    wall: float,
+    budget: float,
+    window: float,
+    per_model: bool = False,
 ) -> RowFigures:
-    """Span, oracle and floor per vendor, and the two ratios (None when a divisor is 0)."""
+    """Span, oracle and floor per vendor, and the two ratios (None when a divisor is 0).
+
+    `per_model`: the emulator limited each model apart; the oracle paces each of its buckets
+    apart, and a vendor's figure is its slowest bucket's (its charges, all buckets').
+    """
     api = [r for r in records if r.get("vendor") in ("openai", "gemini") and r.get("model")]
     times = [float(r["t"]) for r in api]
     span = max(times) - min(times) if times else 0.0
-    charges = admitted_charges(api)
-    oracle = {v: oracle_span(c, budget, window) for v, c in charges.items()}
-    floor = {v: fluid_floor(c, budget, window) for v, c in charges.items()}
+    groups = admitted_charges(api, "bucket" if per_model else "vendor")
+    charges: dict[str, list[float]] = {}
+    oracle: dict[str, float] = {}
+    floor: dict[str, float] = {}
+    for group, c in groups.items():
+        vendor = group.split(":", 1)[0]
+        charges.setdefault(vendor, []).extend(c)
+        oracle[vendor] = max(oracle.get(vendor, 0.0), oracle_span(c, budget, window))
+        floor[vendor] = max(floor.get(vendor, 0.0), fluid_floor(c, budget, window))
     o, f = max(oracle.values(), default=0.0), max(floor.values(), default=0.0)
     return RowFigures(
         requests=len(api),

@@ -107,12 +107,20 @@ def table(run: dict[str, Any]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+#: The rows where the plugin must learn the limit (issue [limits]) and their target.
+_LEARNING = frozenset({"plugin-n4-unknown", "plugin-n4-5x"})
+LEARNING_TARGET = 1.10
+
+
 def _commentary(run: dict[str, Any]) -> str:
     """What the figures mean, computed from them (so that a re-run rewrites it truthfully)."""
     rows = {r["key"]: r["summary"] for r in run["rows"]}
     labels = {r["key"]: r["label"] for r in run["rows"]}
     ok = {k: s for k, s in rows.items() if s.get("status") == "ok"}
-    plugin = {k: s for k, s in ok.items() if k.startswith("plugin") and "bucket" not in k}
+    plugin = {
+        k: s for k, s in ok.items() if k.startswith("plugin") and k not in (_LEARNING | {
+            "plugin-n4-bucket"})
+    }
     ratios = {k: s["span_over_oracle"] for k, s in plugin.items() if s["span_over_oracle"]}
     out = []
     if ratios:
@@ -133,6 +141,20 @@ def _commentary(run: dict[str, Any]) -> str:
                 f"Its estimates add up to {min(est):.2f}-{max(est):.2f}x what the emulator "
                 "charged: the budget it holds back for charges that never come."
             )
+    learning = {k: s for k, s in ok.items() if k in _LEARNING}
+    if learning:
+        worst = max((s["span_over_oracle"] or 0.0) for s in learning.values())
+        n429 = max(s["rejected_429"] for s in learning.values())
+        failed = sum(s["failed"] for s in learning.values())
+        met = worst <= LEARNING_TARGET and n429 <= 2 and failed == 0
+        floors = [s["span_over_floor"] for s in learning.values() if s.get("span_over_floor")]
+        floor = f" (span / floor {min(floors):.2f}-{max(floors):.2f})" if floors else ""
+        out.append(
+            "Limits it was not told (" + "; ".join(labels[k] for k in learning) + "): span / "
+            f"oracle up to {worst:.2f}{floor}, at most {n429} 429s per run, {failed} failed "
+            f"tests: it **{'meets' if met else 'misses'}** the target (span / oracle <= "
+            f"{LEARNING_TARGET}, at most 2 429s)."
+        )
     bucket = ok.get("plugin-n4-bucket")
     if bucket:
         out.append(
@@ -203,6 +225,12 @@ How to read it: the suite's calls are charged by the emulator exactly as it admi
 - With several runs per row (each against a fresh emulator) the figures are medians, 429s and
   failures the worst run's, passed the worst run's; the small figures beside span / oracle are
   the lowest and highest of the runs.
+- **limit unknown** / **limit 5x too high** (issue [limits]): the plugin is told nothing
+  (`--llm-tpm auto`) or `--llm-tpm 30000`, and learns the real limit from the emulator's
+  `x-ratelimit-limit-*` headers. "Limit unknown" runs against an emulator that limits each model
+  to 6000 per 6 s (as OpenAI does; the plugin then gives each model a bucket), and its oracle
+  paces each model apart; "5x too high" against the usual one bucket per vendor. Target: span /
+  oracle <= 1.10 with at most 2 429s.
 """
 
 

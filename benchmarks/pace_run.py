@@ -50,6 +50,10 @@ class Config:
     processes: int = 1  # 2: the suite split over two pytest processes at once (one Redis)
     mode: str = "sliding"
     note: str = ""
+    #: What the plugin is told the limit is (`--llm-tpm`); None: nothing (`--llm-tpm auto`).
+    told_tpm: int | None = TPM
+    #: The emulator limits each model apart (as OpenAI does) instead of each vendor.
+    per_model: bool = False
 
 
 def configurations(suite: Suite) -> list[Config]:
@@ -78,6 +82,27 @@ def configurations(suite: Suite) -> list[Config]:
             needs=xdist,
             mode="bucket",
             note="token bucket refilling B/W per s; the sliding oracle still the yardstick",
+        ),
+        Config(
+            "plugin-n4-unknown",
+            "pytest-llm-budget -n 4, limit unknown",
+            True,
+            4,
+            needs=xdist,
+            told_tpm=None,
+            per_model=True,
+            note="told nothing (--llm-tpm auto); the emulator limits each model (as OpenAI "
+            "does) and says so in its headers; the oracle paces each model apart",
+        ),
+        Config(
+            "plugin-n4-5x",
+            "pytest-llm-budget -n 4, limit 5x too high",
+            True,
+            4,
+            needs=xdist,
+            told_tpm=5 * TPM,
+            note=f"told --llm-tpm {5 * TPM}; the emulator enforces {TPM} per vendor and states it "
+            "in its headers",
         ),
         Config(
             "sdk-default",
@@ -181,13 +206,16 @@ def _first_line(path: Path, marker: str, proc: subprocess.Popen[Any], timeout: f
 
 
 @contextlib.contextmanager
-def emulator(procs: Processes, folder: Path, mode: str) -> Iterator[tuple[str, Path]]:
-    """The bundled emulator on a free port: TPM per vendor, one bucket per vendor, a JSONL log."""
+def emulator(
+    procs: Processes, folder: Path, mode: str, per_model: bool = False
+) -> Iterator[tuple[str, Path]]:
+    """The bundled emulator on a free port: TPM per vendor (or per model), a JSONL log."""
     log = folder / "emulator.jsonl"
+    buckets = "--per-model" if per_model else "--shared-bucket"
     args = [
         sys.executable, "-m", "pytest_llm_budget.emulator", "--host", "127.0.0.1", "--port", "0",
         "--openai-tpm", str(TPM), "--gemini-tpm", str(TPM), "--rpm", "none",
-        "--window", f"{WINDOW:g}", "--mode", mode, "--shared-bucket", "--log", str(log),
+        "--window", f"{WINDOW:g}", "--mode", mode, buckets, "--log", str(log),
     ]  # fmt: skip
     out = folder / "emulator.out"  # a file, not a pipe: tracebacks must never block it
     with open(out, "wb") as fh:
@@ -297,7 +325,7 @@ def run_config(
     folder.mkdir(parents=True)
     load = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
-        url, log = stack.enter_context(emulator(procs, folder, config.mode))
+        url, log = stack.enter_context(emulator(procs, folder, config.mode, config.per_model))
         env = base_env(url, tiktoken_cache)
         env.update(config.env)
         state = folder / "state"
@@ -316,7 +344,9 @@ def run_config(
             if config.workers:
                 args += ["-n", str(config.workers)]
             if config.plugin:
-                args += [*PLUGIN_ARGS, *backend, "--llm-report", str(folder / f"report-{i}.json")]
+                told = [] if config.told_tpm is None else ["--llm-tpm", str(config.told_tpm)]
+                args += [*told, *PLUGIN_ARGS[2:], *backend]
+                args += ["--llm-report", str(folder / f"report-{i}.json")]
                 args += ["-p", "no:xdist-rate-limit"]
             else:
                 args += ["-p", "no:llm_budget"]
@@ -354,7 +384,7 @@ def _result(
     outs: Sequence[Path],
     started: Sequence[subprocess.Popen[Any]],
 ) -> dict[str, Any]:
-    fig = figures(records, wall, BUDGET, WINDOW)
+    fig = figures(records, wall, BUDGET, WINDOW, config.per_model)
     junit = [_junit(folder / f"junit-{i}.xml") for i in range(len(outs))]
     tests = sum(j["tests"] for j in junit)
     failed = sum(j["failures"] + j["errors"] for j in junit)

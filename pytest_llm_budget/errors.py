@@ -48,9 +48,16 @@ class RateLimitExhausted(LLMBudgetError):
 
 
 class QuotaExhausted(LLMBudgetError):
-    """The key has no quota left (OpenAI `insufficient_quota`): retrying cannot help."""
+    """The key has no quota left (OpenAI `insufficient_quota`, a per-day quota, or a quota whose
+    retry delay is past `--llm-max-wait`): retrying cannot help; `.quota` names it."""
 
     code = "LLM_QUOTA_EXHAUSTED"
+
+    @property
+    def quota(self) -> str | None:
+        """The provider's name of the quota (Gemini's `quotaId`), when it gave one."""
+        quota = self.details.get("quota")
+        return None if quota is None else str(quota)
 
 
 class SpendCapReached(QuotaExhausted):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["RateLimitEvent", "WaitEvent", "WaitTick"]
+__all__ = ["LimitLearned", "RateLimitEvent", "WaitEvent", "WaitTick"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class WaitEvent:
     seconds: float
     reason: str
     used_tokens: int
-    budget: int
+    budget: int | None
     worker: str
     t: float
     finished: bool
@@ -74,3 +74,41 @@ class RateLimitEvent:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LimitLearned:
+    """A server stated a limit that now sets a bucket's pace (lower than configured, or none was).
+
+    `configured` is the configured figure (None: `--llm-tpm auto`, or no `--llm-rpm`), `using`
+    the limit the bucket now keeps to (its budget is that, less the headroom, for tokens).
+    """
+
+    bucket: str
+    vendor: str
+    model: str
+    dimension: str
+    server: int
+    configured: int | None
+    using: int
+
+    @property
+    def where(self) -> str:
+        """`openai:gpt-4o-mini`, or `openai:* (gpt-4o-mini)` when the bucket spans models."""
+        own = f"{self.vendor}:{self.model}"
+        return own if self.bucket == own else f"{self.bucket} ({self.model})"
+
+    def line(self) -> str:
+        """`openai:gpt-4o-mini: the server allows 6000 tokens per window, configured 30000:
+        using 6000`."""
+        if self.configured is not None:
+            configured = f"configured {self.configured}"
+        else:
+            configured = "configured auto" if self.dimension == "tokens" else "configured none"
+        return (
+            f"{self.where}: the server allows {self.server} {self.dimension} per window, "
+            f"{configured}: using {self.using}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "line": self.line()}

@@ -26,7 +26,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         where = ", ".join([*(f"env {e}" for e in option.env[:1]), f"ini {option.ini}"])
         if option.cli:
-            default = "none" if option.default in (None, ()) else option.default
+            default = option.shown_default or (
+                "none" if option.default in (None, ()) else option.default
+            )
             group.addoption(
                 option.cli,
                 dest=f"llm_{option.name}",

@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_llm_budget.backends import Backend, open_backend
 from pytest_llm_budget.cost.caps import CostGuard
-from pytest_llm_budget.events import RateLimitEvent, WaitEvent
+from pytest_llm_budget.events import LimitLearned, RateLimitEvent, WaitEvent
 from pytest_llm_budget.limiting.buckets import BucketStats
 from pytest_llm_budget.limiting.limiter import Limiter, Reservation
 from pytest_llm_budget.limiting.watch import WaitWatch, notify
@@ -55,7 +55,7 @@ class BudgetSnapshot:
     """A bucket's figures and its window right now (the `llm_budget.snapshot()` answer)."""
 
     bucket: str
-    budget: int
+    budget: int | None
     used_tokens: int
     in_flight: int
     waiting: int
@@ -105,6 +105,9 @@ class BudgetSession:
         #: any wait ends (`finished`); with a `RateLimitEvent` on every 429 (watch.py).
         self.wait_observers: list[Callable[[WaitEvent], None]] = []
         self.rate_limit_observers: list[Callable[[RateLimitEvent], None]] = []
+        #: Called with a `LimitLearned` when a server's stated limit starts to set a bucket's
+        #: pace (told once, by the process whose answer taught it).
+        self.limit_observers: list[Callable[[LimitLearned], None]] = []
         #: `hook(request, vendor, model, estimate)` -> an int overrides a call's estimate.
         self.estimate_hooks: list[Callable[[Any, str, str, int], int | None]] = []
         self.notice_after: float | None = settings.notice_after
@@ -114,6 +117,7 @@ class BudgetSession:
         self._in_flight = 0
         self._flight_lock = threading.Lock()
         WaitWatch(self).attach()
+        self.limiter.limit_listeners.append(lambda event: notify(self.limit_observers, event))
 
     def reserve(
         self, tokens: int | None = None, *, vendor: str = "openai", model: str = "*"
@@ -140,7 +144,7 @@ class BudgetSession:
         stats = next(s for s in self.limiter.stats() if s.name == bucket)
         return BudgetSnapshot(
             bucket=bucket,
-            budget=self.limiter.limits(bucket).tokens,
+            budget=self.limiter.budget(bucket),
             used_tokens=window.used_tokens,
             in_flight=window.in_flight,
             waiting=window.waiting,

@@ -144,6 +144,8 @@ def run(
     if emu is not None:
         environ.update(OPENAI_BASE_URL=emu.openai_base_url, OPENAI_API_KEY="sk-test",
                        GOOGLE_GEMINI_BASE_URL=emu.gemini_base_url, GEMINI_API_KEY="g")
+    if not any(a.startswith("--llm-tpm") for a in args):
+        args = ("--llm-tpm=30000", *args)  # test_too_large needs a known limit, not auto
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args],
         cwd=cwd, env=environ, capture_output=True, text=True, timeout=180,

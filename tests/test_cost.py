@@ -566,8 +566,8 @@ def test_a_run_shows_costs_in_summary_reports_metrics_and_preflight(
     total = calls[0]["cost_usd"] + calls[1]["cost_usd"]
     assert document["totals"]["cost_usd"] == pytest.approx(total)
     assert [t["cost_usd"] for t in document["tests"]] == [c["cost_usd"] for c in calls]
-    assert {b["name"]: b["cost_usd"] for b in document["buckets"]} == {
-        "openai:*": calls[0]["cost_usd"], "gemini:*": calls[1]["cost_usd"],
+    assert {b["name"]: b["cost_usd"] for b in document["buckets"]} == {  # auto: per model
+        "openai:gpt-5": calls[0]["cost_usd"], "gemini:gemini-2.5-flash": calls[1]["cost_usd"],
     }
     header = next(line for line in out.splitlines() if line.startswith("bucket"))
     assert header.split()[-1] == "cost"

@@ -111,8 +111,8 @@ def test_a_retried_429_gets_a_line(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["llm-budget: 429 from openai model gpt-4o-mini*retry 1 in *s - test_retry.py::test_retry"]
     )
-    # the summary: one call, two attempts
-    assert re.search(r"^openai:\*\s+\S+\s+1\s+2\s", result.stdout.str(), re.M)
+    # the summary: one call, two attempts (under --llm-tpm auto, the model's own bucket)
+    assert re.search(r"^openai:gpt-4o-mini\s+\S+\s+1\s+2\s", result.stdout.str(), re.M)
 
 
 def test_a_wait_is_announced_once_however_many_times_it_is_deferred(clock: Any) -> None:

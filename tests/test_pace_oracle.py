@@ -103,6 +103,18 @@ def test_figures_with_no_pacing_needed_has_no_ratio() -> None:
     assert f.span_over_oracle is None and f.wall_over_floor is None
 
 
+def test_figures_of_an_emulator_that_limits_each_model() -> None:
+    log = [
+        {**_rec(100.0 + i, "openai", 3000), "model": m, "bucket": f"openai:{m}"}
+        for i, m in enumerate(["a", "b", "a", "b", "a"])
+    ]
+    shared = figures(log, wall=12.0, budget=5400, window=6)
+    apart = figures(log, wall=12.0, budget=5400, window=6, per_model=True)
+    assert shared.oracle["openai"] == 24.0  # 15000 through one 5400 window
+    assert apart.oracle["openai"] == 12.0  # model a's 9000: its slowest bucket
+    assert apart.charged["openai"] == 15000
+
+
 # -- token buckets (Anthropic): input 1500 and output 800 per 6 s ------------------------------
 def test_token_buckets_admit_what_fits_at_zero() -> None:
     assert token_bucket_admissions([(500, 250, 1)] * 3, 1500, 800, 6) == [0, 0, 0]

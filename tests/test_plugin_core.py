@@ -76,7 +76,9 @@ def test_reserve_settle_and_snapshot_through_the_fixture(pytester: pytest.Pytest
         ]
     )
     report = json.loads((pytester.path / "out.json").read_text())
-    assert set(report) == {"settings", "totals", "buckets", "tests", "calls", "overspent", "run"}
+    assert set(report) == {
+        "settings", "totals", "buckets", "limits", "tests", "calls", "overspent", "run"
+    }
     assert report["settings"]["tpm"] == 2000
     openai = next(b for b in report["buckets"] if b["name"] == "openai:*")
     assert (openai["calls"], openai["estimated"], openai["actual"]) == (1, 1000, 1200)

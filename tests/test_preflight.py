@@ -30,7 +30,7 @@ def test_format_duration() -> None:
 
 def test_issue_example_numbers() -> None:
     tests = [TestEstimate(f"t{i}", 7000, "openai") for i in range(24)]
-    projection = project(tests, Settings())
+    projection = project(tests, Settings(tpm=30000))
     assert projection.tokens == 168000
     # 7 windows' worth: the first leaves at once, the last at least 6 windows later
     assert projection.seconds == 360
@@ -40,7 +40,7 @@ def test_issue_example_numbers() -> None:
 
 
 def test_buckets_per_vendor_and_rules_replays_count_zero() -> None:
-    settings = Settings(limits=(LimitRule("gemini", "*", 100000),))
+    settings = Settings(tpm=30000, limits=(LimitRule("gemini", "*", 100000),))
     tests = [
         *(TestEstimate(f"o{i}", 7000, "openai", "gpt-5") for i in range(12)),
         *(TestEstimate(f"g{i}", 7000, "gemini", "gemini-2.5-pro") for i in range(12)),
@@ -61,11 +61,11 @@ def test_buckets_per_vendor_and_rules_replays_count_zero() -> None:
 
 def test_a_test_naming_no_vendor_goes_to_the_default_vendor_bucket() -> None:
     tests = [TestEstimate("a", 1000), TestEstimate("b", 2000, "gemini")]
-    assert [(b.name, b.tokens) for b in project(tests, Settings()).buckets] == [
+    assert [(b.name, b.tokens) for b in project(tests, Settings(tpm=30000)).buckets] == [
         ("gemini:*", 2000),
         ("openai:*", 1000),
     ]
-    gemini_first = Settings(models=("gemini:gemini-2.5-pro", "openai:gpt-5"))
+    gemini_first = Settings(tpm=30000, models=("gemini:gemini-2.5-pro", "openai:gpt-5"))
     assert default_vendor(gemini_first) == "gemini"
     assert [(b.name, b.tokens) for b in project(tests, gemini_first).buckets] == [
         ("gemini:*", 3000)
@@ -74,7 +74,7 @@ def test_a_test_naming_no_vendor_goes_to_the_default_vendor_bucket() -> None:
 
 def test_guard_message_says_by_how_much_and_what_to_change() -> None:
     tests = [TestEstimate(f"t{i}", 7000, "openai") for i in range(24)]
-    projection = project(tests, Settings())
+    projection = project(tests, Settings(tpm=30000))
     assert over_budget_message(projection, 360) is None
     message = over_budget_message(projection, 300)
     assert message is not None
@@ -100,6 +100,35 @@ def test_marked_grounded():
 def test_not_llm():
     pass
 """
+
+
+@pytest.fixture(autouse=True)
+def _configured_limit(request: pytest.FixtureRequest) -> None:
+    """These projections are of a known limit: the old default's 30000 (auto is tested apart)."""
+    if "pytester" in request.fixturenames and "auto" not in request.node.name:
+        request.getfixturevalue("pytester").makeini("[pytest]\nllm_tpm = 30000\n")
+
+
+def test_header_line_under_auto_before_a_limit_is_known(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_s=SUITE)
+    result = pytester.runpytest_inprocess("-q", "--llm-max-duration", "1s")
+    result.stdout.fnmatch_lines(
+        [
+            "LLM budget preflight: 26 LLM tests, ~186800 tokens, limit not known yet "
+            "(--llm-tpm auto: learned from the provider's answers)*"
+        ]
+    )
+    result.assert_outcomes(passed=27)  # no projection, no guard: nothing is known to refuse
+
+
+def test_auto_projection_uses_what_the_backend_learned() -> None:
+    tests = [TestEstimate("t1", 12000, "openai", "gpt-5")]
+    learned = {("openai", "gpt-5"): 5100}
+    projection = project(tests, Settings(window=6.0), 0, lambda v, m: learned.get((v, m)))
+    [bucket] = projection.buckets
+    assert (bucket.name, bucket.budget, bucket.seconds) == ("openai:gpt-5", 5100, 12.0)
+    unknown = project(tests, Settings(window=6.0))
+    assert unknown.buckets[0].budget is None and not unknown.lower_bound
 
 
 def test_header_line(pytester: pytest.Pytester) -> None:
@@ -151,18 +180,18 @@ def test_preflight_and_guard_under_xdist(pytester: pytest.Pytester) -> None:
 
 def test_marker_without_vendor_goes_to_the_default_vendor_and_says_about_when_guessing() -> None:
     declared = [TestEstimate("a", 3000), TestEstimate("b", 3000, "gemini")]
-    projection = project(declared, Settings())
+    projection = project(declared, Settings(tpm=30000))
     assert [b.name for b in projection.buckets] == ["gemini:*", "openai:*"]
     assert "about" in projection.line(25500)  # "a" names no vendor: its bucket is a guess
-    gemini_first = Settings(models=("gemini:gemini-2.5-pro",))
+    gemini_first = Settings(tpm=30000, models=("gemini:gemini-2.5-pro",))
     assert [b.name for b in project(declared, gemini_first).buckets] == ["gemini:*"]
     sure = [TestEstimate("a", 30000, "openai"), TestEstimate("b", 30000, "openai")]
-    assert project(sure, Settings()).line(25500).startswith(
+    assert project(sure, Settings(tpm=30000)).line(25500).startswith(
         "LLM budget preflight: 2 LLM tests, ~60000 tokens, at least 2m0s"
     )
     guessed = [TestEstimate("a", 30000, "openai", declared=False)]
-    assert " about 1m0s " in project(guessed, Settings()).line(25500)
-    rules = Settings(limits=(LimitRule("openai", "gpt-5*", 90000),))
+    assert " about 1m0s " in project(guessed, Settings(tpm=30000)).line(25500)
+    rules = Settings(tpm=30000, limits=(LimitRule("openai", "gpt-5*", 90000),))
     assert "about" in project([TestEstimate("a", 100, "openai")], rules).line(25500)
 
 

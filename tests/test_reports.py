@@ -119,7 +119,9 @@ def _document() -> dict[str, Any]:
     ]
     totals = Totals(calls=2, replayed=1, prompt_tokens=790, completion_tokens=331,
                     total_tokens=1121, rate_limit_events=2, retries=2, waited_s=12.34, errors=1)
-    settings = Settings(backend="redis://user:secret@host:6379/0", reports=("a.html",)).public()
+    settings = Settings(
+        tpm=30000, backend="redis://user:secret@host:6379/0", reports=("a.html",)
+    ).public()
     return build_report(settings, totals, buckets, calls)
 
 
@@ -321,7 +323,9 @@ def test_a_run_writes_the_json_and_html_reports(pytester: pytest.Pytester) -> No
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*LLM budget*", "*429s: 1*", "LLM budget report: out/report.html"])
     document = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert list(document) == ["settings", "totals", "buckets", "tests", "calls", "overspent", "run"]
+    assert list(document) == [
+        "settings", "totals", "buckets", "limits", "tests", "calls", "overspent", "run"
+    ]
     assert document["settings"]["tpm"] == 10000 and document["settings"]["headroom"] == 0
     totals = document["totals"]
     assert {"calls", "replayed", "prompt_tokens", "completion_tokens", "total_tokens",

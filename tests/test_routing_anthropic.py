@@ -483,7 +483,10 @@ def test_emulator_429s_from_its_input_bucket_are_retried(
 ) -> None:
     from pytest_llm_budget.emulator import AnthropicLimitSpec
 
-    claude_emu.configure(anthropic=AnthropicLimitSpec(rpm=None, itpm=300, otpm=None))
+    # No limit headers: the plugin would learn itpm=300 from them and never be refused.
+    claude_emu.configure(
+        anthropic=AnthropicLimitSpec(rpm=None, itpm=300, otpm=None), limit_headers=False
+    )
     budget = make_budget(tpm=1_000_000)
     client = clients.fixture_client("anthropic_client", budget)
     text = "Tell me about cereal brands in Spain, please. " * 12

@@ -77,7 +77,7 @@ def scripted() -> Iterator[Any]:
         s.server.server_close()
 
 
-def _openai_429(message: str = "Rate limit reached for gpt-4o: Limit 100, Used 90.") -> Any:
+def _openai_429(message: str = "Rate limit reached for gpt-4o: Limit 30000, Used 29990.") -> Any:
     return {"error": {"message": message, "type": "tokens", "code": "rate_limit_exceeded"}}
 
 
@@ -133,17 +133,31 @@ def test_no_hint_backs_off_exponentially(scripted: Any, make_budget: Any) -> Non
 
 
 def test_hint_beyond_max_wait_fails_fast(scripted: Any, make_budget: Any) -> None:
+    """A 429 whose own delay no retry within --llm-max-wait can outlast is a quota: at once."""
     server = scripted([(429, {"retry-after": "30"}, _openai_429())])
     budget = make_budget(max_wait=5.0)
     client = clients.fixture_client(
         "openai_client", budget, base_url=f"{server.url}/v1", api_key="k"
     )
     start = time.monotonic()
-    with pytest.raises(RateLimitExhausted) as excinfo:
+    with pytest.raises(QuotaExhausted) as excinfo:
         client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
     assert time.monotonic() - start < 1.0
     assert len(server.arrivals) == 1
-    assert "--llm-max-wait=5s" in str(excinfo.value)
+    assert "--llm-max-wait=5s" in str(excinfo.value) and "retry in 30s" in str(excinfo.value)
+
+
+def test_waits_adding_up_past_max_wait_exhaust_the_retries(
+    scripted: Any, make_budget: Any
+) -> None:
+    server = scripted([(429, {"retry-after": "0.6"}, _openai_429())] * 5)
+    budget = make_budget(max_wait=1.0)
+    client = clients.fixture_client(
+        "openai_client", budget, base_url=f"{server.url}/v1", api_key="k"
+    )
+    with pytest.raises(RateLimitExhausted) as excinfo:
+        client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=5)
+    assert "--llm-max-wait=1s" in str(excinfo.value)
 
 
 def test_exhaustion_raises_structured_error(emu: Any, make_budget: Any) -> None:

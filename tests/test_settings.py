@@ -25,8 +25,43 @@ def run_show(pytester: pytest.Pytester, *args: str) -> str:
 
 def test_defaults(pytester: pytest.Pytester) -> None:
     line = run_show(pytester)
-    assert line.startswith("SETTINGS 30000 0.15 5 auto")
+    assert line.startswith("SETTINGS None 0.15 5 auto")  # --llm-tpm auto: learned
+    fallback = "vendor='*', model='*', tpm=None, rpm=None, itpm=None, otpm=None, per_model=True"
+    assert f"LimitRule({fallback})" in line
     assert line.endswith("default")
+
+
+def test_tpm_auto_and_rules_with_auto() -> None:
+    settings = Settings.resolve({"tpm": "auto"}, {}, {"limits": ["openai:gpt-5* tpm=auto"]})
+    assert settings.tpm is None and settings.budget is None
+    assert settings.public()["tpm"] == "auto"
+    assert str(settings.rules[0]) == "openai:gpt-5* tpm=auto"
+    assert settings.rules[-1].bucket_name("openai", "gpt-4o") == "openai:gpt-4o"
+    configured = Settings.resolve({"tpm": "6000"}, {}, {})
+    assert configured.rules[-1].bucket_name("openai", "gpt-4o") == "openai:*"
+    with pytest.raises(SettingsError, match="or auto"):
+        Settings.resolve({"tpm": "lots"}, {}, {})
+
+
+def test_cli_limit_rules_come_before_ini_rules(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\nllm_limits =\n    openai:* tpm=100\n")
+    line = run_show(
+        pytester, "--llm-limit", "openai:gpt-5* tpm=30000 rpm=500", "--llm-limit=gemini:* tpm=7"
+    )
+    first = line.index("model='gpt-5*', tpm=30000, rpm=500")
+    assert first < line.index("vendor='gemini', model='*', tpm=7") < line.index("tpm=100,")
+    monkeypatch.setenv("LLM_BUDGET_LIMITS", "openai:* tpm=200")  # env beats ini, CLI first
+    line = run_show(pytester, "--llm-limit", "openai:gpt-5* tpm=3")
+    assert line.index("tpm=3,") < line.index("tpm=200,") and "tpm=100," not in line
+
+
+def test_bad_cli_limit_rule_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_inprocess("--llm-limit", "openai:gpt-5 tpm=lots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--llm-limit" in result.stderr.str() and "tpm='lots'" in result.stderr.str()
 
 
 def test_cli_beats_env_beats_ini(
@@ -53,7 +88,7 @@ def test_ini_from_pyproject(pytester: pytest.Pytester) -> None:
     )
     line = run_show(pytester)
     assert line.startswith("SETTINGS 4000 ")
-    tail = "itpm=None, otpm=None)"
+    tail = "itpm=None, otpm=None, per_model=False)"
     assert f"LimitRule(vendor='openai', model='gpt-5*', tpm=500, rpm=5, {tail}" in line
     assert f"LimitRule(vendor='gemini', model='*', tpm=100000, rpm=None, {tail}" in line
     assert f"LimitRule(vendor='*', model='*', tpm=4000, rpm=None, {tail}" in line  # the fallback

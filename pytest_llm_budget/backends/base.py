@@ -7,6 +7,8 @@ keep a `TokenBucketState`, plain `Limits` a sliding `WindowState`.
 from __future__ import annotations
 
 import abc
+import threading
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 
 from pytest_llm_budget.backends.ledger import LedgerAnswer, LedgerState
@@ -14,7 +16,31 @@ from pytest_llm_budget.limiting.admission import Decision, Limits
 from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits, TokenBucketState
 from pytest_llm_budget.limiting.window import WindowSnapshot, WindowState
 
-__all__ = ["Backend", "StateBackend", "budgets_seen"]
+__all__ = ["Backend", "LimitRecord", "StateBackend", "budgets_seen", "merge_limits"]
+
+#: What the servers stated for a bucket: model -> {"tokens": N, "requests": M} (either may lack).
+LimitRecord = dict[str, dict[str, int]]
+
+
+def merge_limits(record: LimitRecord, model: str, figures: Mapping[str, int]) -> LimitRecord:
+    """The record with `figures` replacing what was stated for `model` in those dimensions."""
+    merged = {m: dict(f) for m, f in record.items()}
+    merged.setdefault(model, {}).update({k: int(v) for k, v in figures.items()})
+    return merged
+
+
+def limit_record(raw: object) -> LimitRecord:
+    """A stored record read back (anything malformed in it dropped)."""
+    record: LimitRecord = {}
+    if isinstance(raw, Mapping):
+        for model, figures in raw.items():
+            if isinstance(figures, Mapping):
+                record[str(model)] = {
+                    str(k): int(v)
+                    for k, v in figures.items()
+                    if isinstance(v, int) and not isinstance(v, bool) and v > 0
+                }
+    return record
 
 
 class Backend(abc.ABC):
@@ -63,6 +89,10 @@ class Backend(abc.ABC):
     def release(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
         """End a lease (or leave the queue) without settling: the estimate stays charged."""
 
+    def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:  # noqa: B027
+        """Date an admitted charge from `now`, when its request left (`WindowState.restamp`);
+        a backend that cannot keeps its admission time (its margin is then all it has)."""
+
     @abc.abstractmethod
     def penalize(
         self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float
@@ -95,6 +125,28 @@ class Backend(abc.ABC):
     def snapshot(self, bucket: str, limits: Limits, now: float) -> WindowSnapshot:
         """The bucket's figures at `now`."""
 
+    # -- limits the servers stated (limiting/limiter.py learns them) ----------------------------
+    def learn_limits(
+        self, bucket: str, model: str, figures: Mapping[str, int], now: float
+    ) -> LimitRecord:
+        """Store what the server stated for one model of the bucket; atomic. Returns the
+        bucket's record as it was before (so one process, the one that changed it, tells).
+
+        Kept beyond the window (a later run on the same file or Redis starts with them). This
+        default keeps them in the process: a backend shared by processes overrides it.
+        """
+        with _LOCAL_LOCK:
+            store = self.__dict__.setdefault("_local_limits", {})
+            before: LimitRecord = store.get(bucket, {})
+            store[bucket] = merge_limits(before, model, figures)
+            return before
+
+    def learned_limits(self, bucket: str, now: float) -> LimitRecord:
+        """What the servers stated for the bucket's models so far."""
+        with _LOCAL_LOCK:
+            record: LimitRecord = self.__dict__.get("_local_limits", {}).get(bucket, {})
+            return {m: dict(f) for m, f in record.items()}
+
     # -- cost ledgers (backends/ledger.py): money, not tokens ------------------------------------
     @abc.abstractmethod
     def cost_hold(
@@ -118,6 +170,9 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free connections and files."""
+
+
+_LOCAL_LOCK = threading.Lock()
 
 
 class StateBackend(Backend):
@@ -204,6 +259,12 @@ class StateBackend(Backend):
             return
         with self._state(bucket, now) as state:
             state.release(ticket)
+
+    def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        if isinstance(limits, TokenBucketLimits):  # a token bucket keeps no dated charges
+            return
+        with self._state(bucket, now) as state:
+            state.restamp(limits, ticket, now)
 
     def penalize(
         self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float, now: float

@@ -19,14 +19,20 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from pytest_llm_budget.atomic import PRIVATE, open_file, read_file, write_all, write_atomically
-from pytest_llm_budget.backends.base import StateBackend, budgets_seen
+from pytest_llm_budget.backends.base import (
+    LimitRecord,
+    StateBackend,
+    budgets_seen,
+    limit_record,
+    merge_limits,
+)
 from pytest_llm_budget.backends.ledger import LedgerState
 from pytest_llm_budget.errors import BackendUnavailable, StateFileLocked, StateFileWarning
 from pytest_llm_budget.limiting.token_bucket import TokenBucketState
@@ -373,6 +379,36 @@ class FileBackend(StateBackend):
                 _overwrite(fd, text, len(blob))
             finally:
                 os.close(fd)
+
+    @contextmanager
+    def _limits_file(self) -> Iterator[dict[str, LimitRecord]]:
+        """The stated limits of every bucket, in `<path>.limits.json` under the same lock
+        (kept when the windows go idle: a later run on this file starts with them)."""
+        path = f"{self.path}.limits.json"
+        with self._storage():
+            try:
+                raw: Any = json.loads(read_file(path))
+            except (FileNotFoundError, ValueError, TypeError):
+                raw = {}
+            items = raw.items() if isinstance(raw, dict) else ()
+            limits = {str(k): limit_record(v) for k, v in items}
+            before = json.dumps(limits, sort_keys=True, separators=(",", ":"))
+            yield limits
+            text = json.dumps(limits, sort_keys=True, separators=(",", ":"))
+            if text != before:
+                write_atomically(path, text.encode("utf-8"), PRIVATE)
+
+    def learn_limits(
+        self, bucket: str, model: str, figures: Mapping[str, int], now: float
+    ) -> LimitRecord:
+        with self._limits_file() as limits:
+            before = limits.get(bucket, {})
+            limits[bucket] = merge_limits(before, model, figures)
+            return before
+
+    def learned_limits(self, bucket: str, now: float) -> LimitRecord:
+        with self._limits_file() as limits:
+            return limits.get(bucket, {})
 
     def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
         """Budgets live in `<path>.budgets.json` ({bucket: {tokens: last seen}}), same lock."""

@@ -20,13 +20,15 @@ owner runs on this host with a dead pid are reaped at once and the admit is trie
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import time
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from pytest_llm_budget.backends.base import Backend, budgets_seen
+from pytest_llm_budget.backends.base import Backend, LimitRecord, budgets_seen, limit_record
 from pytest_llm_budget.backends.ledger import IDLE_TTL, LedgerAnswer, LedgerState
 from pytest_llm_budget.errors import BackendUnavailable
 from pytest_llm_budget.limiting.admission import Admitted, Decision, Deferred, Limits
@@ -78,6 +80,7 @@ class RedisBackend(Backend):
         self._refused: type[BaseException] = RedisError
         self._script = client.register_script(_load_script())
         self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
+        self._limits_script = client.register_script(_LEARN_LIMITS)
         self._buckets_script = client.register_script(_load_script("redis_token_bucket.lua"))
 
     @classmethod
@@ -302,6 +305,10 @@ class RedisBackend(Backend):
             return
         self._run("release", bucket, limits, now, ticket)
 
+    def restamp(self, bucket: str, limits: Limits, ticket: str, now: float) -> None:
+        if not isinstance(limits, TokenBucketLimits):  # a token bucket keeps no dated charges
+            self._run("restamp", bucket, limits, now, ticket)
+
     def penalize(self, bucket: str, limits: Limits, ticket: str, tokens: int, pause_until: float,
                  now: float) -> None:
         if isinstance(limits, TokenBucketLimits):
@@ -341,6 +348,33 @@ class RedisBackend(Backend):
             paused_for=float(paused),
             factor=float(factor),
         )
+
+    def limits_key(self, bucket: str) -> str:
+        """The Redis key holding what the servers stated for a bucket (a JSON blob per model)."""
+        return f"{self.prefix}:{bucket}:limits"
+
+    def learn_limits(
+        self, bucket: str, model: str, figures: Mapping[str, int], now: float
+    ) -> LimitRecord:
+        """Merge the model's figures into its blob in one script run; returns the record before."""
+        argv = [model, json.dumps({k: int(v) for k, v in figures.items()}), str(LIMITS_TTL)]
+        what = f"learn_limits on bucket {bucket!r}"
+        reply = self._call(self._limits_script, self.limits_key(bucket), argv, what)
+        return _record(reply)
+
+    def learned_limits(self, bucket: str, now: float) -> LimitRecord:
+        last: BaseException | None = None
+        for attempt in range(self.tries):
+            try:
+                return _record(self.client.hgetall(self.limits_key(bucket)))
+            except self._transient as exc:
+                last = exc
+                if attempt + 1 < self.tries:
+                    time.sleep(self.backoff * 2**attempt)
+        raise BackendUnavailable(
+            f"lost the llm-budget Redis at {self.description}: reading the limits of bucket "
+            f"{bucket!r} failed {self.tries} times ({_describe(last)})"
+        ) from last
 
     def _snapshot_buckets(
         self, bucket: str, limits: TokenBucketLimits, now: float
@@ -401,6 +435,35 @@ class RedisBackend(Backend):
     def close(self) -> None:
         """Close the connection pool."""
         self.client.close()
+
+
+#: Seconds the stated limits stay in Redis after the last time one was learned (30 days).
+LIMITS_TTL = 30 * 86400
+
+#: KEYS[1] the bucket's limits hash; ARGV model, the figures (JSON), the TTL. Merges the figures
+#: into the model's blob and returns the hash as it was before, as a flat field/value list.
+_LEARN_LIMITS = """
+local before = redis.call('HGETALL', KEYS[1])
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local figures = old and cjson.decode(old) or {}
+for k, v in pairs(cjson.decode(ARGV[2])) do figures[k] = v end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(figures))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return before
+"""
+
+
+def _record(reply: Any) -> LimitRecord:
+    """A limits hash (a dict, or HGETALL's flat list from a script) as a LimitRecord."""
+    if isinstance(reply, list):
+        reply = {reply[i]: reply[i + 1] for i in range(0, len(reply) - 1, 2)}
+    raw: dict[str, Any] = {}
+    for model, blob in dict(reply or {}).items():
+        try:
+            raw[str(model)] = json.loads(blob)
+        except (TypeError, ValueError):
+            continue
+    return limit_record(raw)
 
 
 def _describe(exc: BaseException | None) -> str:

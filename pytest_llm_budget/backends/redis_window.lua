@@ -9,8 +9,8 @@
 -- would blur epoch times.
 --
 -- KEYS[1]  the bucket's state key ({prefix}:{bucket}:state)
--- ARGV[1]  op: admit | settle | cancel | release | penalize | observe | calibrate | snapshot |
---          reap
+-- ARGV[1]  op: admit | settle | cancel | release | restamp | penalize | observe | calibrate |
+--          snapshot | reap
 -- ARGV[2]  now (the caller's clock, seconds)      ARGV[3]  '1': use the server's TIME instead
 -- ARGV[4]  span (window + margin, seconds)        ARGV[5]  lease_ttl (seconds, > 0)
 -- ARGV[6]  window (seconds)
@@ -347,6 +347,25 @@ elseif op == 'release' then
   -- ARGV[7] ticket
   L[ARGV[7]] = nil
   W[ARGV[7]] = nil
+  save()
+  return 0
+elseif op == 'restamp' then
+  -- ARGV[7] ticket: its request left only now; date its charge from now (window.restamp)
+  local ticket = ARGV[7]
+  prune()
+  for i, e in ipairs(E) do
+    if e[1] == ticket and e[4] then
+      if now > e[2] then
+        table.remove(E, i)
+        e[2] = now
+        local j = #E + 1
+        while j > 1 and E[j - 1][2] > now do j = j - 1 end
+        table.insert(E, j, e)
+        if Q[ticket] then Q[ticket][1] = now end
+      end
+      break
+    end
+  end
   save()
   return 0
 elseif op == 'penalize' then

@@ -15,16 +15,28 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.errors import BudgetWaitTimeout, RequestTooLarge
-from pytest_llm_budget.events import WaitTick
+from pytest_llm_budget.events import LimitLearned, WaitTick
 from pytest_llm_budget.limiting.admission import Admitted, Limits
-from pytest_llm_budget.limiting.buckets import Buckets, BucketStats, LimitRule
+from pytest_llm_budget.limiting.buckets import (
+    UNKNOWN_TOKENS,
+    Buckets,
+    BucketStats,
+    LimitRule,
+    budget_of,
+    rule_for,
+    stated,
+)
 from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits, uses_token_buckets
 from pytest_llm_budget.limiting.window import WindowSnapshot
+
+if TYPE_CHECKING:
+    from pytest_llm_budget.providers.base import LearnedLimits
 
 __all__ = ["Limiter", "Reservation", "SystemClock"]
 
@@ -69,6 +81,8 @@ class Reservation:
     output: int = 0
     output_charged: int = 0
     token_bucket: bool = False
+    #: When the backend dated the charge (its admission; moved by `sent`).
+    stamped_at: float = -1.0
     settled: bool = field(default=False, init=False)
     actual: int | None = field(default=None, init=False)
     actual_output: int | None = field(default=None, init=False)
@@ -122,6 +136,12 @@ class Reservation:
             self.bucket, self.ticket, server_limit, server_remaining, reset_s, dimension
         )
 
+    def sent(self) -> None:
+        """The request has left (its last byte is written): when that is later than its
+        admission by more than half the margin, its charge is dated from now."""
+        if not self.settled:
+            self.limiter._sent(self)
+
     def release(self) -> None:
         """Free the concurrency slot without reporting usage (the estimate stays charged)."""
         if self.settled:
@@ -139,6 +159,11 @@ class Reservation:
     def rate_limited(self, retry_after_s: float | None) -> None:
         """Record a 429 for this call: penalty tokens, and a pause when the server named one."""
         self.limiter._rate_limited(self.bucket, self.ticket, retry_after_s)
+
+    def learn(self, model: str, learned: LearnedLimits | None) -> None:
+        """Take in the limits the server stated with this request's answer (or its 429)."""
+        if learned is not None:
+            self.limiter.learn(self.bucket, model, learned.figures())
 
     def __enter__(self) -> Reservation:
         return self
@@ -161,6 +186,7 @@ class Limiter:
         max_wait: float = 600.0,
         margin: float | None = None,
         penalty_tokens: int = RATE_LIMIT_PENALTY,
+        refresh_every: float | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
         asleep: Callable[[float], Awaitable[None]] | None = None,
@@ -181,6 +207,8 @@ class Limiter:
         #: Token buckets: charge max_tokens to the output bucket at admission and settle it to
         #: the output produced (older Anthropic docs), instead of charging only what is produced.
         self.charge_max_tokens = charge_max_tokens
+        # How often a bucket reads the limits other processes learned (always, while probing).
+        self.refresh_every = min(1.0, window / 10) if refresh_every is None else refresh_every
         self.clock = clock or system.now
         self.sleep = sleep or system.sleep
         self.asleep = asleep or system.asleep
@@ -201,6 +229,9 @@ class Limiter:
         #: Called with a `WaitTick` on every deferral and when a deferred reservation gets in
         #: (live notices, the `waited` hook); must not block.
         self.wait_listeners: list[Callable[[WaitTick], None]] = []
+        #: Called with a `LimitLearned` when a server's figure starts to set a bucket's pace
+        #: (by the one process whose answer changed the backend's record); must not block.
+        self.limit_listeners: list[Callable[[LimitLearned], None]] = []
         self._who: dict[str, tuple[str, str]] = {}
         #: Called as `listener(bucket, ours, theirs)` once per bucket when other callers of the
         #: shared backend give it other budgets (`theirs`); without listeners, a warning.
@@ -210,33 +241,121 @@ class Limiter:
 
     # -- buckets ---------------------------------------------------------------------------
     def bucket_for(self, vendor: str, model: str) -> str:
-        """The name of the bucket a (vendor, model) call spends from."""
-        return self._buckets.name_for(vendor, model)
+        """The name of the bucket a (vendor, model) call spends from (on first use, with the
+        limits the backend already learned for it)."""
+        name = self._buckets.name_for(vendor, model)
+        if self._buckets[name].refreshed == float("-inf"):
+            self._refresh(name, self.clock())
+        return name
 
-    def _limits_for(self, rule: LimitRule, vendor: str) -> Limits:
-        """The limits of a rule's bucket for `vendor`: its budget, the window and the limiter's
-        settings; token buckets (`TokenBucketLimits`) for a token-bucket vendor."""
-        if uses_token_buckets(vendor):
+    def _limits_for(
+        self, rule: LimitRule, vendor: str, learned: Mapping[str, Mapping[str, int]]
+    ) -> Limits:
+        """The limits of a rule's bucket for `vendor`: the lower of its configured and its
+        stated limits (the headroom kept off either token figure), the window and the
+        limiter's settings; token buckets (`TokenBucketLimits`) for a token-bucket vendor.
+
+        A `tpm=auto` bucket that knows no limit yet probes: one call at a time.
+        """
+        token_bucket = uses_token_buckets(vendor)
+        tokens_stated = stated(learned, "input_tokens" if token_bucket else "tokens")
+        server_rpm = stated(learned, "requests")
+        budgets = [b for b in (rule.budget(self.headroom), tokens_stated) if b is not None]
+        if tokens_stated is not None:
+            budgets[-1] = budget_of(tokens_stated, self.headroom)
+        requests = min((r for r in (rule.rpm, server_rpm) if r is not None), default=None)
+        concurrency = self.max_concurrency
+        if rule.tpm is None and rule.itpm is None and not any(learned.values()):
+            concurrency = 1
+        if token_bucket:
+            output = rule.output_budget(self.headroom)
+            output_stated = stated(learned, "output_tokens")
+            if output_stated is not None:
+                stated_budget = budget_of(output_stated, self.headroom)
+                output = stated_budget if output is None else min(output, stated_budget)
             return TokenBucketLimits(
-                tokens=rule.budget(self.headroom),
+                tokens=min(budgets, default=UNKNOWN_TOKENS),
                 window=self.window,
-                requests=rule.rpm,
-                concurrency=self.max_concurrency,
+                requests=requests,
+                concurrency=concurrency,
                 margin=self.margin,
-                output=rule.output_budget(self.headroom),
+                output=output,
                 charge_max_tokens=self.charge_max_tokens,
             )
         return Limits(
-            tokens=rule.budget(self.headroom),
+            tokens=min(budgets, default=UNKNOWN_TOKENS),
             window=self.window,
-            requests=rule.rpm,
-            concurrency=self.max_concurrency,
+            requests=requests,
+            concurrency=concurrency,
             margin=self.margin,
         )
 
     def limits(self, bucket: str) -> Limits:
         """The limits a bucket enforces."""
         return self._buckets[bucket].limits
+
+    def budget(self, bucket: str) -> int | None:
+        """Tokens the bucket admits per window; None while its limit is not known (auto)."""
+        return self._buckets[bucket].budget
+
+    def known_budget(self, vendor: str, model: str) -> int | None:
+        """The budget of a (vendor, model) call's bucket, with what the backend learned so far
+        (None: not known yet)."""
+        rule = rule_for(self.rules, vendor, model)
+        record = self.backend.learned_limits(rule.bucket_name(vendor, model), self.clock())
+        limits = self._limits_for(rule, vendor, record)
+        return None if limits.tokens == UNKNOWN_TOKENS else limits.tokens
+
+    def probing(self, bucket: str) -> bool:
+        """Whether the bucket sends one call at a time until it learns its limit."""
+        b = self._buckets[bucket]
+        return b.rule.tpm is None and b.rule.itpm is None and not any(b.learned.values())
+
+    # -- learned limits ----------------------------------------------------------------------
+    def learn(self, bucket: str, model: str, figures: Mapping[str, int]) -> None:
+        """Store what a server stated for a model of the bucket (shared through the backend);
+        a figure that now sets the bucket's pace is told to the limit listeners, once."""
+        b = self._buckets[bucket]
+        known = b.learned.get(model, {})
+        if all(known.get(k) == v for k, v in figures.items()):
+            return
+        now = self.clock()
+        before = self.backend.learn_limits(bucket, model, figures, now)
+        after = {m: dict(f) for m, f in before.items()}
+        after.setdefault(model, {}).update(figures)
+        self._buckets.learned(bucket, after, now)
+        self._room_freed()
+        if self.limit_listeners:
+            for event in self._pace_changes(bucket, model, before, after):
+                for listener in list(self.limit_listeners):
+                    listener(event)
+
+    def _pace_changes(
+        self,
+        bucket: str,
+        model: str,
+        before: Mapping[str, Mapping[str, int]],
+        after: Mapping[str, Mapping[str, int]],
+    ) -> list[LimitLearned]:
+        """The dimensions whose stated figure changed and now sets the bucket's pace."""
+        rule = self._buckets[bucket].rule
+        vendor = bucket.split(":", 1)[0]
+        events = []
+        for dimension, configured in (("tokens", rule.tpm), ("requests", rule.rpm)):
+            server = stated(after, dimension)
+            if server is None or server == stated(before, dimension):
+                continue
+            if configured is None or server < configured:
+                events.append(
+                    LimitLearned(bucket, vendor, model, dimension, server, configured, server)
+                )
+        return events
+
+    def _refresh(self, bucket: str, now: float) -> None:
+        """Read the limits other processes learned for the bucket, now and then (each try
+        while it probes)."""
+        if self.probing(bucket) or now - self._buckets[bucket].refreshed >= self.refresh_every:
+            self._buckets.learned(bucket, self.backend.learned_limits(bucket, now), now)
 
     # -- reserving -------------------------------------------------------------------------
     def reserve(
@@ -298,22 +417,26 @@ class Limiter:
                 await self.asleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _check_budget(self, bucket: str, limits: Limits) -> None:
-        """Tell the backend this bucket's budget (at most once a window); a caller sharing the
-        backend with another budget for it is announced once (two runs, two --llm-tpm)."""
+    def _check_budget(self, bucket: str, budget: int | None) -> None:
+        """Tell the backend this bucket's configured budget (at most once a window); a caller
+        sharing the backend with another budget for it is announced once (two runs, two
+        --llm-tpm). Limits learned from the server are shared, not compared; `auto` has none."""
         now = self.clock()
+        if budget is None:
+            return
         if bucket in self._budget_warned or now < self._budget_checked.get(bucket, -1e300):
             return
+        limits = self._buckets[bucket].limits
         self._budget_checked[bucket] = now + limits.window
         try:
-            theirs = self.backend.announce_budget(bucket, limits.tokens, now, 2 * limits.span + 60)
+            theirs = self.backend.announce_budget(bucket, budget, now, 2 * limits.span + 60)
         except Exception:  # a check must never fail a call (the admission reports a lost backend)
             return
         if not theirs:
             return
         self._budget_warned.add(bucket)
         for listener in list(self.budget_listeners) or [_warn_budget]:
-            listener(bucket, limits.tokens, theirs)
+            listener(bucket, budget, theirs)
 
     @contextlib.contextmanager
     def _withdrawn_if_interrupted(self, bucket: str, ticket: str) -> Iterator[None]:
@@ -339,12 +462,17 @@ class Limiter:
         if isinstance(limits, TokenBucketLimits):  # budgets of token buckets: not compared
             self._check_buckets(bucket, limits, estimate, output, vendor, model)
         else:
-            self._check_budget(bucket, limits)
+            b = self._buckets[bucket]
+            self._check_budget(bucket, b.rule.budget(self.headroom))
             if estimate > limits.tokens:
+                server = stated(b.learned, "tokens")
+                limit = f"tpm {b.rule.tpm}"
+                if server is not None and (b.rule.tpm is None or server < b.rule.tpm):
+                    limit = f"the server's limit {server}"
                 raise RequestTooLarge(
                     f"{vendor} model {model}: this request needs about {estimate} tokens but the "
                     f"bucket {bucket} admits {limits.tokens} per {limits.window:g}s window "
-                    f"(tpm {self._buckets[bucket].rule.tpm} less {self.headroom:.0%} headroom); "
+                    f"({limit} less {self.headroom:.0%} headroom); "
                     "lower max_tokens or raise --llm-tpm",
                     vendor=vendor,
                     model=model,
@@ -384,8 +512,9 @@ class Limiter:
         first: bool, output: int = 0,
     ) -> Admitted | float:
         """Ask the backend once; the admission, else the seconds to sleep."""
-        b = self._buckets[bucket]
         now = self.clock()
+        self._refresh(bucket, now)
+        b = self._buckets[bucket]
         if b.token_bucket:
             decision = self.backend.admit(
                 bucket, b.limits, ticket, estimate, now, self.owner, uncertain, output=output
@@ -431,7 +560,10 @@ class Limiter:
             self._tell_wait(bucket, ticket, estimate, start, now, now, "", admitted=waited > 0)
         b = self._buckets[bucket]
         if not b.token_bucket:
-            return Reservation(self, bucket, ticket, charged, now, waited, estimate, uncertain)
+            return Reservation(
+                self, bucket, ticket, charged, now, waited, estimate, uncertain,
+                stamped_at=admitted.at,
+            )
         limits = b.limits
         output = max(0, int(output))
         out_charged = 0
@@ -442,7 +574,7 @@ class Limiter:
         )
         return Reservation(
             self, bucket, ticket, charged, now, waited, estimate, uncertain, output,
-            out_charged, token_bucket=True,
+            out_charged, token_bucket=True, stamped_at=admitted.at,
         )
 
     def _tell_wait(
@@ -524,6 +656,14 @@ class Limiter:
                 r.bucket, (-1, -r.estimate, -r.output_charged), field=1
             )
         self._room_freed()
+
+    def _sent(self, r: Reservation) -> None:
+        now = self.clock()
+        stamped = r.stamped_at if r.stamped_at >= 0 else r.admitted_at
+        if now - stamped > self.margin / 2:
+            b = self._buckets[r.bucket]
+            self.backend.restamp(r.bucket, b.limits, r.ticket, now)
+            r.stamped_at = now
 
     def _release(self, r: Reservation) -> None:
         b = self._buckets[r.bucket]

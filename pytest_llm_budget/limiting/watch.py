@@ -116,7 +116,7 @@ class WaitWatch:
             seconds=round(seconds, 3),
             reason=tick.reason,
             used_tokens=used,
-            budget=session.limiter.limits(tick.bucket).tokens,
+            budget=session.limiter.budget(tick.bucket),
             worker=session.worker,
             t=time.time(),
             finished=finished,

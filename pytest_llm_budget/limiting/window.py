@@ -280,6 +280,26 @@ class WindowState:
             self._add([f"{ticket}:debt", now, debt, False])
         return debt
 
+    def restamp(self, limits: Limits, ticket: str, now: float) -> bool:
+        """Date an admitted charge from `now`, when its request really left (later than it was
+        admitted: a slow sender, a loaded machine, a wait for a lock); True when it moved.
+
+        The provider's window starts when the request arrives: a charge dated from its
+        admission would leave our window before it leaves the provider's.
+        """
+        now = self._tick(now)
+        self.prune(limits, now)
+        entry = self._index.get(ticket)
+        if entry is None or now <= entry[1]:
+            return False
+        self.entries.remove(entry)
+        entry[1] = now
+        bisect.insort(self.entries, entry, key=lambda e: e[1])
+        probe = self.probes.get(ticket)
+        if probe is not None:
+            probe[0] = now
+        return True
+
     def cancel(self, ticket: str, limits: Limits | None = None, now: float | None = None) -> int:
         """Take back the charge of a request that never reached the provider; returns it
         (0 once it has left the window: pruned first when `limits` and `now` are given)."""

@@ -61,7 +61,7 @@ def _warn_live_outside(config: pytest.Config, item: pytest.Item) -> None:
     """
     if config.stash.get(_WARNED_KEY, False):
         return
-    session = budget(config)
+    session = session_of(config)
     usage = session.calls.tests().get(item.nodeid)
     live = usage.calls - usage.replayed if usage is not None else 0
     if not live:

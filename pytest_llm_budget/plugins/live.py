@@ -13,8 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llm_budget.events import RateLimitEvent, WaitEvent
-from pytest_llm_budget.reporting.notices import NoticeRelay, NoticeTail, retry_line, wait_line
+from pytest_llm_budget.events import LimitLearned, RateLimitEvent, WaitEvent
+from pytest_llm_budget.reporting.notices import (
+    NoticeRelay,
+    NoticeTail,
+    limit_line,
+    retry_line,
+    wait_line,
+)
 
 if TYPE_CHECKING:
     from pytest_llm_budget.session import BudgetSession
@@ -51,6 +57,7 @@ class LiveHooks:
         session.estimate_hooks.append(self._estimate)
         session.wait_observers.append(self._waited)
         session.rate_limit_observers.append(self._rate_limited)
+        session.limit_observers.append(self._limit_learned)
         session.limiter.budget_listeners.append(self._budget_differs)
 
     # -- the session's observers -------------------------------------------------------------
@@ -71,6 +78,10 @@ class LiveHooks:
         if self.shows_notices and event.retrying:
             self.emit(retry_line(event))
         self.config.hook.pytest_llm_budget_rate_limited(event=event)
+
+    def _limit_learned(self, event: LimitLearned) -> None:
+        if self.shows_notices:
+            self.emit(limit_line(event, self.session.worker))
 
     def _budget_differs(self, bucket: str, ours: int, theirs: list[int]) -> None:
         from pytest_llm_budget.limiting.limiter import budget_differs_line

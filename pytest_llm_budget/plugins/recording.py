@@ -116,7 +116,7 @@ def preflight(session: pytest.Session) -> tuple[str, str | None, dict[str, Any]]
     policy = CassettePolicy.from_settings(settings)
     aside = sum(1 for i in llm_items if policy.active and i.get_closest_marker("vcr"))
     estimates = [estimate_item(i, settings, policy) for i in llm_items]
-    projection = project(estimates, settings, aside)
+    projection = project(estimates, settings, aside, budget_session.limiter.known_budget)
     if not projection.tests:
         return None
     limit = settings.max_duration

@@ -22,6 +22,7 @@ from pytest_llm_budget.tokens.policy import EstimatePolicy
 __all__ = [
     "UNSEEN_TOKENS",
     "Estimate",
+    "LearnedLimits",
     "Provider",
     "ProviderDefaults",
     "RateLimitHeaders",
@@ -130,13 +131,66 @@ class RejectionKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Rejection:
-    """A classified refusal with the provider's retry hint (seconds) and the limits it named."""
+    """A classified refusal with the provider's retry hint (seconds) and the limits it named.
+
+    `dimension` is what `limit` counts ("tokens" or "requests", when the provider says),
+    `quota` the provider's name for the quota (Gemini's `quotaId`, OpenAI's "tokens per day
+    (TPD)"), `per_day` whether that quota is per day rather than per minute.
+    """
 
     kind: RejectionKind
     retry_after_s: float | None
     message: str
     limit: int | None = None
     requested: int | None = None
+    dimension: str | None = None
+    quota: str | None = None
+    per_day: bool = False
+
+
+@dataclass(frozen=True)
+class LearnedLimits:
+    """Limits the provider stated for a model: tokens and requests per (its) minute, and for a
+    token-bucket vendor (Anthropic) its input and output tokens."""
+
+    tokens: int | None = None
+    requests: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def figures(self) -> dict[str, int]:
+        """The stated dimensions only, by name ("tokens", "requests", "input_tokens", ...)."""
+        return {
+            name: value
+            for name, value in (
+                ("tokens", self.tokens), ("requests", self.requests),
+                ("input_tokens", self.input_tokens), ("output_tokens", self.output_tokens),
+            )
+            if value is not None and value > 0
+        }
+
+    @classmethod
+    def stated(
+        cls,
+        rejection: Rejection | None,
+        tokens: int | None = None,
+        requests: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> LearnedLimits | None:
+        """Header figures completed by a per-minute 429's limit; None when nothing is stated."""
+        if (
+            rejection is not None
+            and not rejection.per_day
+            and rejection.limit
+            and rejection.kind in (RejectionKind.RATE_LIMIT, RejectionKind.TOO_LARGE)
+        ):
+            if rejection.dimension == "tokens" and tokens is None:
+                tokens = rejection.limit
+            elif rejection.dimension == "requests" and requests is None:
+                requests = rejection.limit
+        learned = cls(tokens or None, requests or None, input_tokens or None, output_tokens or None)
+        return learned if learned.figures() else None
 
 
 class SSEUsageParser(Protocol):
@@ -284,6 +338,11 @@ class Provider(Protocol):
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
         """The rate-limit headers of a response, parsed per dimension."""
 
+    def learned_limits(
+        self, headers: Mapping[str, str], rejection: Rejection | None = None
+    ) -> LearnedLimits | None:
+        """The per-minute limits an answer (its headers) or a 429 (`rejection`) states."""
+
     def charge(self, usage: Usage) -> int:
         """Tokens the provider counts against its TPM limit for this usage."""
 
@@ -320,6 +379,22 @@ class ProviderDefaults:
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
         """No rate-limit headers."""
         return RateLimitHeaders()
+
+    def learned_limits(
+        self, headers: Mapping[str, str], rejection: Rejection | None = None
+    ) -> LearnedLimits | None:
+        """The limits `rate_limits` reads in the headers (tokens, requests), completed by a
+        per-minute 429's limit for the dimension it names (OpenAI's `Limit 30000, Used ...`,
+        Gemini's QuotaFailure `quotaValue`); never a per-day figure."""
+        stated = self.rate_limits(headers)
+
+        def limit(dimension: ServerLimits | None) -> int | None:
+            return dimension.limit if dimension is not None else None
+
+        return LearnedLimits.stated(
+            rejection, limit(stated.tokens), limit(stated.requests),
+            limit(stated.input_tokens), limit(stated.output_tokens),
+        )
 
     def charge(self, usage: Usage) -> int:
         """Prompt plus completion tokens."""

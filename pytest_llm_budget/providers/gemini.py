@@ -65,7 +65,9 @@ _EMBED = frozenset({"embedContent", "batchEmbedContents"})
 _METHODS = _GENERATE | _EMBED | {"countTokens"}
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 _LIMIT_IN_MESSAGE = re.compile(r"\blimit:\s*([0-9]+)", re.IGNORECASE)
-_PER_DAY = re.compile(r"per ?day", re.IGNORECASE)
+_PER_DAY = re.compile(r"per[ _]?day", re.IGNORECASE)
+#: "...input_token_count, limit: 1000" / "...generate_content_requests..., limit: 10".
+_METRIC_IN_MESSAGE = re.compile(r"metric:\s*(\S+?),?\s+limit:", re.IGNORECASE)
 
 
 def _match(path: str) -> re.Match[str] | None:
@@ -247,11 +249,17 @@ class GeminiProvider(ProviderDefaults):
         if delay is None:
             delay = retry_delay_from_headers(lower_headers(headers), now)
         quota_ids = " ".join(str(_get(v, "quotaId", "quota_id") or "") for v in violations)
+        metric = _METRIC_IN_MESSAGE.search(message)
+        quota = quota_ids.split(" ", 1)[0] or (metric.group(1) if metric else None)
+        per_day = bool(_PER_DAY.search(quota_ids) or _PER_DAY.search(message))
         if status != 429 and error.get("status") != "RESOURCE_EXHAUSTED":
-            return Rejection(RejectionKind.OTHER, delay, message, limit, None)
-        if limit == 0 or _PER_DAY.search(quota_ids) or _PER_DAY.search(message):
-            return Rejection(RejectionKind.QUOTA, delay, message, limit, None)
-        return Rejection(RejectionKind.RATE_LIMIT, delay, message, limit, None)
+            kind = RejectionKind.OTHER
+        elif limit == 0 or per_day:
+            kind = RejectionKind.QUOTA
+        else:
+            kind = RejectionKind.RATE_LIMIT
+        dimension = _dimension(quota or "")
+        return Rejection(kind, delay, message, limit, None, dimension, quota, per_day)
 
     def charge(self, usage: Usage) -> int:
         """Gemini's TPM quota counts input (prompt) tokens."""
@@ -316,6 +324,16 @@ def genai_library(routed: RoutedHTTP) -> ModuleType:
     if getattr(_api_client, "httpx2", None):
         return routed.library()
     return importlib.import_module("httpx")
+
+
+def _dimension(quota: str) -> str | None:
+    """What a quota counts: `...InputTokensPerModelPerMinute` tokens, `...Requests...` requests."""
+    lowered = quota.lower()
+    if "token" in lowered:
+        return "tokens"
+    if "request" in lowered:
+        return "requests"
+    return None
 
 
 def _quota_violations(error: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -56,6 +56,8 @@ _AZURE_DEPLOYMENT = re.compile(r"/deployments/([^/]+)/")
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"})
 _LIMIT = re.compile(r"\bLimit:?\s*([0-9][0-9,]*)", re.IGNORECASE)
 _REQUESTED = re.compile(r"\bRequested:?\s*([0-9][0-9,]*)", re.IGNORECASE)
+#: "on tokens per min (TPM)", "on requests per day (RPD)": the dimension and span of a limit.
+_LIMIT_KIND = re.compile(r"\b(tokens|requests) per (min|day)\w*(?: \((TPM|RPM|TPD|RPD)\))?", re.I)
 _FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _JSON_FIELDS_COUNTED = ("tools", "functions", "response_format", "text", "tool_choice")
 
@@ -191,10 +193,23 @@ class OpenAIProvider(ProviderDefaults):
         lowered = lower_headers(headers)
         limit = _number(_LIMIT, message) or as_int(lowered.get("x-ratelimit-limit-tokens"))
         requested = _number(_REQUESTED, message)
+        kind_match = _LIMIT_KIND.search(message)
+        dimension = limit_type if limit_type in ("tokens", "requests") else None
+        per_day = False
+        quota = None
+        if kind_match is not None:
+            dimension = kind_match.group(1).lower()
+            per_day = kind_match.group(2).lower() == "day"
+            quota = kind_match.group(0)
         if code in _QUOTA_CODES or limit_type in _QUOTA_CODES:
-            return Rejection(RejectionKind.QUOTA, None, message or code, limit, requested)
+            return Rejection(
+                RejectionKind.QUOTA, None, message or code, limit, requested, None,
+                quota or code or limit_type, per_day,
+            )
         if message.lower().startswith("request too large"):
-            return Rejection(RejectionKind.TOO_LARGE, None, message, limit, requested)
+            return Rejection(
+                RejectionKind.TOO_LARGE, None, message, limit, requested, dimension, quota, per_day
+            )
         explicit = "retry-after" in lowered or "retry-after-ms" in lowered
         hint = None if explicit else parse_retry_hint_in_message(message)
         delay = (
@@ -203,7 +218,9 @@ class OpenAIProvider(ProviderDefaults):
             else retry_delay_from_headers(lowered, now, limit_type=limit_type)
         )
         kind = RejectionKind.RATE_LIMIT if status == 429 else RejectionKind.OTHER
-        return Rejection(kind, delay, message or f"HTTP {status}", limit, requested)
+        return Rejection(
+            kind, delay, message or f"HTTP {status}", limit, requested, dimension, quota, per_day
+        )
 
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimitHeaders:
         """`x-ratelimit-{limit,remaining,reset}-{tokens,requests}` (resets are Go durations)."""

@@ -69,16 +69,17 @@ class ChartPoint:
 
 
 def bucket_of(call: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
-    """The bucket a call spent from: the first matching `llm_limits` rule, else the fallback."""
+    """The bucket a call spent from: the first matching `--llm-limit` / `llm_limits` rule, else
+    the fallback (one bucket per model under `--llm-tpm auto`)."""
     vendor, model = str(call.get("vendor", "")), str(call.get("model", "*"))
-    for rule in settings.get("limits") or []:
+    for rule in [*(settings.get("cli_limits") or []), *(settings.get("limits") or [])]:
         pattern = str(rule).split()[0]
         rule_vendor, _, rule_model = pattern.partition(":")
         if fnmatch.fnmatchcase(vendor.lower(), rule_vendor.lower()) and fnmatch.fnmatchcase(
             model.lower(), rule_model.lower()
         ):
             return f"{vendor}:{rule_model}"
-    return f"{vendor}:*"
+    return f"{vendor}:{model}" if settings.get("tpm") in (None, "auto") else f"{vendor}:*"
 
 
 def _charge(call: Mapping[str, Any]) -> int:
@@ -144,20 +145,21 @@ def _fmt_tokens(value: float) -> str:
 def _svg(
     bucket: str,
     points: Sequence[ChartPoint],
-    budget: int,
+    budget: int | None,
     window: float,
     start: float,
     end: float,
     first_test: float | None = None,
 ) -> str:
-    """One bucket's chart; `first_test` marks when the first test began (after start-up)."""
+    """One bucket's chart; `first_test` marks when the first test began (after start-up); no
+    budget line while its limit is not known (`--llm-tpm auto`)."""
     span = max(end - start, window * 0.25, 1e-3)
     # the held-tokens curve: +charge at admission, -charge one window later
     steps = sorted(
         [(p.admitted, p.charge) for p in points]
         + [(p.admitted + window, -p.charge) for p in points]
     )
-    peak = max([p.in_window for p in points] + [budget, 1])
+    peak = max([p.in_window for p in points] + [budget or 0, 1])
     y_top = peak * 1.12
     plot_w, plot_h = _W - _L - _R, _H - _T - _B
 
@@ -204,12 +206,13 @@ def _svg(
     )
     out.append(f'<path class="held" d="{area}" fill="#dbe9fb" stroke="none"/>')
     out.append(f'<path d="{line}" fill="none" stroke="#2f6fce" stroke-width="1.6"/>')
-    out.append(
-        f'<line class="budget" x1="{_L}" x2="{_L + plot_w}" y1="{y(budget):.1f}" '
-        f'y2="{y(budget):.1f}" stroke="#d1342f" stroke-width="2" stroke-dasharray="7 4"/>'
-        f'<text x="{_L + plot_w - 4}" y="{y(budget) - 6:.1f}" fill="#d1342f" '
-        f'text-anchor="end">budget {budget} tokens</text>'
-    )
+    if budget is not None:
+        out.append(
+            f'<line class="budget" x1="{_L}" x2="{_L + plot_w}" y1="{y(budget):.1f}" '
+            f'y2="{y(budget):.1f}" stroke="#d1342f" stroke-width="2" stroke-dasharray="7 4"/>'
+            f'<text x="{_L + plot_w - 4}" y="{y(budget) - 6:.1f}" fill="#d1342f" '
+            f'text-anchor="end">budget {budget} tokens</text>'
+        )
     if first_test is not None and first_test - start > span * 0.01:
         fx = x(first_test)
         out.append(
@@ -330,13 +333,13 @@ def visible_sections(document: Mapping[str, Any], tests_table: str) -> str:
     start = float(run.get("started") or min((p.asked for p in every), default=0.0))
     end = float(run.get("finished") or max((p.admitted for p in every), default=start))
     end = max([end, *(p.admitted for p in every)])
-    budgets = {str(b.get("name")): int(b.get("budget") or 0) for b in document.get("buckets") or []}
+    budgets = {
+        str(b.get("name")): int(b["budget"]) if b.get("budget") else None
+        for b in document.get("buckets") or []
+    }
     first = float(run["first_test"]) if run.get("first_test") else None
     charts = [
-        _svg(
-            bucket, ps, budgets.get(bucket) or max(p.in_window for p in ps), window, start, end,
-            first,
-        )
+        _svg(bucket, ps, budgets.get(bucket), window, start, end, first)
         for bucket, ps in points.items()
     ]
     replayed = sum(1 for c in calls if c.get("replayed"))

@@ -112,7 +112,7 @@ def _fmt(key: str, value: Any) -> str:
 
         return usd(value) if isinstance(value, (int, float)) or value is None else str(value)
     if value is None:
-        return "\u2014"
+        return "auto" if key == "budget" else "\u2014"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if key == "t" and isinstance(value, (int, float)):
@@ -253,6 +253,13 @@ def render_html(document: dict[str, Any]) -> str:
         if buckets
         else '<p class="empty">No live LLM call reserved budget.</p>'
     )
+    limits = document.get("limits") or []
+    if limits:
+        items = "".join(f"<li>{_esc(line)}</li>" for line in limits)
+        buckets_html += (
+            '\n<p class="meta">Limits the servers stated, lower than configured:</p>'
+            f'\n<ul class="limits">{items}</ul>'
+        )
     tests = _test_rows(document)
     tests_html = (
         _table(_test_columns(tests), tests, css="tests", row_class=_test_class)

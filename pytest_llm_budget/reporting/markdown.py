@@ -236,7 +236,9 @@ def _buckets(document: Mapping[str, Any]) -> str:
                 row.append(_any(value))
         row += [_any(b.get(key)) for key in extra]
         rows.append(row)
-    return table(header, rows, numeric)
+    stated = "".join(f"\n- {_text(line)}" for line in document.get("limits") or [])
+    notes = f"\n\nLimits the servers stated:{stated}" if stated else ""
+    return table(header, rows, numeric) + notes
 
 
 def _test_tokens(entry: Mapping[str, Any]) -> int:

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable
 
 from pytest_llm_budget.atomic import open_file
-from pytest_llm_budget.events import RateLimitEvent, WaitEvent
+from pytest_llm_budget.events import LimitLearned, RateLimitEvent, WaitEvent
 
-__all__ = ["NOTICE_FILE", "NoticeRelay", "NoticeTail", "retry_line", "wait_line"]
+__all__ = ["NOTICE_FILE", "NoticeRelay", "NoticeTail", "limit_line", "retry_line", "wait_line"]
 
 NOTICE_FILE = "notices.jsonl"
 _PREFIX = "llm-budget:"
@@ -23,7 +23,10 @@ _PREFIX = "llm-budget:"
 
 def wait_line(event: WaitEvent) -> str:
     """`llm-budget: waiting 5.4s for openai:* (5322/5400 tokens in the window) - test id`."""
-    fill = f"{event.used_tokens}/{event.budget} tokens in the window"
+    if event.budget is None:
+        fill = f"{event.used_tokens} tokens in the window, limit not known yet"
+    else:
+        fill = f"{event.used_tokens}/{event.budget} tokens in the window"
     why = {"paused": "paused after a 429; ", "requests": "requests per window full; "}
     reason = why.get(event.reason, "")
     if event.reason == "concurrency":
@@ -41,6 +44,12 @@ def retry_line(event: RateLimitEvent) -> str:
         f"{_PREFIX} 429 from {event.vendor} model {event.model}{limit}, retry {event.attempt} "
         f"in {event.retry_in or 0:.1f}s - {event.test}{_worker(event.worker)}"
     )
+
+
+def limit_line(event: LimitLearned, worker: str = "") -> str:
+    """`llm-budget: openai:gpt-4o-mini: the server allows 6000 tokens per window, configured
+    30000: using 6000`."""
+    return f"{_PREFIX} {event.line()}{_worker(worker)}"
 
 
 def _worker(worker: str) -> str:

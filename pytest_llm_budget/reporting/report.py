@@ -17,6 +17,7 @@ __all__ = [
     "build_report",
     "cost_line",
     "dimension_lines",
+    "limit_lines",
     "overspend_lines",
     "summary_lines",
     "write_report",
@@ -48,7 +49,7 @@ def bucket_costs(
         if r.replayed:
             continue
         rule = rule_for(rules, r.vendor, r.model)
-        name = rule.bucket_name(r.vendor)
+        name = rule.bucket_name(r.vendor, r.model)
         cost, unknown = out.get(name, (0.0, 0))
         out[name] = (cost + (r.cost_usd or 0.0), unknown + int(r.cost_usd is None))
     return {name: (round(cost, 12), unknown) for name, (cost, unknown) in out.items()}
@@ -82,6 +83,36 @@ def cost_line(totals: Totals, records: Sequence[CallRecord], max_cost: float | N
         plural = "" if totals.cost_refused == 1 else "s"
         text += f"; {totals.cost_refused} call{plural} refused by the cost cap (LLM_COST_CAP)"
     return text
+
+
+def limit_lines(buckets: Sequence[BucketStats]) -> list[str]:
+    """One line per bucket whose pace a server's stated limit sets (lower than configured, or
+    nothing configured): `openai:gpt-4o-mini: the server allows 6000 tokens per window,
+    configured 30000: using 6000`."""
+    lines = []
+    for b in buckets:
+        parts = []
+        for what, server, configured in (
+            ("tokens", b.server_tpm, b.tpm),
+            ("requests", b.server_rpm, b.rpm),
+        ):
+            if server is None or (configured is not None and configured <= server):
+                continue
+            told = configured if configured is not None else (
+                "auto" if what == "tokens" else "none"
+            )
+            parts.append(
+                f"the server allows {server} {what} per window, configured {told}: using {server}"
+            )
+        if parts:
+            lines.append(f"{b.name}: {'; '.join(parts)}")
+    return lines
+
+
+def _budget_cell(budget: int | None, window: float, token_bucket: bool = False) -> str:
+    """`5100/6s` (`in 1500/60s` for a token bucket's input), or `auto/6s` while the limit is
+    not known."""
+    return f"{'in ' if token_bucket else ''}{'auto' if budget is None else budget}/{window:g}s"
 
 
 def overspend_lines(overspent: Sequence[Overspend]) -> list[str]:
@@ -118,7 +149,7 @@ def summary_lines(
     rows = [
         (
             b.name,
-            f"{'in ' if b.dimensions else ''}{b.budget}/{window:g}s",
+            _budget_cell(b.budget, window, bool(b.dimensions)),
             str(calls_of.get(b.name, b.calls)),
             str(b.calls),
             str(b.estimated),
@@ -151,7 +182,7 @@ def summary_lines(
         f"waited: {totals.waited_s:.1f}s{summed}, errors: {totals.errors}, 429s: {rate_limits}"
         f" [backend {backend_label(backend)}]"
     )
-    return lines + overspend_lines(overspent)
+    return lines + limit_lines(buckets) + overspend_lines(overspent)
 
 
 #: How the summary names each dimension of a token-bucket bucket.
@@ -205,6 +236,10 @@ def build_report(
                 "name": b.name,
                 "rule": b.rule,
                 "budget": b.budget,
+                "limits": {
+                    "configured": {"tokens": b.tpm, "requests": b.rpm},
+                    "server": {"tokens": b.server_tpm, "requests": b.server_rpm},
+                },
                 "calls": calls_of.get(b.name, b.calls),
                 "attempts": b.calls,
                 "estimated": b.estimated,
@@ -221,6 +256,7 @@ def build_report(
             }
             for b in buckets
         ],
+        "limits": limit_lines(buckets),
         "tests": _tests(calls),
         "calls": [c.to_json() for c in calls],
         "overspent": [o.to_json() for o in overspent],

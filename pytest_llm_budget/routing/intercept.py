@@ -131,6 +131,7 @@ def gated_methods(
         if gate is None:
             return original_sync(self, request)
         gate.pay()
+        gate.trace(request)
         try:
             return original_sync(self, request)
         except unsent:
@@ -142,6 +143,7 @@ def gated_methods(
         if gate is None:
             return await original_async(self, request)
         await gate.apay()
+        gate.trace(request, is_async=True)
         try:
             return await original_async(self, request)
         except unsent:

@@ -47,7 +47,10 @@ def deliver(call: Call, reservation: Reservation, response: Any, *, is_async: bo
 
 
 def _calibrate(call: Call, headers: Any, reservation: Reservation | None = None) -> None:
-    """Learn from the provider's token limit headers: a gap is charged, the estimate corrected."""
+    """Learn from the provider's token limit headers: a gap is charged, the estimate corrected;
+    and the limits the provider states (`Provider.learned_limits`) join the bucket's."""
+    if reservation is not None:
+        reservation.learn(call.model, call.provider.learned_limits(headers))
     tokens = call.provider.rate_limits(headers).tokens
     if tokens is None or tokens.limit is None or tokens.remaining is None:
         return

@@ -10,7 +10,9 @@
 - each 429 calls `reservation.rate_limited(delay)`: penalty tokens and a pause of the whole
   bucket, so the retry (a fresh reservation, timed from when it leaves) waits out the pause.
 - at most `retries` retries; `insufficient_quota` / per-day quotas, spend caps (Anthropic
-  `enforced_spend_limit_reached`: `SpendCapReached`) and "Request too large" are never retried.
+  `enforced_spend_limit_reached`: `SpendCapReached`) and "Request too large" are never retried;
+  nor a 429 whose own retry delay is longer than `max_wait` (a quota no retry inside the run can
+  outlast): `QuotaExhausted`, naming the quota, at once.
 - an overloaded provider (Anthropic 529) is retried the same way (its `retry-after`, else the
   backoff) but never pauses or charges the bucket (it says nothing about the bucket); it counts
   in the call's `overloaded`, and ends in `ProviderOverloaded` when the retries run out.
@@ -104,7 +106,7 @@ def after_429(
     provider_says = f"provider: {rejection.message}"
     facts: dict[str, Any] = {
         "vendor": vendor, "model": model, "limit": rejection.limit, "attempts": attempts,
-        "waited_s": waited_s,
+        "waited_s": waited_s, "quota": rejection.quota, "per_day": rejection.per_day,
     }
     if rejection.kind is RejectionKind.SPEND_CAP:
         return SpendCapReached(
@@ -112,10 +114,19 @@ def after_429(
             f"{waited_s:.1f}s waited; {provider_says}",
             **facts,
         )
+    quota = f"quota {rejection.quota}, " if rejection.quota else ""
     if rejection.kind is RejectionKind.QUOTA:
         return QuotaExhausted(
-            f"{where}: quota exhausted ({limit}), not retried after {attempts} "
+            f"{where}: quota exhausted ({quota}{limit}), not retried after {attempts} "
             f"attempt(s), {waited_s:.1f}s waited; {provider_says}",
+            **facts,
+        )
+    hint = rejection.retry_after_s
+    if rejection.kind is RejectionKind.RATE_LIMIT and hint is not None and hint > policy.max_wait:
+        return QuotaExhausted(
+            f"{where}: quota exhausted ({quota}{limit}): the provider asks to retry in "
+            f"{hint:.0f}s, longer than --llm-max-wait={policy.max_wait:g}s allows; not retried "
+            f"after {attempts} attempt(s), {waited_s:.1f}s waited; {provider_says}",
             **facts,
         )
     if rejection.kind is RejectionKind.TOO_LARGE:

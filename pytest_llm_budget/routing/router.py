@@ -141,6 +141,28 @@ class Gate:
             self.call.record(None, "cancelled", malformed=False)
             raise
 
+    def trace(self, request: Any, *, is_async: bool = False) -> None:
+        """Have the connection tell the reservation when the request's last byte is written
+        (httpcore's `trace` extension; a trace the caller set is still called)."""
+        inner = request.extensions.get("trace")
+
+        def sent(name: str) -> None:
+            if name.endswith("send_request_body.complete") and self.reservation is not None:
+                with contextlib.suppress(BackendUnavailable):  # a refinement, never a failure
+                    self.reservation.sent()
+
+        def trace(name: str, info: dict[str, Any]) -> None:
+            sent(name)
+            if inner is not None:
+                inner(name, info)
+
+        async def atrace(name: str, info: dict[str, Any]) -> None:
+            sent(name)
+            if inner is not None:
+                await inner(name, info)
+
+        request.extensions = {**request.extensions, "trace": atrace if is_async else trace}
+
     def unsent(self) -> None:
         """The request never reached the provider (no connection): give the whole charge back."""
         if self.reservation is not None:
@@ -331,6 +353,7 @@ class Router:
 
         status = int(response.status_code)
         rejection = call.provider.classify(status, response.headers, body, time.time())
+        reservation.learn(call.model, call.provider.learned_limits(response.headers, rejection))
         call.release_cost()
         overloaded = rejection.kind is RejectionKind.OVERLOADED
         if overloaded:

@@ -31,6 +31,8 @@ class Option:
     ini_type: str = "string"
     metavar: str | None = None
     repeatable: bool = False
+    #: How `--help` names the default when the field's default (None) does not say it.
+    shown_default: str | None = None
     #: The value when no source sets one: the `Settings` field's default (declared there).
     default: Any = None
 
@@ -67,12 +69,14 @@ class Option:
 DECLARED: tuple[Option, ...] = (
     Option(
         "tpm",
-        values.positive_int,
-        "tokens per minute (per window) the key allows",
+        values.tpm,
+        "tokens per minute (per window) the key allows, or auto (learned from the provider's "
+        "answers; a bucket's first call goes alone)",
         "--llm-tpm",
         ("LLM_BUDGET_TPM", "OPENAI_TPM_LIMIT"),
         "llm_tpm",
         metavar="N",
+        shown_default="auto",
     ),
     Option(
         "rpm",
@@ -296,6 +300,16 @@ DECLARED: tuple[Option, ...] = (
         ("LLM_BUDGET_PRICES",),
         "llm_prices",
         metavar="PATH",
+    ),
+    Option(
+        "cli_limits",
+        values.limit_rules,
+        "a per vendor/model limit 'vendor:model tpm=N [rpm=M]' (repeatable; before the ini "
+        "llm_limits rules, first match wins)",
+        "--llm-limit",
+        ini_type="linelist",
+        metavar="RULE",
+        repeatable=True,
     ),
     Option(
         "limits",

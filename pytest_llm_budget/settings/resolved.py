@@ -26,7 +26,7 @@ DEFAULT_MODELS = ("openai:gpt-5", "gemini:gemini-2.5-pro")
 class Settings:
     """Every option's value for one session."""
 
-    tpm: int = 30000
+    tpm: int | None = None
     rpm: int | None = None
     headroom: float = 0.15
     window: float = 60.0
@@ -53,6 +53,7 @@ class Settings:
     max_cost: float | None = None
     max_cost_per_test: float | None = None
     prices: str | None = None
+    cli_limits: tuple[LimitRule, ...] = ()
     limits: tuple[LimitRule, ...] = ()
     hosts: tuple[str, ...] = ()
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -68,8 +69,10 @@ class Settings:
 
     @property
     def rules(self) -> tuple[LimitRule, ...]:
-        """The `llm_limits` rules, then the `--llm-tpm`/`--llm-rpm` fallback."""
-        return (*self.limits, LimitRule("*", "*", self.tpm, self.rpm))
+        """The `--llm-limit` rules, the `llm_limits` rules, then the `--llm-tpm`/`--llm-rpm`
+        fallback (under `--llm-tpm auto`, one bucket per model: providers limit each model)."""
+        fallback = LimitRule("*", "*", self.tpm, self.rpm, per_model=self.tpm is None)
+        return (*self.cli_limits, *self.limits, fallback)
 
     @property
     def metrics_wanted(self) -> bool:
@@ -77,8 +80,8 @@ class Settings:
         return bool(self.metrics_port or self.metrics_textfile or self.pushgateway)
 
     @property
-    def budget(self) -> int:
-        """Tokens the fallback bucket admits per window."""
+    def budget(self) -> int | None:
+        """Tokens the fallback bucket admits per window (None under `--llm-tpm auto`)."""
         return self.rules[-1].budget(self.headroom)
 
     @property
@@ -93,8 +96,10 @@ class Settings:
             if f.name == "sources":
                 continue
             value = getattr(self, f.name)
-            if f.name == "limits":
+            if f.name in ("limits", "cli_limits"):
                 value = [str(rule) for rule in value]
+            elif f.name == "tpm" and value is None:
+                value = "auto"
             elif isinstance(value, tuple):
                 value = [mask_url(v) if isinstance(v, str) else v for v in value]
             elif isinstance(value, str):

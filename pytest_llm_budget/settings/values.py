@@ -35,6 +35,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "reports",
+    "tpm",
 ]
 
 
@@ -117,6 +118,16 @@ def parse_duration(text: str) -> float:
 
 
 optional_positive_int = _or_none(positive_int, "", "none", "unlimited", "off")
+
+
+def tpm(text: str) -> int | None:
+    """A token limit per window, or `auto` (None: learned from the provider)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise ValueError("must be a whole number above 0, or auto") from None
 
 
 def port(text: str) -> int:
@@ -214,7 +225,7 @@ def parse_limit_rule(line: str) -> LimitRule:
     match = _RULE.match(text)
     if not match:
         raise ValueError(f"{text!r} is not 'vendor:model tpm=N [rpm=M]'")
-    values: dict[str, int] = {}
+    values: dict[str, int | None] = {}
     for pair in match["rest"].split():
         key, _, raw = pair.partition("=")
         if key not in _RULE_KEYS:
@@ -224,13 +235,14 @@ def parse_limit_rule(line: str) -> LimitRule:
         if key in values:
             raise ValueError(f"{text!r}: duplicate key {key!r}")
         try:
-            values[key] = positive_int(raw)
+            values[key] = tpm(raw) if key == "tpm" else positive_int(raw)
         except ValueError:
-            raise ValueError(f"{text!r}: {key}={raw!r} must be a whole number above 0") from None
+            what = "a whole number above 0" + (" or auto" if key == "tpm" else "")
+            raise ValueError(f"{text!r}: {key}={raw!r} must be {what}") from None
     if "tpm" in values and "itpm" in values:
         raise ValueError(f"{text!r}: give itpm (input tokens) or tpm, not both")
     if "tpm" not in values and "itpm" not in values:
-        raise ValueError(f"{text!r}: a rule needs tpm=N (or itpm=N for anthropic)")
+        raise ValueError(f"{text!r}: a rule needs tpm=N (or itpm=N for anthropic, or tpm=auto)")
     from pytest_llm_budget.providers.registry import unknown_vendor
 
     problem = unknown_vendor(match["vendor"])

@@ -16,7 +16,7 @@ and its bucket is known: the line says "at least" then, "about" otherwise. No py
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +59,8 @@ class Bucket:
     name: str
     rule: LimitRule
     tokens: int
-    budget: int
+    #: None while the bucket's limit is not known (`--llm-tpm auto`, nothing learned yet).
+    budget: int | None
     seconds: float
 
 
@@ -79,7 +80,9 @@ class Projection:
     @property
     def busiest(self) -> Bucket | None:
         """The bucket that takes longest (it sets the run's least duration)."""
-        return max(self.buckets, key=lambda b: (b.seconds, b.tokens), default=None)
+        return max(
+            self.buckets, key=lambda b: (b.budget is not None, b.seconds, b.tokens), default=None
+        )
 
     @property
     def seconds(self) -> float:
@@ -106,17 +109,23 @@ class Projection:
             ],
         }
 
-    def line(self, fallback_budget: int) -> str:
+    def line(self, fallback_budget: int | None) -> str:
         """`LLM budget preflight: N LLM tests, ~T tokens, at least 6m35s at B tokens/60s`."""
         busiest = self.busiest
         budget = busiest.budget if busiest else fallback_budget
         plural = "" if self.tests == 1 else "s"
-        text = (
-            f"LLM budget preflight: {self.tests} LLM test{plural}, ~{self.tokens} tokens, "
-            f"{self.qualifier} {format_duration(self.seconds)} at {budget} "
-            f"tokens/{self.window:g}s"
-        )
+        text = f"LLM budget preflight: {self.tests} LLM test{plural}, ~{self.tokens} tokens, "
+        if budget is None:
+            text += "limit not known yet (--llm-tpm auto: learned from the provider's answers)"
+        else:
+            text += (
+                f"{self.qualifier} {format_duration(self.seconds)} at {budget} "
+                f"tokens/{self.window:g}s"
+            )
+        unknown = sum(1 for b in self.buckets if b.budget is None)
         notes = []
+        if unknown and budget is not None:
+            notes.append(f"{unknown} bucket(s) of unknown limit not projected")
         if len(self.buckets) > 1 and busiest is not None:
             notes.append(f"busiest bucket {busiest.name} of {len(self.buckets)}")
         if self.replayed:
@@ -142,9 +151,19 @@ def default_vendor(settings: Settings) -> str:
     return first.split(":", 1)[0] if ":" in first else "openai"
 
 
-def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -> Projection:
-    """Sum tokens per bucket and the windows each bucket needs."""
+def project(
+    tests: Iterable[TestEstimate],
+    settings: Settings,
+    aside: int = 0,
+    known_budget: Callable[[str, str], int | None] | None = None,
+) -> Projection:
+    """Sum tokens per bucket and the windows each bucket needs.
+
+    A `tpm=auto` bucket's budget is what `known_budget(vendor, model)` says the backend already
+    learned (a later run on the same file or Redis), else unknown: it is not projected.
+    """
     spent: dict[str, tuple[LimitRule, int]] = {}
+    budgets: dict[str, int | None] = {}
     count = replayed = 0
     certain = True
     for test in tests:
@@ -156,14 +175,23 @@ def project(tests: Iterable[TestEstimate], settings: Settings, aside: int = 0) -
         rule = rule_for(settings.rules, vendor, model)
         certain = certain and test.declared and test.vendor is not None
         if test.model is None and any(
-            r.model != "*" and r.matches(vendor, r.model) for r in settings.limits
+            r.model != "*" and r.matches(vendor, r.model) for r in settings.rules[:-1]
         ):
             certain = False  # a model-specific rule of this vendor may take the calls
-        name = rule.bucket_name(vendor)
+        name = rule.bucket_name(vendor, model)
         spent[name] = (rule, spent.get(name, (rule, 0))[1] + test.tokens)
+        if name not in budgets:
+            configured = rule.budget(settings.headroom)
+            learned = known_budget(vendor, model) if known_budget is not None else None
+            budgets[name] = learned if learned is not None else configured
     buckets = []
     for name, (rule, tokens) in sorted(spent.items()):
-        budget = max(1, rule.budget(settings.headroom))
+        budget = budgets[name]
+        if budget is None:
+            certain = False
+            buckets.append(Bucket(name, rule, tokens, None, 0.0))
+            continue
+        budget = max(1, budget)
         buckets.append(Bucket(name, rule, tokens, budget, least_seconds(tokens, budget, settings)))
     return Projection(
         tests=count,
@@ -225,7 +253,7 @@ def cost_note(
 def over_budget_message(projection: Projection, max_duration: float) -> str | None:
     """Why the run must not start (projection longer than --llm-max-duration), or None."""
     busiest = projection.busiest
-    if busiest is None or projection.seconds <= max_duration:
+    if busiest is None or busiest.budget is None or projection.seconds <= max_duration:
         return None
     over = projection.seconds - max_duration
     windows = math.floor(max_duration / projection.window) + 1
