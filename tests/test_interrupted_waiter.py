@@ -17,10 +17,10 @@ import pytest
 from conftest import FakeClock
 from redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 
-from pytest_llm_budget import LimitRule
 from pytest_llm_budget.backends import MemoryBackend
 from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.backends.file import FileBackend
+from pytest_llm_budget.limiting.buckets import LimitRule
 from pytest_llm_budget.limiting.limiter import Limiter
 
 W = 60.0
