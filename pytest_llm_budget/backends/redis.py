@@ -24,7 +24,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -229,17 +229,11 @@ class RedisBackend(Backend):
             float(limits.waiter_grace),
             int(uncertain),
         )
-        for attempt in range(2):
-            reply = self._run("admit", bucket, limits, now, *args)
-            if str(reply[0]) == "1":
-                return Admitted(ticket, float(reply[1]), int(reply[2]))
-            decision = Deferred(float(reply[1]), str(reply[2]))
-            if attempt or decision.reason != "concurrency":
-                break
-            dead = self._dead_local([str(o) for o in reply[3:]])
-            if not (dead and self._run("reap", bucket, limits, now, *dead)):
-                break
-        return decision
+        return self._admit_reaping(
+            lambda op, *rest: self._run(op, bucket, limits, now, *rest),
+            args,
+            lambda reply: Admitted(ticket, float(reply[1]), int(reply[2])),
+        )
 
     def _admit_buckets(
         self, bucket: str, limits: TokenBucketLimits, ticket: str, estimate: int, now: float,
@@ -255,16 +249,30 @@ class RedisBackend(Backend):
             float(limits.poll),
             float(limits.waiter_grace),
         )
+        return self._admit_reaping(
+            lambda op, *rest: self._run_buckets(op, bucket, limits, now, *rest),
+            args,
+            lambda reply: Admitted(
+                ticket, float(reply[1]), int(reply[2]), tuple(float(x) for x in reply[3:6])
+            ),
+        )
+
+    def _admit_reaping(
+        self,
+        run: Callable[..., Any],
+        args: tuple[object, ...],
+        admitted: Callable[[Any], Admitted],
+    ) -> Decision:
+        """One admit script run; when blocked by dead local leases, reap them and try once more."""
         for attempt in range(2):
-            reply = self._run_buckets("admit", bucket, limits, now, *args)
+            reply = run("admit", *args)
             if str(reply[0]) == "1":
-                fill = tuple(float(x) for x in reply[3:6])
-                return Admitted(ticket, float(reply[1]), int(reply[2]), fill)
+                return admitted(reply)
             decision = Deferred(float(reply[1]), str(reply[2]))
             if attempt or decision.reason != "concurrency":
                 break
             dead = self._dead_local([str(o) for o in reply[3:]])
-            if not (dead and self._run_buckets("reap", bucket, limits, now, *dead)):
+            if not (dead and run("reap", *dead)):
                 break
         return decision
 
