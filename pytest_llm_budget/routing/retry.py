@@ -35,7 +35,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_llm_budget.errors import (
     CostCapExceeded,
@@ -158,9 +158,10 @@ def after_429(
 
 
 _PASSABLE: dict[tuple[type, tuple[type, ...]], type] = {}
+_E = TypeVar("_E", bound=Exception)
 
 
-def passable(err: LLMBudgetError) -> LLMBudgetError:
+def passable(err: _E) -> _E:
     """The error as every registered provider's SDK error base too (`Provider.sdk_errors`), so
     an SDK that wraps other exceptions of its transport (openai < 3) lets it through."""
     from pytest_llm_budget.providers.registry import providers

@@ -128,8 +128,9 @@ class Gate:
         except LLMBudgetError as err:
             self.error = err
             raise
-        except BackendUnavailable:
+        except BackendUnavailable as err:
             self.call.record(None, "backend_error", malformed=False)
+            passable(err)  # an SDK that wraps its transport's errors (openai < 3) lets it by
             raise
         except Exception:
             raise
