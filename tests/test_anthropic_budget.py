@@ -333,3 +333,33 @@ def test_two_processes_on_one_redis_get_no_429(
     assert_no_dimension_overdrawn(stats, admitted=28)
     both = sum(plugin_bucket(d)["dimensions"]["output_tokens"]["actual"] for d in documents)
     assert both == stats["output_tokens_charged"]
+
+
+def test_a_wait_notice_names_the_dimension_the_call_waits_for(clock: Any) -> None:
+    """On the fake clock: a call behind an exhausted output bucket is announced as waiting for
+    output tokens, with that bucket's figures (produced or in flight over its capacity)."""
+    import re
+
+    from pytest_llm_budget import BudgetSession, Settings
+    from pytest_llm_budget.events import WaitEvent
+    from pytest_llm_budget.limiting.buckets import LimitRule
+    from pytest_llm_budget.reporting.notices import wait_line
+
+    rule = LimitRule("anthropic", "*", itpm=10_000, otpm=1_000, rpm=100)
+    session = BudgetSession(
+        Settings(limits=(rule,), headroom=0.0, notice_after=0.5),
+        clock=clock.now, sleep=clock.sleep,
+    )
+    events: list[WaitEvent] = []
+    session.wait_observers.append(events.append)
+    first = session.limiter.reserve(100, vendor="anthropic", output=500)
+    first.settle(100, refund=True, output_tokens=1_500)  # 500 more output than the bucket holds
+    session.limiter.reserve(100, vendor="anthropic", output=500).release()
+    [started] = [e for e in events if not e.finished]
+    assert (started.dimension, started.used_tokens, started.budget) == ("output_tokens", 1500, 1000)
+    assert re.fullmatch(
+        r"llm-budget: waiting 30\.\ds for anthropic:\* \(waiting for output tokens; 1500/1000 "
+        r"output tokens produced or in flight\) - <session>",
+        wait_line(started),
+    ), wait_line(started)
+    session.close()
