@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -338,8 +339,6 @@ def test_two_processes_on_one_redis_get_no_429(
 def test_a_wait_notice_names_the_dimension_the_call_waits_for(clock: Any) -> None:
     """On the fake clock: a call behind an exhausted output bucket is announced as waiting for
     output tokens, with that bucket's figures (produced or in flight over its capacity)."""
-    import re
-
     from pytest_llm_budget import BudgetSession, Settings
     from pytest_llm_budget.events import WaitEvent
     from pytest_llm_budget.limiting.buckets import LimitRule
@@ -362,4 +361,83 @@ def test_a_wait_notice_names_the_dimension_the_call_waits_for(clock: Any) -> Non
         r"output tokens produced or in flight\) - <session>",
         wait_line(started),
     ), wait_line(started)
+    session.close()
+
+
+def _claude_session(clock: Any) -> tuple[Any, list[Any]]:
+    """A session with an Anthropic rule that admitted and settled two calls (fake clock)."""
+    from pytest_llm_budget import BudgetSession, Settings
+    from pytest_llm_budget.limiting.buckets import LimitRule
+    from pytest_llm_budget.records import CallRecord
+
+    rule = LimitRule("anthropic", "*", itpm=1500, otpm=800, rpm=50)
+    session = BudgetSession(
+        Settings(limits=(rule,), headroom=0.0, window=6.0), clock=clock.now, sleep=clock.sleep
+    )
+    records = []
+    for i, (estimate, used_in, cached, out) in enumerate(((400, 380, 100, 120), (500, 450, 0, 90))):
+        reservation = session.limiter.reserve(
+            estimate, vendor="anthropic", model="claude-sonnet-4-5", output=600
+        )
+        reservation.settle(used_in - cached, refund=True, output_tokens=out)
+        records.append(CallRecord(
+            t=clock.t, test=f"t.py::test_{i}", vendor="anthropic", model="claude-sonnet-4-5",
+            estimated=estimate, prompt_tokens=used_in, completion_tokens=out, status="ok",
+            attempts=1, waited_s=0.0, cached_tokens=cached,
+        ))
+        clock.t += 1.0
+    return session, records
+
+
+def test_html_report_charts_each_dimension_of_a_token_bucket(clock: Any) -> None:
+    from pytest_llm_budget.records import Totals
+    from pytest_llm_budget.reporting.html_report import render_html
+    from pytest_llm_budget.reporting.report import build_report
+
+    session, records = _claude_session(clock)
+    settings = {"window": 6.0, "limits": ["anthropic:* itpm=1500 otpm=800 rpm=50"]}
+    document = build_report(settings, Totals(calls=2), session.bucket_stats(), records)
+    page = render_html(document)
+    charts = re.findall(r'<svg class="chart dimension" data-bucket="anthropic:\*" '
+                        r'data-dimension="(\w+)"', page)
+    assert charts == ["input_tokens", "output_tokens", "requests"]
+    assert 'aria-label="tokens in the window of anthropic:*"' not in page  # no sliding chart
+    # each call's charge per dimension: input + cache writes (not the 100 read), output, one
+    assert re.findall(r'data-dimension="input_tokens".*?</svg>', page, re.S)[0].count(
+        'class="call"') == 2
+    assert 'data-charge="280"' in page and 'data-charge="450"' in page  # input
+    assert 'data-charge="120"' in page and 'data-charge="90"' in page  # output
+    assert "capacity 1500" in page and "capacity 800" in page and "capacity 50" in page
+    # and the per-dimension table: charged at admission, settled
+    row = re.search(r"<tr><td>anthropic:\*</td><td>output tokens</td>(.*?)</tr>", page)
+    assert row is not None
+    assert re.findall(r'<td class="n">(\d+)</td>', row[1])[:3] == ["800", "0", "210"]
+    session.close()
+
+
+def test_prometheus_metrics_carry_each_dimension(clock: Any) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pytest_llm_budget.reporting.metrics import BudgetMetrics
+
+    session, _ = _claude_session(clock)
+    metrics = BudgetMetrics(session)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.text())
+        for s in family.samples
+    }
+
+    def get(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"bucket": "anthropic:*", **labels}.items())))]
+
+    tokens = "llm_budget_bucket_tokens_total"
+    assert get(tokens, dimension="input_tokens", kind="charged") == 900
+    assert get(tokens, dimension="input_tokens", kind="settled") == 280 + 450
+    assert get(tokens, dimension="output_tokens", kind="charged") == 0
+    assert get(tokens, dimension="output_tokens", kind="settled") == 210
+    assert get("llm_budget_bucket_capacity", dimension="output_tokens") == 800
+    assert get("llm_budget_bucket_capacity", dimension="requests") == 50
+    metrics.close()
     session.close()
