@@ -246,12 +246,15 @@ class _Collector:
             "Each bucket's budget per window and dimension, after headroom.",
             labels=["bucket", "dimension"],
         )
+        from pytest_llm_budget.limiting.buckets import UNKNOWN_TOKENS
+
         for b in stats:
-            figures = [
+            figures: list[tuple[str, int | None, int, int]] = [
                 (name, d.limit, d.estimated, d.actual) for name, d in b.dimensions.items()
             ] or [("tokens", b.budget, b.estimated, b.actual)]
             for name, limit, charged, settled in figures:
-                capacity.add_metric([b.name, name], limit)
+                if limit is not None and limit < UNKNOWN_TOKENS:  # else not known yet (auto)
+                    capacity.add_metric([b.name, name], limit)
                 if name != "requests":
                     tokens.add_metric([b.name, name, "charged"], charged)
                     tokens.add_metric([b.name, name, "settled"], settled)
