@@ -6,6 +6,9 @@
     python -m benchmarks.pace --only plugin-n0,plugin-n4 --quick
     python -m benchmarks.pace --render                # re-render BENCHMARKS.md + SVG from JSON
 
+The Anthropic rows (`anthropic-*`) run a suite of their own against the emulator's token buckets
+(ITPM, OTPM, RPM) and are measured against the token-bucket oracle.
+
 Writes benchmarks/pace-results.json (raw figures and every run's request log, per label),
 BENCHMARKS.md (tables, newest label first) and benchmarks/pace.svg, and prints the table.
 Needs the `bench` extra for the alternatives (`pip install -e '.[test,bench]'`); a row whose
@@ -32,8 +35,19 @@ from types import FrameType
 from typing import Any
 
 from .pace_report import markdown, summarize, svg, table
-from .pace_run import BUDGET, TPM, WINDOW, Processes, configurations, missing, run_config
-from .pace_suite import SEED, build_suite, describe, write_suite
+from .pace_run import (
+    ANTHROPIC_BUDGETS,
+    ANTHROPIC_LIMITS,
+    ANTHROPIC_REPLY_TOKENS,
+    BUDGET,
+    TPM,
+    WINDOW,
+    Processes,
+    configurations,
+    missing,
+    run_config,
+)
+from .pace_suite import SEED, build_anthropic_suite, build_suite, describe, write_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "pace-results.json"
@@ -166,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{saved['label']} ({saved['date']}):\n{table(saved)}")
         return 0
     suite = build_suite(a.seed)
+    claude_suite = build_anthropic_suite()
     configs = configurations(suite)
     if a.list:
         for c in configs:
@@ -200,10 +215,17 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": repeat,
         "rows": [],
     }
+    if any(c.suite == "anthropic" for c in configs):
+        run["anthropic_suite"] = describe(claude_suite, ANTHROPIC_BUDGETS[0])
+        run["anthropic_emulator"] = {
+            "itpm_otpm_rpm": list(ANTHROPIC_LIMITS), "window": WINDOW,
+            "reply_tokens": ANTHROPIC_REPLY_TOKENS, "oracle_limits": list(ANTHROPIC_BUDGETS),
+        }
     try:
         folder = Path(tmp)
-        suite_dir = folder / "suite"
-        split = write_suite(suite, suite_dir)
+        suites = {"mixed": (folder / "suite", suite), "anthropic": (folder / "suite-claude",
+                                                                    claude_suite)}  # fmt: skip
+        splits = {k: write_suite(s, d) for k, (d, s) in suites.items()}
         cache = _tiktoken_cache(folder)
         run["tiktoken_cache"] = "seeded from bpe-openai" if cache else "none (offline fallback)"
         for config in configs:
@@ -217,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     result = run_config(
                         config,
-                        suite_dir,
-                        split,
+                        suites[config.suite][0],
+                        splits[config.suite],
                         folder / f"{config.key}-{i}",
                         procs,
                         a.timeout,

@@ -11,7 +11,8 @@ Pure functions (no I/O, no clock) so that they can be unit-tested and re-run on 
   client against one token bucket per dimension, each full at t=0 and refilled continuously at
   limit / W per second up to its limit. It knows each request's exact output, so it charges it
   at admission (a real client can only charge it when the answer reports it), and admits the
-  next request as soon as every bucket holds its charge (`token_bucket_admissions`).
+  next request as soon as every bucket holds its charge (`token_bucket_admissions`). Its floor
+  is the slowest dimension's fluid floor, (S_d - L_d) / L_d x W (`token_bucket_figures`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "oracle_admissions",
     "oracle_span",
     "token_bucket_admissions",
+    "token_bucket_figures",
     "token_bucket_span",
 ]
 
@@ -204,4 +206,48 @@ def figures(
         charged={v: float(sum(c)) for v, c in charges.items()},
         span_over_oracle=span / o if o > 0 else None,
         wall_over_floor=wall / f if f > 0 and not math.isnan(wall) else None,
+    )
+
+
+def token_bucket_figures(
+    records: Sequence[Mapping[str, Any]],
+    wall: float,
+    limits: tuple[float | None, float | None, float | None],
+    window: float,
+    vendor: str = "anthropic",
+) -> RowFigures:
+    """`figures` for a token-bucket vendor: `limits` are (input, output, requests) per window.
+
+    Each admitted request is charged `(charge, completion_tokens, 1)` (the emulator's ITPM
+    charge, the output it produced, one request), in arrival order; the oracle is
+    `token_bucket_span` of them and the floor the slowest dimension's fluid floor.
+    """
+    api = [r for r in records if r.get("vendor") == vendor and r.get("model")]
+    times = [float(r["t"]) for r in api]
+    span = max(times) - min(times) if times else 0.0
+    admitted = sorted(
+        (r for r in api if r.get("outcome") == "ok" and r.get("status") == 200),
+        key=lambda r: float(r["t"]),
+    )
+    charges = [
+        (float(r.get("charge") or 0), float(r.get("completion_tokens") or 0), 1.0)
+        for r in admitted
+    ]
+    input_limit, output_limit, requests_limit = limits
+    oracle = token_bucket_span(charges, input_limit, output_limit, window, requests_limit)
+    floors = [
+        fluid_floor([c[d] for c in charges], limit, window)
+        for d, limit in enumerate((input_limit, output_limit, requests_limit))
+        if limit is not None
+    ]
+    floor = max(floors, default=0.0)
+    return RowFigures(
+        requests=len(api),
+        rejected=sum(1 for r in api if r.get("status") == 429),
+        span=span,
+        oracle={vendor: oracle} if charges else {},
+        floor={vendor: floor} if charges else {},
+        charged={vendor: float(sum(c[0] for c in charges))},
+        span_over_oracle=span / oracle if oracle > 0 else None,
+        wall_over_floor=wall / floor if floor > 0 and not math.isnan(wall) else None,
     )

@@ -94,6 +94,8 @@ def table(run: dict[str, Any]) -> str:
             continue
         o = s["oracle"]
         oracle = f"{_f(o.get('openai'), '{:.1f}')} / {_f(o.get('gemini'), '{:.1f}')}"
+        if "anthropic" in o:  # the token-bucket oracle of the Anthropic rows
+            oracle = f"anthropic {_f(o.get('anthropic'), '{:.1f}')}"
         runs = f" (median of {s['runs']})" if s["runs"] > 1 else ""
         r = s.get("span_over_oracle_range")
         spread = f" <sub>{r[0]:.2f}-{r[1]:.2f}</sub>" if r else ""
@@ -117,6 +119,7 @@ def _commentary(run: dict[str, Any]) -> str:
     rows = {r["key"]: r["summary"] for r in run["rows"]}
     labels = {r["key"]: r["label"] for r in run["rows"]}
     ok = {k: s for k, s in rows.items() if s.get("status") == "ok"}
+    claude = {k: ok.pop(k) for k in list(ok) if k.startswith("anthropic")}
     plugin = {
         k: s for k, s in ok.items() if k.startswith("plugin") and k not in (_LEARNING | {
             "plugin-n4-bucket"})
@@ -185,10 +188,40 @@ def _commentary(run: dict[str, Any]) -> str:
             )
         pays = "pays in " + " and ".join(trouble) if trouble else "no 429s, no failures"
         out.append(f"{labels[key]}: {pays}; {speed}.")
+    out += _anthropic_commentary(claude, labels)
     skipped = [f"{labels[k]} ({s['status']})" for k, s in rows.items() if s.get("status") != "ok"]
     if skipped:
         out.append("Not measured: " + ", ".join(skipped) + ".")
     return "\n".join(f"- {line}" for line in out) + "\n"
+
+
+def _anthropic_commentary(rows: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[str]:
+    """The Anthropic rows against the token-bucket oracle."""
+    plugin = {k: s for k, s in rows.items() if k != "anthropic-sdk"}
+    ratios = {k: s["span_over_oracle"] for k, s in plugin.items() if s["span_over_oracle"]}
+    out = []
+    if ratios:
+        n429 = sum(s["rejected_429"] for s in plugin.values())
+        failed = sum(s["failed"] for s in plugin.values())
+        out.append(
+            f"pytest-llm-budget (Anthropic rows): span / token-bucket oracle "
+            f"{min(ratios.values()):.2f}-{max(ratios.values()):.2f} with {n429} 429s and "
+            f"{failed} failed tests. Below 1.00 is possible: the oracle waits until the output "
+            "bucket holds each answer's whole output, Anthropic (and the plugin) only until it "
+            "is not exhausted."
+        )
+    sdk = rows.get("anthropic-sdk")
+    if sdk:
+        trouble = [f"{sdk['rejected_429']} 429s"] if sdk["rejected_429"] else []
+        if sdk["failed"]:
+            trouble.append(f"{sdk['failed']} failed tests")
+        pays = "pays in " + " and ".join(trouble) if trouble else "no 429s, no failures"
+        missing = " (its failed tests' calls are missing from its oracle)" if sdk["failed"] else ""
+        out.append(
+            f"{labels['anthropic-sdk']}: {pays}; span / token-bucket oracle "
+            f"{_f(sdk['span_over_oracle'])}{missing}."
+        )
+    return out
 
 
 _EXPLAIN = """\
@@ -214,6 +247,16 @@ How to read it: the suite's calls are charged by the emulator exactly as it admi
   charge from each bucket. Knowing each answer's output, it charges output at admission, which
   no real client can (the output is known only when the answer reports it); its last admission
   time is the yardstick (`benchmarks/pace_oracle.py: token_bucket_span`).
+  With two token dimensions a request's wait is the longer of the two refills (input missing /
+  (ITPM / W), output missing / (OTPM / W)) and both buckets refill during it, so the dimension
+  that binds may change from one request to the next; the floor is the slower dimension's fluid
+  floor, (S_d - L_d) / L_d x W. The Anthropic rows hold the oracle to the rule less the headroom
+  (as the sliding rows hold it to B) while the emulator enforces the full limits. Since a real
+  client (and Anthropic) only needs the output bucket not exhausted, where the oracle waits for
+  each answer's whole output, a zero-429 client can beat it slightly: span / oracle below 1.00
+  there spends no headroom. Their **estimate / charge** is the input dimension's alone (the
+  output is declared as max_tokens, never estimated); the emulator counts input as
+  ceil(chars / 4), below the plugin's tokenizer count for Japanese or German prompts.
 - **floor**: the fluid floor (S - B) / B x W of the slower vendor, S its total admitted charge.
   **wall / floor** uses pytest's wall time (start-up and xdist included).
 - **peak window / B**: the emulator's `max_window_tokens` (largest charge in any 6 s window) over
@@ -256,9 +299,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"- command: `{run['command']}`\n"
             f"- code: {run.get('code', '?')}\n"
             f"- machine: {run['machine']}\n"
-            f"- suite: {run['suite']['tests']} tests, {run['suite']['calls']} calls "
-            f"({run['suite']['calls_by_vendor']}), seed {run['suite']['seed']}\n\n"
         )
+        if any(not row["key"].startswith("anthropic") for row in run["rows"]):
+            parts.append(
+                f"- suite: {run['suite']['tests']} tests, {run['suite']['calls']} calls "
+                f"({run['suite']['calls_by_vendor']}), seed {run['suite']['seed']}\n"
+            )
+        claude = run.get("anthropic_suite")
+        if claude:
+            emu = run["anthropic_emulator"]
+            itpm, otpm, rpm = emu["itpm_otpm_rpm"]
+            parts.append(
+                f"- Anthropic rows: their own suite, {claude['tests']} tests, {claude['calls']} "
+                f"calls, seed {claude['seed']}; emulator ITPM {itpm}, OTPM {otpm}, RPM {rpm} per "
+                f"{emu['window']:g} s, replies of {emu['reply_tokens'].replace(':', '-')} "
+                f"tokens; oracle held to {' / '.join(str(x) for x in emu['oracle_limits'])}\n"
+            )
+        parts.append("\n")
         parts.append(table(run))
         parts.append("\nWhat this means:\n\n" + _commentary(run))
     return "".join(parts)

@@ -24,17 +24,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .pace_oracle import figures
+from .pace_oracle import figures, token_bucket_figures
 from .pace_suite import Suite, mean_weight
 
-__all__ = ["BUDGET", "TPM", "WINDOW", "Config", "Processes", "configurations", "run_config"]
+__all__ = [
+    "ANTHROPIC_LIMITS", "BUDGET", "TPM", "WINDOW", "Config", "Processes", "configurations",
+    "run_config",
+]
 
 TPM = 6000  # the emulator's limit per vendor and window
 WINDOW = 6.0
 HEADROOM = 0.1
 BUDGET = round(TPM * (1 - HEADROOM))  # B = 5400: what every limiter is told to keep to
 PLUGIN_ARGS = ("--llm-tpm", str(TPM), "--llm-window", "6", "--llm-headroom", str(HEADROOM))
-_SCRUB = ("LLM_BUDGET_", "OPENAI_", "GOOGLE_", "GEMINI_", "PACE_", "PYTEST_")
+_SCRUB = ("LLM_BUDGET_", "OPENAI_", "GOOGLE_", "GEMINI_", "ANTHROPIC_", "PACE_", "PYTEST_")
+
+#: The Anthropic rows' emulator: (ITPM, OTPM, RPM) per WINDOW, one pool for both Claude models,
+#: replies of 100-300 tokens; the plugin is told the same rule, with HEADROOM.
+ANTHROPIC_LIMITS = (1500, 1500, 50)
+ANTHROPIC_REPLY_TOKENS = "100:300"
+ANTHROPIC_RULE = "anthropic:* itpm={} otpm={} rpm={}".format(*ANTHROPIC_LIMITS)
+#: What the token-bucket oracle is held to: each limit less the headroom (requests exact).
+ANTHROPIC_BUDGETS = (
+    round(ANTHROPIC_LIMITS[0] * (1 - HEADROOM)),
+    round(ANTHROPIC_LIMITS[1] * (1 - HEADROOM)),
+    float(ANTHROPIC_LIMITS[2]),
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,8 @@ class Config:
     told_tpm: int | None = TPM
     #: The emulator limits each model apart (as OpenAI does) instead of each vendor.
     per_model: bool = False
+    #: Which generated suite the row runs: "mixed" (OpenAI + Gemini) or "anthropic".
+    suite: str = "mixed"
 
 
 def configurations(suite: Suite) -> list[Config]:
@@ -145,6 +162,34 @@ def configurations(suite: Suite) -> list[Config]:
             note=f"calls per {WINDOW:g} s = B / mean estimated call ({calls_note}); "
             "openai max_retries=2, genai attempts=5",
         ),
+        *anthropic_configurations(),
+    ]
+
+
+def anthropic_configurations() -> list[Config]:
+    """The Anthropic rows: their own suite, emulator token buckets, the token-bucket oracle."""
+    xdist = (("xdist", "pytest-xdist"), ("anthropic", "anthropic"))
+    told = f"rule {ANTHROPIC_RULE}"
+    return [
+        Config(
+            "anthropic-n0", "pytest-llm-budget, Anthropic -n 0", True, 0,
+            needs=(("anthropic", "anthropic"),), note=f"memory backend; {told}",
+            suite="anthropic",
+        ),
+        Config(
+            "anthropic-n4", "pytest-llm-budget, Anthropic -n 4", True, 4, needs=xdist,
+            note=f"file backend; {told}", suite="anthropic",
+        ),
+        Config(
+            "anthropic-redis-2x", "pytest-llm-budget, Anthropic, 2 processes on one Redis", True,
+            0, needs=(("redis", "redis"), ("anthropic", "anthropic")), processes=2,
+            note=f"suite split in two, both -n 0, started together; {told}", suite="anthropic",
+        ),
+        Config(
+            "anthropic-sdk", "anthropic SDK, its own retries", False, 4, needs=xdist,
+            note="max_retries=2 (its default: retry-after, x-should-retry), no pacing",
+            suite="anthropic",
+        ),
     ]
 
 
@@ -207,9 +252,10 @@ def _first_line(path: Path, marker: str, proc: subprocess.Popen[Any], timeout: f
 
 @contextlib.contextmanager
 def emulator(
-    procs: Processes, folder: Path, mode: str, per_model: bool = False
+    procs: Processes, folder: Path, mode: str, per_model: bool = False, suite: str = "mixed"
 ) -> Iterator[tuple[str, Path]]:
-    """The bundled emulator on a free port: TPM per vendor (or per model), a JSONL log."""
+    """The bundled emulator on a free port: TPM per vendor (or per model), a JSONL log; for the
+    Anthropic suite its token buckets of ANTHROPIC_LIMITS and longer replies."""
     log = folder / "emulator.jsonl"
     buckets = "--per-model" if per_model else "--shared-bucket"
     args = [
@@ -217,6 +263,10 @@ def emulator(
         "--openai-tpm", str(TPM), "--gemini-tpm", str(TPM), "--rpm", "none",
         "--window", f"{WINDOW:g}", "--mode", mode, buckets, "--log", str(log),
     ]  # fmt: skip
+    if suite == "anthropic":
+        itpm, otpm, rpm = ANTHROPIC_LIMITS
+        args += ["--anthropic-itpm", str(itpm), "--anthropic-otpm", str(otpm),
+                 "--anthropic-rpm", str(rpm), "--reply-tokens", ANTHROPIC_REPLY_TOKENS]  # fmt: skip
     out = folder / "emulator.out"  # a file, not a pipe: tracebacks must never block it
     with open(out, "wb") as fh:
         proc = procs.start(args, stdout=fh, stderr=subprocess.STDOUT)
@@ -267,7 +317,9 @@ def _get_json(url: str) -> Any:
 
 
 # -- one run -------------------------------------------------------------------------------------
-def base_env(emulator_url: str, tiktoken_cache: str | None) -> dict[str, str]:
+def base_env(
+    emulator_url: str, tiktoken_cache: str | None, suite: str = "mixed"
+) -> dict[str, str]:
     """The environment of a pytest run: no stray settings, SDKs pointed at the emulator."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
     env.update(
@@ -278,6 +330,8 @@ def base_env(emulator_url: str, tiktoken_cache: str | None) -> dict[str, str]:
         PACE_BUDGET=str(BUDGET),
         PACE_WINDOW=f"{WINDOW:g}",
     )
+    if suite == "anthropic":
+        env.update(ANTHROPIC_BASE_URL=emulator_url, ANTHROPIC_API_KEY="sk-ant-pace-bench")
     if tiktoken_cache:
         env["TIKTOKEN_CACHE_DIR"] = tiktoken_cache
     return env
@@ -307,9 +361,23 @@ def _plugin_totals(path: Path) -> dict[str, Any] | None:
         "estimated": sum(int(c.get("estimated") or 0) for c in calls),
         "estimated_by_vendor": {
             v: sum(int(c.get("estimated") or 0) for c in calls if c.get("vendor") == v)
-            for v in ("openai", "gemini")
+            for v in ("openai", "gemini", "anthropic")
         },
     }
+
+
+def plugin_args(config: Config) -> list[str]:
+    """What the plugin is told: the TPM of the mixed rows, the Anthropic rule for its rows."""
+    if config.suite != "anthropic":
+        told = [] if config.told_tpm is None else ["--llm-tpm", str(config.told_tpm)]
+        return [*told, *PLUGIN_ARGS[2:]]
+    from pytest_llm_budget.settings.options import DECLARED
+
+    if any(option.cli == "--llm-limit" for option in DECLARED):
+        rule = [f"--llm-limit={ANTHROPIC_RULE}"]
+    else:
+        rule = ["-o", f"llm_limits={ANTHROPIC_RULE}"]
+    return ["--llm-window", f"{WINDOW:g}", "--llm-headroom", str(HEADROOM), *rule]
 
 
 def run_config(
@@ -325,8 +393,10 @@ def run_config(
     folder.mkdir(parents=True)
     load = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
-        url, log = stack.enter_context(emulator(procs, folder, config.mode, config.per_model))
-        env = base_env(url, tiktoken_cache)
+        url, log = stack.enter_context(
+            emulator(procs, folder, config.mode, config.per_model, config.suite)
+        )
+        env = base_env(url, tiktoken_cache, config.suite)
         env.update(config.env)
         state = folder / "state"
         state.mkdir()
@@ -344,8 +414,7 @@ def run_config(
             if config.workers:
                 args += ["-n", str(config.workers)]
             if config.plugin:
-                told = [] if config.told_tpm is None else ["--llm-tpm", str(config.told_tpm)]
-                args += [*told, *PLUGIN_ARGS[2:], *backend]
+                args += [*plugin_args(config), *backend]
                 args += ["--llm-report", str(folder / f"report-{i}.json")]
                 args += ["-p", "no:xdist-rate-limit"]
             else:
@@ -384,12 +453,20 @@ def _result(
     outs: Sequence[Path],
     started: Sequence[subprocess.Popen[Any]],
 ) -> dict[str, Any]:
-    fig = figures(records, wall, BUDGET, WINDOW, config.per_model)
+    if config.suite == "anthropic":
+        fig = token_bucket_figures(records, wall, ANTHROPIC_BUDGETS, WINDOW)
+    else:
+        fig = figures(records, wall, BUDGET, WINDOW, config.per_model)
     junit = [_junit(folder / f"junit-{i}.xml") for i in range(len(outs))]
     tests = sum(j["tests"] for j in junit)
     failed = sum(j["failures"] + j["errors"] for j in junit)
     peak: dict[str, int] = {}
+    levels: dict[str, float | None] = {}
     for b in (stats or {}).get("buckets", {}).values():
+        if b["vendor"] == "anthropic":  # token buckets: the lowest level each one reached
+            levels = {d: b.get(f"min_level_{d}") for d in ("requests", "input_tokens",
+                                                            "output_tokens")}  # fmt: skip
+            continue
         peak[b["vendor"]] = max(peak.get(b["vendor"], 0), int(b["max_window_tokens"]))
     reports = [_plugin_totals(folder / f"report-{i}.json") for i in range(len(outs))]
     t_first = min((float(r["t"]) for r in records), default=0.0)
@@ -416,6 +493,7 @@ def _result(
         "peak_window": peak,
         "peak_over_budget": _r(max(peak.values()) / BUDGET) if peak else None,
         "plugin": [r for r in reports if r is not None] or None,
+        **({"min_levels": levels} if levels else {}),
         "log": [
             [round(float(r["t"]) - t_first, 4), r["vendor"], int(r["status"]), int(r["charge"])]
             for r in records

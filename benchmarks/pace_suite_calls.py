@@ -145,3 +145,49 @@ def gemini_async(client: Any, gate: Any, cases: list[Case]) -> None:
         return out
 
     assert all(asyncio.run(main()))
+
+
+def claude(client: Any, gate: Any, cases: list[Case]) -> None:
+    """Anthropic Messages, one call after the other."""
+    for case in cases:
+        with gate("anthropic", case):
+            r = client.messages.create(
+                model=case["model"], max_tokens=case["max_tokens"], messages=_messages(case)
+            )
+        assert r.content[0].text
+
+
+def claude_stream(client: Any, gate: Any, cases: list[Case]) -> None:
+    """Anthropic Messages streamed with the SDK's helper (usage in message_start / _delta)."""
+    for case in cases:
+        with gate("anthropic", case), client.messages.stream(
+            model=case["model"], max_tokens=case["max_tokens"], messages=_messages(case)
+        ) as stream:
+            text = "".join(stream.text_stream)
+        assert text
+
+
+async def _aclaude(client: Any, gate: Any, case: Case) -> str:
+    with gate("anthropic", case):
+        r = await client.messages.create(
+            model=case["model"], max_tokens=case["max_tokens"], messages=_messages(case)
+        )
+    return str(r.content[0].text)
+
+
+def claude_async(client: Any, gate: Any, cases: list[Case]) -> None:
+    """Async Anthropic Messages, one after the other, in one event loop."""
+
+    async def main() -> list[str]:
+        return [await _aclaude(client, gate, case) for case in cases]
+
+    assert all(asyncio.run(main()))
+
+
+def claude_async_pair(client: Any, gate: Any, cases: list[Case]) -> None:
+    """Async Anthropic Messages sent at once (asyncio.gather)."""
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(*(_aclaude(client, gate, case) for case in cases)))
+
+    assert all(asyncio.run(main()))

@@ -6,6 +6,7 @@ retries the benchmark asks for:
 
 - PACE_OPENAI_RETRIES: the openai SDK's `max_retries` (unset: its default, 2);
 - PACE_GENAI_ATTEMPTS: google-genai `HttpRetryOptions(attempts=N)` (unset: no retries, its default);
+- PACE_ANTHROPIC_RETRIES: the anthropic SDK's `max_retries` (unset: its default, 2);
 - PACE_LIMITER: the limiter in front of every call (`gate`): unset = none,
   `pyrate` = pyrate-limiter, token-weighted (ceil(chars/4) + max_tokens), SQLite bucket with a
   file lock shared by all xdist workers; `calls` = pytest-xdist-rate-limit's pacer, calls per
@@ -75,6 +76,34 @@ def gem(request: pytest.FixtureRequest) -> Iterator[Any]:
     client = genai.Client(http_options=options)
     yield client
     client.close()
+
+
+@pytest.fixture
+def cl(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A sync Anthropic client."""
+    if _plugin_on(request.config):
+        yield request.getfixturevalue("anthropic_client")
+        return
+    import anthropic
+
+    client = anthropic.Anthropic(**_anthropic_kwargs())
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def acl(request: pytest.FixtureRequest) -> Any:
+    """An async Anthropic client (used in one `asyncio.run`)."""
+    if _plugin_on(request.config):
+        return request.getfixturevalue("async_anthropic_client")
+    import anthropic
+
+    return anthropic.AsyncAnthropic(**_anthropic_kwargs())
+
+
+def _anthropic_kwargs() -> dict[str, Any]:
+    retries = os.environ.get("PACE_ANTHROPIC_RETRIES")
+    return {"max_retries": int(retries)} if retries else {}
 
 
 def _openai_kwargs() -> dict[str, Any]:

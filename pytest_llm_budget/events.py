@@ -29,7 +29,10 @@ class WaitEvent:
     """A call waits (or waited) for budget: the `pytest_llm_budget_waited` hook's argument.
 
     `seconds` is the expected wait when the wait starts (notices) and the real one when it ends
-    (the hook); `used_tokens` / `budget` are the bucket's window when the wait began.
+    (the hook); `used_tokens` / `budget` are the bucket's window when the wait began. In a
+    token-bucket bucket (Anthropic) `dimension` names the one the call waited for
+    (`input_tokens`, `output_tokens`, `requests`) and `used_tokens` / `budget` are its figures
+    (output: produced plus expected in flight); empty for a sliding window.
     """
 
     test: str
@@ -44,6 +47,7 @@ class WaitEvent:
     worker: str
     t: float
     finished: bool
+    dimension: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ from benchmarks.pace_oracle import (
     oracle_admissions,
     oracle_span,
     token_bucket_admissions,
+    token_bucket_figures,
     token_bucket_span,
 )
 
@@ -160,3 +161,25 @@ def test_token_bucket_bad_input_is_named() -> None:
         token_bucket_span([(1, -1, 1)], 1500, 800, 6)
     with pytest.raises(ValueError, match="positive"):
         token_bucket_span([(1, 1, 1)], 0, 800, 6)
+
+
+def test_token_bucket_figures_from_an_emulator_log() -> None:
+    def claude(t: float, charge: int, output: int, status: int = 200) -> dict[str, object]:
+        record = _rec(t, "anthropic", charge, status=status)
+        return {**record, "completion_tokens": output}
+
+    log = [
+        claude(10.0, 1000, 100),
+        claude(10.1, 1000, 600, status=429),  # refused: not charged
+        claude(12.0, 1000, 600),
+        claude(16.0, 200, 700),
+        _rec(11.0, "openai", 3000),  # another vendor: not this row's
+    ]
+    f = token_bucket_figures(log, wall=9.0, limits=(1500, 800, None), window=6)
+    assert f.requests == 4 and f.rejected == 1 and f.span == pytest.approx(6.0)
+    # input: 500 left, the second 1000 waits 2 s (250/s); output: full again by then (700 +
+    # 266.7, at most 800), 200 left after it; the third needs 700: 500 more at 133.3/s = 3.75 s
+    assert f.oracle["anthropic"] == pytest.approx(5.75)
+    assert f.span_over_oracle == pytest.approx(6.0 / 5.75)
+    assert f.floor["anthropic"] == pytest.approx(max((2200 - 1500) / 1500, (1400 - 800) / 800) * 6)
+    assert f.charged == {"anthropic": 2200.0}

@@ -168,7 +168,7 @@ def test_json_usage_keeps_the_cache_parts() -> None:
     )
     assert P.input_charge(usage) == 2120  # ITPM: input + cache writes, never cache reads
     assert P.output_charge(usage) == 45
-    assert P.charge(usage) == 2165
+    assert P.charge(usage) == 2120  # the input bucket is settled to the ITPM figure
     assert P.usage_from_json(b'{"type": "message"}') is None
     assert P.usage_from_json(b"[]") is None
 
@@ -306,6 +306,9 @@ def test_rate_limit_headers_per_dimension(monkeypatch: pytest.MonkeyPatch) -> No
     assert (limits.input_tokens.limit, limits.input_tokens.remaining) == (30000, 29000)
     assert limits.input_tokens.reset_s == pytest.approx(2.5)
     assert limits.output_tokens.reset_s == 0.0  # a past reset
+    # remaining tokens are rounded down to thousands; requests are exact
+    assert (limits.input_tokens.rounding, limits.output_tokens.rounding) == (1000, 1000)
+    assert limits.requests.rounding == 1
     # the most restrictive token limit is no sum a bucket counts: never calibrates one
     assert limits.tokens is None
     assert P.rate_limits({"x-ratelimit-limit-tokens": "5"}) == RateLimitHeaders()

@@ -186,7 +186,10 @@ def routed(make_budget: Any) -> Iterator[Any]:
 
 
 def test_sync_fixture_client_settles_reported_usage(api: MessagesServer, make_budget: Any) -> None:
-    budget = make_budget()
+    from pytest_llm_budget.limiting.buckets import LimitRule
+
+    rule = LimitRule("anthropic", "*", itpm=1_000_000, otpm=1_000_000, rpm=1000)
+    budget = make_budget(limits=(rule,))
     client = clients.fixture_client("anthropic_client", budget)
     reply = client.messages.create(model=MODEL, max_tokens=64, messages=MSG)
     [record] = budget.calls.records()
@@ -198,11 +201,42 @@ def test_sync_fixture_client_settles_reported_usage(api: MessagesServer, make_bu
     all_input = usage.input_tokens + cache
     assert (record.prompt_tokens, record.completion_tokens) == (all_input, usage.output_tokens)
     assert (record.cached_tokens, record.cache_write_tokens) == (7, 5)
-    assert record.estimated > 64  # input estimate + max_tokens
+    assert 0 < record.estimated < 64  # the input estimate; max_tokens goes to the output
     [bucket] = budget.bucket_stats()
-    assert bucket.actual == 21 + 5 + 9  # input + cache writes + output, never cache reads
+    assert bucket.actual == 21 + 5  # input + cache writes, never cache reads
+    dims = bucket.dimensions
+    assert (dims["input_tokens"].estimated, dims["input_tokens"].actual) == (
+        record.estimated, 21 + 5
+    )
+    assert (dims["output_tokens"].estimated, dims["output_tokens"].actual) == (0, 9)
+    assert (dims["requests"].estimated, dims["requests"].actual) == (1, 1)
     [(path, headers, _)] = api.seen
     assert path == "/v1/messages" and headers.get("x-stainless-retry-count") == "0"
+
+
+def test_rate_limit_headers_teach_each_dimension_only_what_is_sure(
+    api: MessagesServer, make_budget: Any
+) -> None:
+    from pytest_llm_budget.limiting.buckets import LimitRule
+
+    rule = LimitRule("anthropic", "*", itpm=100_000, otpm=50_000, rpm=100)
+    budget = make_budget(limits=(rule,), window=3600.0)  # refill negligible while it runs
+    stated = {
+        "anthropic-ratelimit-requests-limit": "100",
+        "anthropic-ratelimit-requests-remaining": "60",  # exact: 40 spent
+        "anthropic-ratelimit-output-tokens-limit": "50000",
+        "anthropic-ratelimit-output-tokens-remaining": "30000",  # 30000-30999 left
+    }
+    # input: 400000 / 399000 (the server's defaults) is at most 1000 spent, surely 1
+    api.script(Answer(200, message(), stated))
+    client = clients.fixture_client("anthropic_client", budget)
+    client.messages.create(model=MODEL, max_tokens=500, messages=MSG)
+    dims = budget.limiter.window_snapshot("anthropic:*").dimensions
+    assert dims["requests"].used == pytest.approx(40, abs=0.5)
+    # surely spent: 50000 - 30999 less this call's own max_tokens (its output settles apart),
+    # then the 9 it produced
+    assert dims["output_tokens"].used == pytest.approx(50000 - 30999 - 500 + 9, abs=30)
+    assert dims["input_tokens"].used < 100  # our own charge: the rounded figure taught nothing
 
 
 def test_streams_settle_at_the_end(api: MessagesServer, make_budget: Any) -> None:

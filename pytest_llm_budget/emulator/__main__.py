@@ -90,7 +90,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", help="fault for every request, e.g. 'latency=0.2'")
     p.add_argument("--log", dest="log_path", metavar="FILE", help="append records as JSONL")
     p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between SSE events")
+    p.add_argument(
+        "--reply-tokens", metavar="LO:HI", type=_reply_tokens, default=(8, 40),
+        help="reply lengths in tokens (each reply drawn from LO..HI, cut at its max tokens)",
+    )
     return p
+
+
+def _reply_tokens(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(lo), int(hi)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO:HI (e.g. 100:300), got {text!r}") from None
 
 
 def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
@@ -127,6 +141,8 @@ def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
             "fault": a.fault,
             "log_path": a.log_path,
             "stream_delay": a.stream_delay,
+            "reply_min_tokens": a.reply_tokens[0],
+            "reply_max_tokens": a.reply_tokens[1],
         }
         return EmulatorConfig(**kwargs)
     except ValueError as exc:

@@ -9,6 +9,7 @@ the threshold. Observers must not block; one that raises is reported as a warnin
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import warnings
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pytest_llm_budget.events import WaitEvent, WaitTick
+from pytest_llm_budget.limiting.buckets import UNKNOWN_TOKENS
+from pytest_llm_budget.limiting.token_bucket import DIMENSIONS, TokenBucketLimits
 
 if TYPE_CHECKING:
     from pytest_llm_budget.limiting.limiter import Limiter
@@ -74,7 +77,7 @@ class WaitWatch:
     def __init__(self, session: Watched) -> None:
         self.session = session
         self._lock = threading.Lock()
-        #: ticket -> (the test it waits for, the window when the wait was announced)
+        #: ticket -> (the test it waits for, the fill when the wait was announced)
         self._announced: dict[str, tuple[str, int]] = {}
 
     def attach(self) -> WaitWatch:
@@ -98,15 +101,29 @@ class WaitWatch:
             if tick.ticket in self._announced:
                 return
             self._announced[tick.ticket] = (session.test.nodeid, -1)
-        used = session.limiter.window_snapshot(tick.bucket).used_tokens
+        used = self._used(tick)
         with self._lock:
             if tick.ticket in self._announced:
                 self._announced[tick.ticket] = (session.test.nodeid, used)
         event = self._event(tick, tick.ready_at - tick.started, used, False)
         notify(session.wait_observers, event)
 
+    def _used(self, tick: WaitTick) -> int:
+        """The bucket's window now, or the figure of the token bucket the call waits for."""
+        snapshot = self.session.limiter.window_snapshot(tick.bucket)
+        dimension = snapshot.dimensions.get(tick.reason) if snapshot.dimensions else None
+        if dimension is None:
+            return snapshot.used_tokens
+        return math.ceil(dimension.used + dimension.in_flight - 1e-6)
+
     def _event(self, tick: WaitTick, seconds: float, used: int, finished: bool) -> WaitEvent:
         session = self.session
+        limits = session.limiter.limits(tick.bucket)
+        budget, dimension = session.limiter.budget(tick.bucket), ""
+        if isinstance(limits, TokenBucketLimits) and tick.reason in DIMENSIONS:
+            dimension = tick.reason
+            capacity = limits.capacities()[DIMENSIONS.index(dimension)]
+            budget = capacity if capacity is not None and capacity < UNKNOWN_TOKENS else None
         return WaitEvent(
             test=session.test.nodeid,
             bucket=tick.bucket,
@@ -116,8 +133,10 @@ class WaitWatch:
             seconds=round(seconds, 3),
             reason=tick.reason,
             used_tokens=used,
-            budget=session.limiter.budget(tick.bucket),
+            budget=budget,
             worker=session.worker,
             t=time.time(),
             finished=finished,
+            dimension=dimension,
         )
+

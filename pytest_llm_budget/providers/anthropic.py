@@ -15,9 +15,10 @@ cache_read_input_tokens` (the cache parts are `cache_write_tokens` and `cached_t
 the other vendors; a stream's `message_start` carries the input counts, its `message_delta` the
 final output count; a stream that ends in `event: error` keeps its error type (`error`).
 
-Charge: Anthropic's token limits count `input_tokens + cache_creation_input_tokens` (never the
-cache reads) and the output tokens produced; the reported usage is kept (an over-estimate is
-refunded at settle), and `input_charge` / `output_charge` give each dimension's figure.
+Charge: Anthropic's buckets are token buckets per dimension. Admission reserves the input
+estimate (`charge_estimate`) against ITPM and declares `max_tokens` for OTPM; settling charges
+ITPM `input_tokens + cache_creation_input_tokens` (`charge`; never the cache reads, an
+over-estimate refunded) and OTPM the output tokens produced (`output_charge`).
 
 Refusals: a 429 `rate_limit_error` is RATE_LIMIT, its delay from `retry-after` (seconds), else
 the `anthropic-ratelimit-*-reset` time (RFC 3339) of the dimension the message names (else of
@@ -27,13 +28,15 @@ OVERLOADED (retried with backoff, the bucket not paused).
 
 Rate-limit headers: `anthropic-ratelimit-{requests,input-tokens,output-tokens}-*` per
 dimension; `anthropic-ratelimit-tokens-*` is the most restrictive token limit in force, not a
-sum any bucket counts, so `RateLimitHeaders.tokens` stays empty. Keys: `x-api-key` (0.x, 1.x)
+sum any bucket counts, so `RateLimitHeaders.tokens` stays empty. Remaining tokens are rounded
+down to thousands (`ServerLimits.rounding` 1000); requests are exact. Keys: `x-api-key` (0.x, 1.x)
 or `Authorization: Bearer` (2.x), `ANTHROPIC_API_KEY` / `ANTHROPIC_AUTH_TOKEN`; the fixtures
 `anthropic_client` / `async_anthropic_client` get SDK clients with the SDK's retries off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -78,6 +81,8 @@ SPEND_CAP_CODE = "enforced_spend_limit_reached"
 #: Tokens of the system prompt Anthropic adds when a request carries tools (Claude 4 models).
 TOOL_SYSTEM_PROMPT_TOKENS = 346
 OVERLOADED_STATUS = 529
+#: Remaining tokens in `anthropic-ratelimit-*-tokens-remaining` are rounded down to this.
+TOKENS_ROUNDING = 1000
 _MESSAGES = re.compile(r"/v1/messages(?P<count>/count_tokens)?/?$")
 _NON_TEXT_BLOCKS = frozenset({"image", "document", "container_upload", "search_result"})
 _DIMENSION_IN_MESSAGE = (
@@ -150,6 +155,8 @@ def _dimensions(headers: Mapping[str, str], now: float) -> dict[str, ServerLimit
         parsed = server_limits(limit, remaining, reset)
         if parsed is None and reset is not None:
             parsed = ServerLimits(reset_s=reset)
+        if parsed is not None and dimension != "requests":
+            parsed = dataclasses.replace(parsed, rounding=TOKENS_ROUNDING)
         if parsed is not None:
             found[dimension] = parsed
     return found
@@ -355,12 +362,12 @@ class AnthropicProvider(ProviderDefaults):
         return usage.completion_tokens
 
     def charge(self, usage: Usage) -> int:
-        """Tokens Anthropic's token limits count: the ITPM part plus the OTPM part."""
-        return self.input_charge(usage) + self.output_charge(usage)
+        """What the input bucket (ITPM) is settled to: `input_charge`."""
+        return self.input_charge(usage)
 
     def charge_estimate(self, estimate: Estimate) -> int:
-        """Input estimate plus `max_tokens` (a one-dimension bucket must hold the output too)."""
-        return estimate.total
+        """The input estimate (ITPM); `max_tokens` is declared to the output bucket apart."""
+        return estimate.input_tokens
 
     def sdk_errors(self) -> tuple[type[BaseException], ...]:
         """`anthropic.AnthropicError`: the SDK turns any other exception of its transport into

@@ -223,6 +223,9 @@ class ServerLimits:
     remaining: int | None = None
     #: Seconds until the window is full again (`x-ratelimit-reset-*`), when stated.
     reset_s: float | None = None
+    #: `remaining` is rounded down to a multiple of this (Anthropic's tokens: 1000): the true
+    #: remainder is up to `rounding - 1` more.
+    rounding: int = 1
 
 
 @dataclass(frozen=True)
@@ -344,10 +347,15 @@ class Provider(Protocol):
         """The per-minute limits an answer (its headers) or a 429 (`rejection`) states."""
 
     def charge(self, usage: Usage) -> int:
-        """Tokens the provider counts against its TPM limit for this usage."""
+        """Tokens the provider counts against its TPM limit for this usage (a token-bucket
+        vendor's input limit: Anthropic's ITPM)."""
+
+    def output_charge(self, usage: Usage) -> int:
+        """Tokens a token-bucket vendor counts against its output limit (Anthropic's OTPM)."""
 
     def charge_estimate(self, estimate: Estimate) -> int:
-        """Tokens to reserve against the TPM limit for this estimate."""
+        """Tokens to reserve against the TPM limit for this estimate (a token-bucket vendor's
+        input estimate; the output budget is reserved apart)."""
 
     def sdk_errors(self) -> tuple[type[BaseException], ...]:
         """Base classes a structured error must also be for this vendor's SDK to let it through
@@ -399,6 +407,10 @@ class ProviderDefaults:
     def charge(self, usage: Usage) -> int:
         """Prompt plus completion tokens."""
         return usage.prompt_tokens + usage.completion_tokens
+
+    def output_charge(self, usage: Usage) -> int:
+        """Completion tokens."""
+        return usage.completion_tokens
 
     def charge_estimate(self, estimate: Estimate) -> int:
         """Input plus output estimate."""

@@ -3,8 +3,9 @@
 The chart plots the tokens held in each bucket's sliding window over the run against the
 bucket's budget: every live call is one point (at its admission, its settled charge added: what
 the window really held, after any refund), waits are drawn from when a call asked to when it got
-in, 429s are marked at the top. Everything is rebuilt from the JSON report's document, inline
-SVG, no script, no network. No pytest here.
+in, 429s are marked at the top (a token-bucket bucket, Anthropic's, gets a chart per dimension
+instead: `bucket_chart.py`). Everything is rebuilt from the JSON report's document, inline SVG,
+no script, no network. No pytest here.
 """
 
 from __future__ import annotations
@@ -338,10 +339,27 @@ def visible_sections(document: Mapping[str, Any], tests_table: str) -> str:
         for b in document.get("buckets") or []
     }
     first = float(run["first_test"]) if run.get("first_test") else None
+    token_buckets = {
+        str(b.get("name")): b
+        for b in document.get("buckets") or []
+        if b.get("admission") == "token_bucket"
+    }
     charts = [
         _svg(bucket, ps, budgets.get(bucket), window, start, end, first)
         for bucket, ps in points.items()
+        if bucket not in token_buckets
     ]
+    if token_buckets:  # Anthropic: a chart per dimension of each token-bucket bucket
+        from pytest_llm_budget.reporting.bucket_chart import dimension_charts
+
+        for name, entry in token_buckets.items():
+            live = [
+                c for c in calls
+                if not c.get("replayed") and c.get("attempts") != 0
+                and bucket_of(c, settings) == name
+            ]
+            if live:
+                charts += dimension_charts(entry, live, window, start, end)
     replayed = sum(1 for c in calls if c.get("replayed"))
     note = f'<p class="meta">{replayed} replayed call(s) spent nothing and are not drawn.</p>'
     return (

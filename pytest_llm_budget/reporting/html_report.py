@@ -65,6 +65,16 @@ _BUCKET_COLUMNS = (
     ("cost_usd", "cost", True),
 )
 
+#: (row key, header, numeric) of the per-dimension table of token-bucket buckets (Anthropic).
+_DIMENSION_COLUMNS = (
+    ("bucket", "token-bucket bucket", False),
+    ("dimension", "dimension", False),
+    ("limit", "capacity", True),
+    ("estimated", "charged at admission", True),
+    ("actual", "settled", True),
+    ("peak", "fullest after an admission", True),
+)
+
 #: (row key, header, numeric) of the one per-test table, sorted by spend.
 _TEST_COLUMNS = (
     ("test", "test", False),
@@ -148,6 +158,20 @@ def _table(
         f'<div class="wide"><table class="{css}"><thead><tr>{head}</tr></thead>'
         f"<tbody>\n{chr(10).join(body)}\n</tbody></table></div>"
     )
+
+
+def _dimension_rows(buckets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A row per dimension of each token-bucket bucket (input, output, requests)."""
+    order = ("input_tokens", "output_tokens", "requests")
+    rows = []
+    for b in buckets:
+        dims = b.get("dimensions") or {}
+        for name in sorted(dims, key=lambda d: order.index(d) if d in order else len(order)):
+            figures = dims[name]
+            if isinstance(figures, Mapping):
+                rows.append({"bucket": b.get("name"), "dimension": name.replace("_", " "),
+                             **figures})  # fmt: skip
+    return rows
 
 
 def _call_class(row: Mapping[str, Any]) -> str:
@@ -253,6 +277,9 @@ def render_html(document: dict[str, Any]) -> str:
         if buckets
         else '<p class="empty">No live LLM call reserved budget.</p>'
     )
+    dimensions = _dimension_rows(buckets)
+    if dimensions:
+        buckets_html += "\n" + _table(_DIMENSION_COLUMNS, dimensions, css="dimensions")
     limits = document.get("limits") or []
     if limits:
         items = "".join(f"<li>{_esc(line)}</li>" for line in limits)

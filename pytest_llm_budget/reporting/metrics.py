@@ -11,6 +11,11 @@ set; `prometheus_client` is imported then and only then. They live in a dedicate
   missed or counted twice (like every prometheus-client counter, they carry `_created` samples);
 * `window_deferrals_total` is the sum of the buckets' `deferrals` (`session.bucket_stats()`, merged
   across workers: the figure the reports show), read at collection time;
+* `bucket_tokens_total{bucket,dimension,kind}` is what each bucket was charged at admission
+  (`kind="charged"`) and settled to (`kind="settled"`) per dimension: `tokens` for a sliding
+  window, `input_tokens` and `output_tokens` for a token-bucket bucket (Anthropic), and
+  `bucket_capacity{bucket,dimension}` each dimension's budget per window (after headroom), both
+  from the same merged bucket figures;
 * `active_concurrency` is the calls in flight in the buckets this process uses, read from the
   backend at collection time (with a shared file or Redis backend, every process's calls count);
 * `next_slot_epoch` is the earliest clock time a deferred call of this process will try again
@@ -218,16 +223,42 @@ class _Collector:
 
     def collect(self) -> Iterator[Any]:
         """The metric families, consistent with the reports at the moment of the scrape."""
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         m = self.metrics
         m.catch_up()
         yield from m.active.collect()
         yield from m.next_slot_epoch.collect()
+        stats = m.session.bucket_stats()
         yield CounterMetricFamily(
             f"{_P}window_deferrals",
             "LLM calls that had to wait for room in their bucket's window.",
-            sum(b.deferrals for b in m.session.bucket_stats()),
+            sum(b.deferrals for b in stats),
         )
+        tokens = CounterMetricFamily(
+            f"{_P}bucket_tokens",
+            "Tokens each bucket was charged at admission (charged) and settled to (settled), "
+            "per dimension (tokens; Anthropic: input_tokens, output_tokens).",
+            labels=["bucket", "dimension", "kind"],
+        )
+        capacity = GaugeMetricFamily(
+            f"{_P}bucket_capacity",
+            "Each bucket's budget per window and dimension, after headroom.",
+            labels=["bucket", "dimension"],
+        )
+        from pytest_llm_budget.limiting.buckets import UNKNOWN_TOKENS
+
+        for b in stats:
+            figures: list[tuple[str, int | None, int, int]] = [
+                (name, d.limit, d.estimated, d.actual) for name, d in b.dimensions.items()
+            ] or [("tokens", b.budget, b.estimated, b.actual)]
+            for name, limit, charged, settled in figures:
+                if limit is not None and limit < UNKNOWN_TOKENS:  # else not known yet (auto)
+                    capacity.add_metric([b.name, name], limit)
+                if name != "requests":
+                    tokens.add_metric([b.name, name, "charged"], charged)
+                    tokens.add_metric([b.name, name, "settled"], settled)
+        yield tokens
+        yield capacity
         for metric in (m.rate_limits, m.tokens, m.requests, m.replayed, m.cost, m.waits):
             yield from metric.collect()

@@ -21,14 +21,29 @@ NOTICE_FILE = "notices.jsonl"
 _PREFIX = "llm-budget:"
 
 
+#: How a wait line names the token-bucket dimension a call waits for.
+_DIMENSION_WORDS = {
+    "input_tokens": ("input tokens", "input tokens in the bucket"),
+    "output_tokens": ("output tokens", "output tokens produced or in flight"),
+    "requests": ("requests", "requests in the bucket"),
+}
+
+
 def wait_line(event: WaitEvent) -> str:
-    """`llm-budget: waiting 5.4s for openai:* (5322/5400 tokens in the window) - test id`."""
+    """`llm-budget: waiting 5.4s for openai:* (5322/5400 tokens in the window) - test id`;
+    a token bucket names its dimension: `(waiting for output tokens; 702/680 output tokens
+    produced or in flight)`."""
     if event.budget is None:
         fill = f"{event.used_tokens} tokens in the window, limit not known yet"
     else:
         fill = f"{event.used_tokens}/{event.budget} tokens in the window"
     why = {"paused": "paused after a 429; ", "requests": "requests per window full; "}
     reason = why.get(event.reason, "")
+    words = _DIMENSION_WORDS.get(event.dimension)
+    if words is not None:
+        reason = f"waiting for {words[0]}; "
+        of = "" if event.budget is None else f"/{event.budget}"
+        fill = f"{event.used_tokens}{of} {words[1]}"
     if event.reason == "concurrency":
         reason = "calls in flight at the cap; "
     return (

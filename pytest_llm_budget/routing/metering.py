@@ -19,7 +19,7 @@ from pytest_llm_budget.errors import BackendUnavailable, LLMBudgetError
 
 if TYPE_CHECKING:
     from pytest_llm_budget.limiting.limiter import Reservation
-    from pytest_llm_budget.providers.base import SSEUsageParser, Usage
+    from pytest_llm_budget.providers.base import RateLimitHeaders, SSEUsageParser, Usage
     from pytest_llm_budget.routing.call import Call
 
 _MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -51,13 +51,36 @@ def _calibrate(call: Call, headers: Any, reservation: Reservation | None = None)
     and the limits the provider states (`Provider.learned_limits`) join the bucket's."""
     if reservation is not None:
         reservation.learn(call.model, call.provider.learned_limits(headers))
-    tokens = call.provider.rate_limits(headers).tokens
+    stated = call.provider.rate_limits(headers)
+    if reservation is not None and reservation.token_bucket:
+        _observe_dimensions(stated, reservation)
+        return
+    tokens = stated.tokens
     if tokens is None or tokens.limit is None or tokens.remaining is None:
         return
     if reservation is not None:
         reservation.observe(tokens.limit, tokens.remaining, tokens.reset_s)
     else:
         call.session.limiter.calibrate(call.vendor, call.model, tokens.limit, tokens.remaining)
+
+
+def _observe_dimensions(stated: RateLimitHeaders, reservation: Reservation) -> None:
+    """A token-bucket bucket learns what the server counts as spent in each dimension, from
+    figures that are lower bounds of it: a rounded-down remainder is read as its upper end
+    (Anthropic's tokens: up to 999 more), and the output dimension leaves out this call's own
+    output (the server may count it already; our bucket charges it at settle)."""
+    dimensions = (
+        ("requests", stated.requests, 0),
+        ("input_tokens", stated.input_tokens, 0),
+        ("output_tokens", stated.output_tokens, reservation.output),
+    )
+    for dimension, figures, own in dimensions:
+        if figures is None or figures.limit is None or figures.remaining is None:
+            continue
+        remaining = figures.remaining + max(0, figures.rounding - 1) + own
+        if remaining >= figures.limit:
+            continue  # nothing the server surely counts that we might not
+        reservation.observe(figures.limit, remaining, figures.reset_s, dimension=dimension)
 
 
 class UsageSink:
@@ -133,7 +156,15 @@ class UsageSink:
                 usage, malformed = None, True
         charge = call.provider.charge(usage) if usage is not None else call.charge
         refund = usage is not None and call.provider.counts_reported_usage
-        lost = backend_lost(lambda: self.reservation.settle(charge, refund=refund))
+        # A token bucket settles its output dimension apart (unknown usage: max_tokens stays).
+        output = (
+            call.provider.output_charge(usage)
+            if usage is not None and self.reservation.token_bucket
+            else None
+        )
+        lost = backend_lost(
+            lambda: self.reservation.settle(charge, refund=refund, output_tokens=output)
+        )
         call.charged += charge if refund else max(charge, self.reservation.estimate)
         hold, costs = call.cost, call.session.costs
         if hold is not None:

@@ -266,6 +266,9 @@ class Router:
                 return self._fail(call, request, outcome, (response, body))
 
     # -- admission -----------------------------------------------------------------------------
+    # A call reserves `call.charge` (the provider's `charge_estimate`: input + max_tokens for
+    # OpenAI, input for Gemini and Anthropic) and declares its output budget (max_tokens), which
+    # only a token-bucket bucket (Anthropic's output dimension) reads.
     def _estimate(self, call: Call) -> Estimate:
         """Estimate the call's charge once, on its first admission (mocked calls never pay it)."""
         if call.estimate is not None:
@@ -285,7 +288,8 @@ class Router:
     def _reserve(self, call: Call) -> Reservation:
         estimate = self._hold(call)
         reservation = self.session.limiter.reserve(
-            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens,
+            output=estimate.output_tokens,
         )
         self._admitted(call, reservation)
         return reservation
@@ -293,7 +297,8 @@ class Router:
     async def _areserve(self, call: Call) -> Reservation:
         estimate = self._hold(call)
         reservation = await self.session.limiter.areserve(
-            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens
+            call.charge, vendor=call.vendor, model=call.model, uncertain=estimate.input_tokens,
+            output=estimate.output_tokens,
         )
         self._admitted(call, reservation)
         return reservation
