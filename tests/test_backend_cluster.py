@@ -212,3 +212,15 @@ def test_two_pytest_runs_share_one_cluster(
         assert "redis+cluster://127.0.0.1:" in result.stdout
         assert summary_totals(result.stdout) == {"calls": 20, "429s": 0}
     assert_no_window_went_over(strict_emulator, admitted=40)
+
+
+def test_a_plain_url_on_a_cluster_node_is_a_usage_error(
+    pytester: pytest.Pytester, redis_cluster: RedisCluster  # noqa: F811
+) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    port = redis_cluster.nodes[1].port
+    result = pytester.runpytest_subprocess(f"--llm-backend=redis://:pw-9x@127.0.0.1:{port}/0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert f"use --llm-backend redis+cluster://:***@127.0.0.1:{port}" in err, err
+    assert "pw-9x" not in err + result.stdout.str()
