@@ -125,11 +125,13 @@ def running_redis(
 class RedisCluster:
     """Three cluster-enabled redis-server primaries, no replicas, joined by redis-cli --cluster."""
 
-    def __init__(self, directory: str | os.PathLike[str], nodes: int = 3) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], nodes: int = 3, node_timeout_ms: int = 5000
+    ) -> None:
         self.cli = require("redis-cli", "apt-get install redis-tools")
         self.dir = Path(directory)
         extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes-{port}.conf",
-                 "--cluster-node-timeout", "5000")
+                 "--cluster-node-timeout", str(node_timeout_ms))
         self.nodes = [RedisServer(self.dir, extra=extra) for _ in range(nodes)]
 
     @property

@@ -142,6 +142,26 @@ def test_a_slot_migrating_mid_run_is_followed_through_ask_and_moved(
         source.get(key)
 
 
+def test_a_lost_node_fails_its_buckets_after_bounded_retries(tmp_path: Any) -> None:
+    """A node gone for good: its buckets fail in one line after 3 tries; the others still work."""
+    cluster = RedisCluster(tmp_path, node_timeout_ms=60_000).start()  # no CLUSTERDOWN yet
+    try:
+        b = RedisBackend.from_url(cluster.url, tries=3, backoff=0.1)
+        buckets = buckets_on_every_node(b, cluster)
+        dead = cluster.nodes[2]
+        dead.kill()
+        start = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=r"lost the llm-budget Redis at redis\+cluster"
+                           r"://127\.0\.0\.1:\d+: admit on bucket .* failed 3 times"):
+            b.admit(buckets[dead.port], LIMITS, "a", 10, T0, "1")
+        assert 0.25 <= time.monotonic() - start < 30  # it did retry, and it did give up
+        alive = next(name for port, name in buckets.items() if port != dead.port)
+        admitted(b.admit(alive, LIMITS, "a", 10, T0, "1"))  # before the node timeout: served
+        b.close()
+    finally:
+        cluster.stop()
+
+
 def test_a_plain_url_on_a_cluster_node_names_redis_cluster(
     redis_cluster: RedisCluster,  # noqa: F811
 ) -> None:
@@ -156,10 +176,12 @@ def test_a_plain_client_redirected_by_a_cluster_says_so(
     rc: RedisBackend, redis_cluster: RedisCluster  # noqa: F811
 ) -> None:
     """Past the open-time check (INFO denied, say), a MOVED still becomes a clear error."""
-    buckets = buckets_on_every_node(rc, redis_cluster)
     port = redis_cluster.nodes[0].port
-    elsewhere = next(b for p, b in buckets.items() if p != port)
     b = RedisBackend(plain(port), description=f"redis://127.0.0.1:{port}/0", prefix=rc.prefix)
+    elsewhere = next(  # untagged keys: the state and the limits of a bucket hash apart
+        name for name in (f"openai:model-{i}" for i in range(1000))
+        if port not in (node_of(rc, b.key(name)), node_of(rc, b.limits_key(name)))
+    )
     with pytest.raises(BackendUnavailable, match=rf"MovedError.*redis\+cluster://127\.0\.0\.1:{port}"):
         b.admit(elsewhere, LIMITS, "a", 10, T0, "1")
     with pytest.raises(BackendUnavailable, match=r"reading the limits.*redis\+cluster://"):

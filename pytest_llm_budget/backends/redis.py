@@ -9,10 +9,12 @@ too.
 
 Redis Cluster (and Valkey cluster): `redis+cluster://host:port` (`rediss+cluster://` for TLS)
 opens redis-py's cluster client, which follows MOVED / ASK redirections itself. Its keys carry the
-bucket as a hash tag, `{prefix}:{{bucket}}:state` (`:tb`, `:limits`, `:budgets`), so every key of
-one bucket lives in one slot; each script touches only the key passed in KEYS. Plain `redis://`
-keeps the untagged names, so hosts on older versions still share the same keys. A plain client
-pointed at a cluster node is refused at open with a message naming `redis+cluster://`.
+bucket in braces as a hash tag (`llm-budget:{openai:gpt-5}:state`, `:tb`, `:limits`, `:budgets`),
+so every key of one bucket lives in one slot; each script touches only the key passed in KEYS.
+Plain `redis://` keeps the untagged names, so hosts on older versions still share the same keys.
+A plain client pointed at a cluster node is refused at open with a message naming
+`redis+cluster://`. A cluster that is down or resharding (CLUSTERDOWN, TRYAGAIN) is retried like
+a lost connection.
 
 Clock: by default the caller's `now` is used (the limiter's clock, which tests can fake), so hosts
 sharing a bucket need NTP-synced clocks; `use_server_time=True` makes the scripts read Redis's
@@ -73,8 +75,8 @@ class RedisBackend(Backend):
         backoff: float = 0.2,
         hash_tags: bool = False,
     ) -> None:
+        from redis.exceptions import ClusterDownError, RedisError, TryAgainError
         from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import RedisError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         if lease_ttl <= 0:
@@ -88,7 +90,12 @@ class RedisBackend(Backend):
         self.backoff = backoff
         self.hash_tags = hash_tags
         self.host = socket.gethostname()
-        self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+        self._transient: tuple[type[BaseException], ...] = (
+            RedisConnectionError,
+            RedisTimeoutError,
+            ClusterDownError,
+            TryAgainError,
+        )
         self._refused: type[BaseException] = RedisError
         self._script = client.register_script(_load_script())
         self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
