@@ -16,6 +16,7 @@ from services import require
 __all__ = [
     "RedisCluster",
     "RedisServer",
+    "free_cluster_port",
     "free_port",
     "redis_cluster",
     "redis_server",
@@ -28,6 +29,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, so at most 65535) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
 
 
 class RedisServer:
@@ -43,6 +59,7 @@ class RedisServer:
         self.dir = Path(directory)
         self.password = password
         self.extra = extra
+        self.pick_port = free_cluster_port if extra else free_port
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -55,7 +72,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Launch on a free port and wait (bounded) until it answers PING."""
         for _ in range(3):  # another process may grab the port between free_port() and bind
-            self.port = free_port()
+            self.port = self.pick_port()
             args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]
             if self.password:
@@ -141,18 +158,26 @@ class RedisCluster:
 
     def start(self, timeout: float = 20.0) -> RedisCluster:
         """Start the nodes, assign the slots, wait until every node says cluster_state:ok."""
-        for node in self.nodes:
-            node.start()
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run([self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self._state_ok(node) for node in self.nodes):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the redis cluster did not reach cluster_state:ok; see {self.dir}")
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            created = subprocess.run(
+                [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                 "--cluster-yes"], capture_output=True, text=True, timeout=timeout,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}"
+                                   f"{created.stderr[-2000:]}")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if all(self._state_ok(node) for node in self.nodes):
+                    return self
+                time.sleep(0.05)
+            raise RuntimeError(f"the redis cluster did not reach cluster_state:ok; see {self.dir}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _state_ok(self, node: RedisServer) -> bool:
         out = subprocess.run([self.cli, "-p", str(node.port), "cluster", "info"],
