@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis_server import RedisServer, redis_cluster, redis_server  # noqa: F401 - fixture
+from redis_server import RedisCluster, RedisServer, redis_cluster, redis_server  # noqa: F401
 
 from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.backends.file import FileBackend
@@ -351,3 +351,9 @@ def test_processes_sharing_redis_never_overfill_a_bucket(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     hammer(redis_server.url)
+
+
+def test_processes_sharing_a_redis_cluster_never_overfill_a_bucket(
+    redis_cluster: RedisCluster,  # noqa: F811
+) -> None:
+    hammer(redis_cluster.url)
