@@ -151,8 +151,10 @@ class RedisBackend(Backend):
         except (redis.RedisError, redis.exceptions.RedisClusterException, OSError,
                 ValueError) as exc:
             hint = ""
-            if cluster and "cluster" in str(exc).lower():
-                hint = " (for a Redis that is not a cluster, use redis://host:port/db)"
+            if cluster and "cluster mode is not enabled" in str(exc).lower():
+                scheme = next(s for s in CLUSTER_SCHEMES if description.startswith(s))
+                plain = CLUSTER_SCHEMES[scheme] + description[len(scheme):]
+                hint = f" (not a cluster node: use --llm-backend {plain})"
             raise BackendUnavailable(
                 f"cannot reach the llm-budget Redis at {description}: {_describe(exc)}{hint}"
             ) from exc
@@ -248,7 +250,7 @@ class RedisBackend(Backend):
         from redis.exceptions import AskError
 
         hint = ""
-        if isinstance(exc, AskError):  # MovedError too: a plain client on a cluster node
+        if isinstance(exc, AskError) and not self.hash_tags:  # MovedError too: a plain client
             hint = f" (a Redis Cluster: use --llm-backend {_as_cluster_url(self.description)})"
         return BackendUnavailable(
             f"the llm-budget Redis at {self.description} refused {what}: {_describe(exc)}{hint}"
