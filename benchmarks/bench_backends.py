@@ -7,6 +7,7 @@ call holds at most ~100); the table shows how many it held at the end.
 
     python benchmarks/bench_backends.py                     # file + a throwaway redis-server
     python benchmarks/bench_backends.py --redis-url redis://host:6379/0 --procs 1,4,8,16
+    python benchmarks/bench_backends.py --backends redis,redis-cluster   # + 3 local cluster nodes
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def run(spec: str, procs: int, ops: int, window: float) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run every backend x process count, print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="file,redis", help="comma list: file, redis")
+    parser.add_argument(
+        "--backends", default="file,redis", help="comma list: file, redis, redis-cluster"
+    )
     parser.add_argument("--procs", default="1,4,8", help="comma list of process counts")
     parser.add_argument("--ops", type=int, default=400, help="admit+settle pairs per process")
     parser.add_argument("--window", type=float, default=0.1, help="window seconds (see above)")
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                     from redis_server import running_redis
 
                     specs["redis"] = stack.enter_context(running_redis()).url
+            elif name == "redis-cluster":  # three local nodes, or --redis-url redis+cluster://...
+                from redis_server import running_cluster
+
+                specs["cluster"] = stack.enter_context(running_cluster()).url
             else:
                 parser.error(f"unknown backend {name!r}")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, window {args.window:g}s, "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from redis_server import redis_server  # noqa: F401 - fixture
+from redis_server import redis_cluster, redis_server  # noqa: F401 - fixture
 
 from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.backends.file import (
@@ -38,7 +38,7 @@ LIMITS = Limits(tokens=1000, window=60.0, margin=0.5)
 SPAN = LIMITS.span
 
 
-@pytest.fixture(params=["memory", "file", "file-rename", "redis"])
+@pytest.fixture(params=["memory", "file", "file-rename", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend, empty, on its own file / key prefix."""
     b: Backend
@@ -51,7 +51,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         from pytest_llm_budget.backends.redis import RedisBackend
 
-        server = request.getfixturevalue("redis_server")
+        server = request.getfixturevalue(
+            "redis_cluster" if request.param == "redis-cluster" else "redis_server"
+        )
         b = RedisBackend.from_url(server.url, prefix=f"t-{uuid.uuid4().hex[:8]}")
     yield b
     b.close()

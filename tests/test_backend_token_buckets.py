@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis_server import RedisServer, redis_server  # noqa: F401 - fixture
+from redis_server import RedisCluster, RedisServer, redis_cluster, redis_server  # noqa: F401
 
 from pytest_llm_budget.backends.base import Backend
 from pytest_llm_budget.backends.file import FileBackend
@@ -32,7 +32,7 @@ B = "anthropic:claude-sonnet-4*"
 LIMITS = TokenBucketLimits(tokens=1000, window=6.0, requests=5, output=600)
 
 
-@pytest.fixture(params=["memory", "file", "redis"])
+@pytest.fixture(params=["memory", "file", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each backend, empty, on its own file / key prefix."""
     b: Backend
@@ -43,7 +43,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         from pytest_llm_budget.backends.redis import RedisBackend
 
-        server = request.getfixturevalue("redis_server")
+        server = request.getfixturevalue(
+            "redis_cluster" if request.param == "redis-cluster" else "redis_server"
+        )
         b = RedisBackend.from_url(server.url, prefix=f"tb-{uuid.uuid4().hex[:8]}")
     yield b
     b.close()
@@ -349,3 +351,9 @@ def test_processes_sharing_redis_never_overfill_a_bucket(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     hammer(redis_server.url)
+
+
+def test_processes_sharing_a_redis_cluster_never_overfill_a_bucket(
+    redis_cluster: RedisCluster,  # noqa: F811
+) -> None:
+    hammer(redis_cluster.url)

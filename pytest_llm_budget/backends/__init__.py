@@ -16,9 +16,13 @@ def validate_backend_spec(spec: str) -> str:
         if spec.startswith("file:") and not spec[5:]:
             raise ValueError("file: needs a path, e.g. file:/tmp/llm-budget.json")
         return spec
-    if spec.startswith(("redis://", "rediss://", "unix://")):
+    if spec.startswith(("redis://", "rediss://", "unix://", "redis+cluster://",
+                        "rediss+cluster://")):
         return spec
-    raise ValueError("expected auto, memory, file, file:PATH, redis://host:port/db or rediss://...")
+    raise ValueError(
+        "expected auto, memory, file, file:PATH, redis://host:port/db, rediss://... or "
+        "redis+cluster://host:port"
+    )
 
 
 def open_backend(spec: str, *, shared_dir: str | None = None, xdist: bool = False) -> Backend:

@@ -7,6 +7,15 @@ bucket (Anthropic) is `{prefix}:{bucket}:tb`, changed by `redis_token_bucket.lua
 `token_bucket.py`) the same way. Only core commands and EVAL/EVALSHA are used, so Valkey works
 too.
 
+Redis Cluster (and Valkey cluster): `redis+cluster://host:port` (`rediss+cluster://` for TLS)
+opens redis-py's cluster client, which follows MOVED / ASK redirections itself. Its keys carry the
+bucket in braces as a hash tag (`llm-budget:{openai:gpt-5}:state`, `:tb`, `:limits`, `:budgets`),
+so every key of one bucket lives in one slot; each script touches only the key passed in KEYS.
+Plain `redis://` keeps the untagged names, so hosts on older versions still share the same keys.
+A plain client pointed at a cluster node is refused at open with a message naming
+`redis+cluster://`. A cluster that is down or resharding (CLUSTERDOWN, TRYAGAIN) is retried like
+a lost connection.
+
 Clock: by default the caller's `now` is used (the limiter's clock, which tests can fake), so hosts
 sharing a bucket need NTP-synced clocks; `use_server_time=True` makes the scripts read Redis's
 TIME instead and shifts pauses accordingly, for fleets with skewed clocks.
@@ -40,7 +49,10 @@ from pytest_llm_budget.limiting.token_bucket import (
 from pytest_llm_budget.limiting.window import WindowSnapshot
 from pytest_llm_budget.redact import mask_url, redact
 
-__all__ = ["BackendUnavailable", "RedisBackend", "mask_url"]
+__all__ = ["CLUSTER_SCHEMES", "BackendUnavailable", "RedisBackend", "mask_url"]
+
+#: URL schemes that open the cluster client, and the plain scheme each stands for.
+CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
 
 
 def _load_script(name: str = "redis_window.lua") -> str:
@@ -61,9 +73,10 @@ class RedisBackend(Backend):
         lease_ttl: float = 600.0,
         tries: int = 3,
         backoff: float = 0.2,
+        hash_tags: bool = False,
     ) -> None:
+        from redis.exceptions import ClusterDownError, RedisError, TryAgainError
         from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import RedisError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         if lease_ttl <= 0:
@@ -75,8 +88,14 @@ class RedisBackend(Backend):
         self.lease_ttl = lease_ttl
         self.tries = max(1, tries)
         self.backoff = backoff
+        self.hash_tags = hash_tags
         self.host = socket.gethostname()
-        self._transient: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+        self._transient: tuple[type[BaseException], ...] = (
+            RedisConnectionError,
+            RedisTimeoutError,
+            ClusterDownError,
+            TryAgainError,
+        )
         self._refused: type[BaseException] = RedisError
         self._script = client.register_script(_load_script())
         self._ledger_script = client.register_script(_load_script("redis_ledger.lua"))
@@ -95,7 +114,7 @@ class RedisBackend(Backend):
         tries: int = 3,
         backoff: float = 0.2,
     ) -> RedisBackend:
-        """Connect to `redis://[:password@]host:port/db` (or rediss://, unix://) and PING it."""
+        """Connect to `redis://[:password@]host:port/db` (or rediss://, unix://, redis+cluster://)."""
         description = mask_url(url)
         try:
             import redis
@@ -106,19 +125,46 @@ class RedisBackend(Backend):
                 f"--llm-backend {description} needs the redis package: "
                 "pip install 'pytest-llm-budget[redis]'"
             ) from exc
+        cluster = url.startswith(tuple(CLUSTER_SCHEMES))
+        client: Any
         try:
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),  # our own bounded retries, below
-                decode_responses=True,
-            )
+            if cluster:
+                from redis.cluster import RedisCluster
+
+                scheme = next(s for s in CLUSTER_SCHEMES if url.startswith(s))
+                client = RedisCluster.from_url(
+                    CLUSTER_SCHEMES[scheme] + url[len(scheme):],
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 1),  # one reload of the slot map; then ours, below
+                    decode_responses=True,
+                )
+            else:
+                client = redis.Redis.from_url(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 0),  # our own bounded retries, below
+                    decode_responses=True,
+                )
             client.ping()
-        except (redis.RedisError, OSError, ValueError) as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError,
+                ValueError) as exc:
+            hint = ""
+            if cluster and "cluster mode is not enabled" in str(exc).lower():
+                scheme = next(s for s in CLUSTER_SCHEMES if description.startswith(s))
+                plain = CLUSTER_SCHEMES[scheme] + description[len(scheme):]
+                hint = f" (not a cluster node: use --llm-backend {plain})"
             raise BackendUnavailable(
-                f"cannot reach the llm-budget Redis at {description}: {_describe(exc)}"
+                f"cannot reach the llm-budget Redis at {description}: {_describe(exc)}{hint}"
             ) from exc
+        if not cluster and _is_cluster_node(client):
+            client.close()
+            raise BackendUnavailable(
+                f"the llm-budget Redis at {description} is a Redis Cluster node: use "
+                f"--llm-backend {_as_cluster_url(description)} (the cluster client follows "
+                "MOVED / ASK redirections to the node that holds each bucket)"
+            )
         try:  # a full (maxmemory, noeviction) or read-only Redis refuses writes: say so now
             client.set(f"{prefix}:probe", "1", px=60_000)
             client.delete(f"{prefix}:probe")
@@ -134,12 +180,18 @@ class RedisBackend(Backend):
             lease_ttl=lease_ttl,
             tries=tries,
             backoff=backoff,
+            hash_tags=cluster,
         )
 
     # -- plumbing --------------------------------------------------------------------------
+    def bucket_key(self, bucket: str, suffix: str) -> str:
+        """A key of `bucket`'s; on a cluster the bucket is its hash tag, so they share a slot."""
+        name = f"{{{bucket}}}" if self.hash_tags else bucket
+        return f"{self.prefix}:{name}:{suffix}"
+
     def key(self, bucket: str) -> str:
         """The Redis key holding a bucket's state."""
-        return f"{self.prefix}:{bucket}:state"
+        return self.bucket_key(bucket, "state")
 
     def _run(self, op: str, bucket: str, limits: Limits, now: float, *args: object) -> Any:
         """Run one op of the script, retrying lost connections a bounded number of times."""
@@ -156,7 +208,7 @@ class RedisBackend(Backend):
 
     def buckets_key(self, bucket: str) -> str:
         """The Redis key holding a token-bucket bucket's state."""
-        return f"{self.prefix}:{bucket}:tb"
+        return self.bucket_key(bucket, "tb")
 
     def _run_buckets(
         self, op: str, bucket: str, limits: TokenBucketLimits, now: float, *args: object
@@ -187,19 +239,28 @@ class RedisBackend(Backend):
                 if attempt + 1 < self.tries:
                     time.sleep(self.backoff * 2**attempt)
             except self._refused as exc:  # OOM (maxmemory), READONLY replica, NOPERM, ...
-                raise BackendUnavailable(
-                    f"the llm-budget Redis at {self.description} refused {what}: "
-                    f"{_describe(exc)}"
-                ) from None
+                raise self._refusal(what, exc) from None
         raise BackendUnavailable(
             f"lost the llm-budget Redis at {self.description}: {what} failed "
             f"{self.tries} times ({_describe(last)})"
         ) from last
 
+    def _refusal(self, what: str, exc: BaseException) -> BackendUnavailable:
+        """The error for a command Redis refused; a redirection names the cluster URL to use."""
+        from redis.exceptions import AskError
+
+        hint = ""
+        if isinstance(exc, AskError) and not self.hash_tags:  # MovedError too: a plain client
+            hint = f" (a Redis Cluster: use --llm-backend {_as_cluster_url(self.description)})"
+        return BackendUnavailable(
+            f"the llm-budget Redis at {self.description} refused {what}: {_describe(exc)}{hint}"
+        )
+
     def _run_ledger(self, op: str, ledger: str, now: float, *args: object) -> Any:
         """Run one op of the cost-ledger script on `{prefix}:cost:{ledger}`."""
         argv = [op, repr(float(now)), repr(IDLE_TTL), *[str(a) for a in args]]
-        key = f"{self.prefix}:cost:{ledger}"
+        tagged = f"{{{ledger}}}" if self.hash_tags else ledger
+        key = f"{self.prefix}:cost:{tagged}"
         return self._call(self._ledger_script, key, argv, f"{op} on cost ledger {ledger!r}")
 
     # -- Backend ---------------------------------------------------------------------------
@@ -359,7 +420,7 @@ class RedisBackend(Backend):
 
     def limits_key(self, bucket: str) -> str:
         """The Redis key holding what the servers stated for a bucket (a JSON blob per model)."""
-        return f"{self.prefix}:{bucket}:limits"
+        return self.bucket_key(bucket, "limits")
 
     def learn_limits(
         self, bucket: str, model: str, figures: Mapping[str, int], now: float
@@ -379,6 +440,8 @@ class RedisBackend(Backend):
                 last = exc
                 if attempt + 1 < self.tries:
                     time.sleep(self.backoff * 2**attempt)
+            except self._refused as exc:
+                raise self._refusal(f"reading the limits of bucket {bucket!r}", exc) from None
         raise BackendUnavailable(
             f"lost the llm-budget Redis at {self.description}: reading the limits of bucket "
             f"{bucket!r} failed {self.tries} times ({_describe(last)})"
@@ -425,7 +488,7 @@ class RedisBackend(Backend):
 
     def announce_budget(self, bucket: str, tokens: int, now: float, ttl: float) -> list[int]:
         """Budgets in the hash `{prefix}:{bucket}:budgets` ({tokens: last seen}), with a TTL."""
-        key = f"{self.prefix}:{bucket}:budgets"
+        key = self.bucket_key(bucket, "budgets")
         try:
             pipe = self.client.pipeline()
             pipe.hset(key, str(tokens), repr(float(now)))
@@ -433,10 +496,7 @@ class RedisBackend(Backend):
             pipe.pexpire(key, int(ttl * 1000))
             _, raw, _ = pipe.execute()
         except self._refused as exc:
-            raise BackendUnavailable(
-                f"the llm-budget Redis at {self.description} refused a budget check: "
-                f"{_describe(exc)}"
-            ) from None
+            raise self._refusal("a budget check", exc) from None
         budgets = budgets_seen(raw, tokens, now, ttl)
         return sorted(int(k) for k in budgets if int(k) != tokens)
 
@@ -459,6 +519,24 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(figures))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return before
 """
+
+
+def _is_cluster_node(client: Any) -> bool:
+    """Whether a plain client is connected to a cluster-enabled node (False when INFO is denied)."""
+    try:
+        return str(client.info("cluster").get("cluster_enabled", "0")) == "1"
+    except Exception:  # INFO renamed or forbidden (a managed Redis): assume a plain one
+        return False
+
+
+def _as_cluster_url(description: str) -> str:
+    """A (masked) plain Redis URL as its redis+cluster:// form, without a /db path."""
+    for cluster, plain in CLUSTER_SCHEMES.items():
+        if description.startswith(plain):
+            rest = description[len(plain):]
+            host = rest.split("/", 1)[0].split("?", 1)[0]
+            return f"{cluster}{host}"
+    return "redis+cluster://host:port"
 
 
 def _record(reply: Any) -> LimitRecord:

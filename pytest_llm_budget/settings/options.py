@@ -202,7 +202,8 @@ DECLARED: tuple[Option, ...] = (
     Option(
         "backend",
         values.backend_spec,
-        "where the budget lives: auto, memory, file, file:PATH, redis://host:port/db",
+        "where the budget lives: auto, memory, file, file:PATH, redis://host:port/db, "
+        "redis+cluster://host:port",
         "--llm-backend",
         ("LLM_BUDGET_BACKEND",),
         "llm_backend",
