@@ -16,6 +16,7 @@ from pytest_llm_budget.backends.file import FileBackend
 from pytest_llm_budget.backends.memory import MemoryBackend
 from pytest_llm_budget.limiting import window
 from pytest_llm_budget.limiting.admission import Admitted, Deferred, Limits
+from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits
 from pytest_llm_budget.limiting.window import FOLD_AT, SLOTS, WindowState
 
 T0 = 1_000_000.0
@@ -69,6 +70,26 @@ def test_twenty_thousand_settled_charges_keep_the_state_bounded(
         assert largest <= FOLD_AT + 1
     else:
         assert largest < 16_000  # bytes; the 20,000 charges themselves would take 500 KB
+
+
+def test_a_token_bucket_stays_bounded_too(backend: Backend, tmp_path: Path) -> None:
+    limits = TokenBucketLimits(tokens=10**9, window=60.0, requests=10**6, output=10**9)
+    sizes = []
+    for i in range(3_000):
+        now = T0 + i * 0.003
+        assert isinstance(backend.admit(B, limits, f"t{i}", 50, now, "1", output=20), Admitted)
+        backend.settle(B, limits, f"t{i}", 50, 45, now + 0.001, output_tokens=20)
+        if i in (99, 2_999):
+            if isinstance(backend, MemoryBackend):
+                sizes.append(len(backend._token_buckets[B].to_json()["leases"]))
+            elif isinstance(backend, FileBackend):
+                sizes.append((tmp_path / "state.json").stat().st_size)
+            else:
+                from pytest_llm_budget.backends.redis import RedisBackend
+
+                assert isinstance(backend, RedisBackend)
+                sizes.append(int(backend.client.strlen(backend.buckets_key(B))))
+    assert sizes[1] <= sizes[0] + 100, sizes  # spent totals, leases in flight: no history
 
 
 def run(b: Backend, limits: Limits, n: int) -> list[tuple[str, float]]:
