@@ -50,8 +50,13 @@ def fill(spec: str, bucket: str, n: int, t0: float, step: float) -> None:
     backend = open_backend(spec)
     if spec.startswith("file:"):
         entries = [[f"fill{i}", t0 + i * step, 280, True] for i in range(n)]
-        state = {"entries": entries, "leases": {}, "waiters": {}, "paused_until": 0.0,
-                 "clock": t0 + n * step}
+        state = {
+            "entries": entries,
+            "leases": {},
+            "waiters": {},
+            "paused_until": 0.0,
+            "clock": t0 + n * step,
+        }
         Path(spec[5:]).write_text(json.dumps({"version": 1, "buckets": {bucket: state}}))
     else:
         client = backend.client  # type: ignore[attr-defined]
@@ -75,8 +80,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def closed(spec: str, bucket: str, window: float, t0: float, counter: Any, start: Any,
-           duration: float, out: Any) -> None:
+def closed(
+    spec: str,
+    bucket: str,
+    window: float,
+    t0: float,
+    counter: Any,
+    start: Any,
+    duration: float,
+    out: Any,
+) -> None:
     """Pairs back to back until `duration` is up, dated by the shared counter."""
     backend = open_backend(spec)
     limits = Limits(tokens=10**12, window=window)
@@ -101,8 +114,9 @@ def closed(spec: str, bucket: str, window: float, t0: float, counter: Any, start
     backend.close()
 
 
-def paced(spec: str, bucket: str, rate: float, phase: float, begin: float, duration: float,
-          out: Any) -> None:
+def paced(
+    spec: str, bucket: str, rate: float, phase: float, begin: float, duration: float, out: Any
+) -> None:
     """Pairs on a fixed schedule (one every 1 / `rate` s from `begin` + `phase`), real clock."""
     backend = open_backend(spec)
     limits = Limits(tokens=10**12, window=60.0)
@@ -159,8 +173,9 @@ def grid_row(spec: str, charges: int, clients: int, duration: float) -> dict[str
             raise SystemExit(f"a benchmark process failed (exit {child.exitcode})")
     everything = [t for times in results for t in times]
     backend = open_backend(spec)
-    held = backend.snapshot(bucket, Limits(tokens=10**12, window=window),
-                            t0 + counter.value * STEP).requests
+    held = backend.snapshot(
+        bucket, Limits(tokens=10**12, window=window), t0 + counter.value * STEP
+    ).requests
     backend.close()
     return {
         "p50": pct(everything, 0.5) * 1e3,
@@ -222,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unknown backend {name!r}")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
         if not args.paced_only:
-            header = (f"{'backend':<8} {'charges':>8} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} "
-                      f"{'pairs/s':>8} {'held':>7} {'state B':>8}")
+            header = (
+                f"{'backend':<8} {'charges':>8} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} "
+                f"{'pairs/s':>8} {'held':>7} {'state B':>8}"
+            )
             print(header)
             print("-" * len(header))
             for name, spec in specs.items():
@@ -232,17 +249,24 @@ def main(argv: list[str] | None = None) -> int:
                     for charges in [int(c) for c in args.charges.split(",")]:
                         r = grid_row(spec, charges, clients, args.duration)
                         base.setdefault(clients, r["p50"])
-                        print(f"{name:<8} {charges:>8} {clients:>7} {r['p50']:>8.3f} "
-                              f"{r['p99']:>8.2f} {r['pairs_s']:>8.0f} {r['held']:>7.0f} "
-                              f"{r['bytes']:>8.0f}   x{r['p50'] / base[clients]:.2f}",
-                              flush=True)
+                        print(
+                            f"{name:<8} {charges:>8} {clients:>7} {r['p50']:>8.3f} "
+                            f"{r['p99']:>8.2f} {r['pairs_s']:>8.0f} {r['held']:>7.0f} "
+                            f"{r['bytes']:>8.0f}   x{r['p50'] / base[clients]:.2f}",
+                            flush=True,
+                        )
         if not args.no_paced:
-            print(f"\npaced: {args.rate:.0f} pairs/s offered from {args.paced_clients} clients, "
-                  f"10,000 charges in a 60 s window, {args.paced_duration:g} s")
+            print(
+                f"\npaced: {args.rate:.0f} pairs/s offered from {args.paced_clients} clients, "
+                f"10,000 charges in a 60 s window, {args.paced_duration:g} s"
+            )
             for name, spec in specs.items():
                 r = paced_row(spec, args.rate, args.paced_clients, args.paced_duration)
-                print(f"{name:<8} achieved {r['pairs_s']:.1f}/s  p50 {r['p50']:.2f} ms  "
-                      f"p99 {r['p99']:.2f} ms  max {r['max']:.1f} ms", flush=True)
+                print(
+                    f"{name:<8} achieved {r['pairs_s']:.1f}/s  p50 {r['p50']:.2f} ms  "
+                    f"p99 {r['p99']:.2f} ms  max {r['max']:.1f} ms",
+                    flush=True,
+                )
     return 0
 
 
