@@ -6,7 +6,9 @@
 -- same admission, settling and learning rules. The blob's one-letter fields hold what
 -- WindowState.to_json names in full (t: clock); no Python code reads the blob. MessagePack
 -- (cmsgpack) rather than cjson because cjson rounds numbers to 14 significant digits, which
--- would blur epoch times.
+-- would blur epoch times. Settled charges are folded into time slots as WindowState._fold does
+-- (`fold`), so the blob, and the cost of every call, stay bounded however many charges the
+-- window holds.
 --
 -- KEYS[1]  the bucket's state key ({prefix}:{bucket}:state)
 -- ARGV[1]  op: admit | settle | cancel | release | restamp | penalize | observe | calibrate |

@@ -5,6 +5,11 @@ rules to it under its own lock, so all backends admit exactly the same way. When
 is decided in `admission.py` (with `Limits` and the `Admitted` / `Deferred` answers), the
 learned correction of estimates in `correction.py`; `backends/redis_window.lua` ports all three
 line by line: change them together.
+
+The state stays bounded whatever the charges in the window: past `FOLD_AT` entries besides those
+in flight, settled charges are folded into `SLOTS` time slots per span, each an entry dated at
+its newest charge (so it leaves at most one slot width later than its charges would: admission
+is never earlier than over the exact window, and at most one slot width later).
 """
 
 from __future__ import annotations
