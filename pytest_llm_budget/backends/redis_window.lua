@@ -6,7 +6,9 @@
 -- same admission, settling and learning rules. The blob's one-letter fields hold what
 -- WindowState.to_json names in full (t: clock); no Python code reads the blob. MessagePack
 -- (cmsgpack) rather than cjson because cjson rounds numbers to 14 significant digits, which
--- would blur epoch times.
+-- would blur epoch times. Settled charges are folded into time slots as WindowState._fold does
+-- (`fold`), so the blob, and the cost of every call, stay bounded however many charges the
+-- window holds.
 --
 -- KEYS[1]  the bucket's state key ({prefix}:{bucket}:state)
 -- ARGV[1]  op: admit | settle | cancel | release | restamp | penalize | observe | calibrate |
@@ -46,6 +48,7 @@ local Q = st.q or {}  -- probes: ticket -> {time, fixed, uncertain, admit_seq, s
 local N = st.n or 0   -- the sequence of admissions and first observations
 local G = st.g or {}  -- while learning, entries that left: {time, charge}
 local STEP_DOWN = 0.3 -- correction.FACTOR_STEP_DOWN
+local SLOTS, FOLD_AT, SLOT, PROBES_KEPT = 64, 192, '~slot:', 256 -- window.SLOTS, ...
 -- The bucket's clock (WindowState.clock, _tick): the latest `now` it has seen. Callers read
 -- their clock before their script runs, so scripts can run out of time order; a late `now` must
 -- not be applied to a window that a later one already pruned (it could admit into a full
@@ -73,7 +76,42 @@ local function bytes_lt(a, b)
   return #a < #b
 end
 
-local function prune()
+-- An entry's request count: true for a request, a number for a folded slot.
+local function nreq(e)
+  if e[4] == true then return 1 end
+  if e[4] then return e[4] end
+  return 0
+end
+
+-- WindowState._fold: charges no leased ticket can address, one entry per slot.
+local function fold()
+  if not (span > 0 and span < math.huge) then return end
+  local width = span / SLOTS
+  local kept, slots, cells = {}, {}, {}
+  for _, e in ipairs(E) do
+    if e[4] == true and L[e[1]] then
+      kept[#kept + 1] = e
+    else
+      local cell = math.floor(e[2] / width)
+      local s = slots[cell]
+      if not s then
+        s = {SLOT .. string.format('%d', cell), e[2], e[3], nreq(e)}
+        slots[cell] = s
+        cells[#cells + 1] = s
+      else
+        if e[2] > s[2] then s[2] = e[2] end
+        s[3] = s[3] + e[3]
+        s[4] = s[4] + nreq(e)
+      end
+    end
+  end
+  for _, s in ipairs(cells) do kept[#kept + 1] = s end
+  table.sort(kept, function(a, b) return a[2] < b[2] end)
+  E = kept
+end
+
+-- `fold`: only where WindowState.prune runs (at the start of an op), not when saving.
+local function prune(folding)
   local horizon = now - span
   local kept = {}
   local learning = next(Q) ~= nil
@@ -97,6 +135,16 @@ local function prune()
   end
   for k, w in pairs(W) do
     if w[2] < now then W[k] = nil end
+  end
+  if folding then
+    if #E > FOLD_AT + count(L) then fold() end
+    if count(Q) > PROBES_KEPT then
+      local all = {}
+      for k, q in pairs(Q) do all[#all + 1] = {k, q} end
+      table.sort(all, function(a, b) return a[2][4] > b[2][4] end)
+      Q = {}
+      for i = 1, PROBES_KEPT do Q[all[i][1]] = all[i][2] end
+    end
   end
 end
 
@@ -124,7 +172,7 @@ end
 local function time_to_free(list, excess, unit)
   local freed = 0
   for _, e in ipairs(list) do
-    if unit then freed = freed + 1 else freed = freed + e[3] end
+    if unit then freed = freed + nreq(e) else freed = freed + e[3] end
     if freed >= excess then return math.max(e[2] + span - now, 1e-6) end
   end
   if span == math.huge then return 1.0 end
@@ -216,10 +264,14 @@ local function wait_for(tokens, requests, concurrency, poll, charge, ahead)
   end
   if requests >= 0 then
     local reqs = {}
+    local n = 0
     for _, e in ipairs(E) do
-      if e[4] then reqs[#reqs + 1] = e end
+      if nreq(e) > 0 then
+        reqs[#reqs + 1] = e
+        n = n + nreq(e)
+      end
     end
-    local excess = #reqs + #ahead + 1 - requests
+    local excess = n + #ahead + 1 - requests
     if excess > 0 then return time_to_free(reqs, excess, true), 'requests' end
   end
   if concurrency >= 0 and count(L) + 1 > concurrency then return poll, 'concurrency' end
@@ -241,7 +293,7 @@ if op == 'admit' then
   for k, l in pairs(L) do
     if now - l[2] > lease_ttl then L[k] = nil end
   end
-  prune()
+  prune(true)
   -- correction.corrected
   local charge = estimate
   if uncertain > 0 and F ~= 1.0 then
@@ -290,7 +342,7 @@ elseif op == 'settle' then
   -- becomes the charge. Pruning first: a reservation that already left the window is charged
   -- its overrun from now.
   local ticket, estimate, charge = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
-  prune()
+  prune(true)
   L[ticket] = nil
   answered(ticket, tonumber(ARGV[13]))
   if ARGV[10] == '1' then
@@ -329,7 +381,7 @@ elseif op == 'settle' then
 elseif op == 'cancel' then
   -- ARGV[7] ticket: its request never left (connection failed); take its charge back
   local ticket = ARGV[7]
-  prune()
+  prune(true)
   L[ticket] = nil
   W[ticket] = nil
   Q[ticket] = nil
@@ -352,7 +404,7 @@ elseif op == 'release' then
 elseif op == 'restamp' then
   -- ARGV[7] ticket: its request left only now; date its charge from now (window.restamp)
   local ticket = ARGV[7]
-  prune()
+  prune(true)
   for i, e in ipairs(E) do
     if e[1] == ticket and e[4] then
       if now > e[2] then
@@ -384,7 +436,7 @@ elseif op == 'observe' or op == 'calibrate' then
   local window = tonumber(ARGV[10] or '1')
   local floor, cap = tonumber(ARGV[11] or '0.5'), tonumber(ARGV[12] or '2')
   local reset_s = tonumber(ARGV[13] or '')
-  prune()
+  prune(true)
   answered(ticket, tonumber(ARGV[14]))
   local probe = Q[ticket]
   local gap, arrived
@@ -439,11 +491,9 @@ elseif op == 'observe' or op == 'calibrate' then
   save()
   return 0
 elseif op == 'snapshot' then
-  prune()
+  prune(true)
   local requests = 0
-  for _, e in ipairs(E) do
-    if e[4] then requests = requests + 1 end
-  end
+  for _, e in ipairs(E) do requests = requests + nreq(e) end
   return {used(), requests, count(L), count(W), fmt(math.max(0, P - now)), fmt(F)}
 elseif op == 'reap' then
   -- ARGV[7…] owners whose process is known to be dead

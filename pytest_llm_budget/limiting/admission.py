@@ -23,7 +23,8 @@ __all__ = [
     "token_wait",
 ]
 
-# An entry is [id, time, charge, counts_as_request]: lists, so the state is plain JSON.
+# An entry is [id, time, charge, counts_as_request]: lists, so the state is plain JSON. A folded
+# time slot (`window.WindowState._fold`) is an entry whose last field counts its requests.
 Entry = list[Any]
 
 
@@ -135,7 +136,7 @@ def time_to_free(
     """Seconds until the oldest entries whose charges (or count) add up to `excess` leave."""
     freed = 0
     for entry in entries:
-        freed += 1 if unit else int(entry[2])
+        freed += int(entry[3]) if unit else int(entry[2])
         if freed >= excess:
             return max(float(entry[1]) + span - now, 1e-6)
     # Cannot happen when the caller checked estimate <= limit; wait one window to be safe.

@@ -5,11 +5,17 @@ rules to it under its own lock, so all backends admit exactly the same way. When
 is decided in `admission.py` (with `Limits` and the `Admitted` / `Deferred` answers), the
 learned correction of estimates in `correction.py`; `backends/redis_window.lua` ports all three
 line by line: change them together.
+
+The state stays bounded whatever the charges in the window: past `FOLD_AT` entries besides those
+in flight, settled charges are folded into `SLOTS` time slots per span, each an entry dated at
+its newest charge (so it leaves at most one slot width later than its charges would: admission
+is never earlier than over the exact window, and at most one slot width later).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +32,16 @@ from pytest_llm_budget.limiting.admission import (
 )
 from pytest_llm_budget.limiting.correction import Probe, corrected, factor_bound, learned
 
-__all__ = ["WindowSnapshot", "WindowState"]
+__all__ = ["FOLD_AT", "PROBES_KEPT", "SLOT", "SLOTS", "WindowSnapshot", "WindowState"]
+
+#: Settled charges are folded into this many time slots per span once the window holds more
+#: than `FOLD_AT` entries besides those in flight, so the state stays bounded (see `_fold`).
+SLOTS = 64
+FOLD_AT = 192
+#: The id prefix of a slot's entry (tickets never start with it).
+SLOT = "~slot:"
+#: At most this many probes are kept, the newest (dropping one only makes learning slower).
+PROBES_KEPT = 256
 
 @dataclass(frozen=True)
 class WindowSnapshot:
@@ -50,7 +65,8 @@ class WindowState:
     `probes` (the parts of recent estimates) compared with what the server reports; and `clock`,
     the latest `now` any rule has seen (rules never run time backwards: see `_tick`). `entries`
     stays sorted by time; the running sums and the ticket index are caches rebuilt by
-    `from_json`, so admission costs O(1) when nothing has to wait.
+    `from_json`, so admission costs O(1) when nothing has to wait. Settled charges are folded
+    into time slots (`_fold`), so the state stays bounded whatever the charges in the window.
     """
 
     entries: list[Entry] = field(default_factory=list)
@@ -69,8 +85,8 @@ class WindowState:
     def __post_init__(self) -> None:
         self.entries.sort(key=lambda e: e[1])
         self._used = sum(int(e[2]) for e in self.entries)
-        self._requests = sum(1 for e in self.entries if e[3])
-        self._index = {e[0]: e for e in self.entries if e[3]}
+        self._requests = sum(int(e[3]) for e in self.entries)
+        self._index = {e[0]: e for e in self.entries if e[3] is True}
 
     # -- serialisation ---------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -90,7 +106,10 @@ class WindowState:
     def from_json(cls, data: dict[str, Any]) -> WindowState:
         """Rebuild from `to_json`; raises ValueError on anything malformed."""
         try:
-            entries = [[str(e[0]), float(e[1]), int(e[2]), bool(e[3])] for e in data["entries"]]
+            entries = [
+                [str(e[0]), float(e[1]), int(e[2]), e[3] if type(e[3]) is int else bool(e[3])]
+                for e in data["entries"]
+            ]
             leases = {str(k): list(v) for k, v in dict(data["leases"]).items()}
             waiters = {
                 str(k): [float(v[0]), float(v[1]), float(v[2])]
@@ -120,7 +139,7 @@ class WindowState:
         else:
             entries.append(entry)
         self._used += int(entry[2])
-        if entry[3]:
+        if entry[3] is True:
             self._requests += 1
             self._index[entry[0]] = entry
 
@@ -133,7 +152,7 @@ class WindowState:
             entry = entries[gone]
             self._used -= int(entry[2])
             if entry[3]:
-                self._requests -= 1
+                self._requests -= int(entry[3])
                 self._index.pop(entry[0], None)
             gone += 1
         if gone:
@@ -147,6 +166,42 @@ class WindowState:
             self.left = [x for x in self.left if x[0] > horizon - limits.span]
         if self.waiters:
             self.waiters = {k: w for k, w in self.waiters.items() if w[1] >= now}
+        if len(entries) > FOLD_AT + len(self.leases):
+            self._fold(limits)
+        if len(self.probes) > PROBES_KEPT:
+            newest = sorted(self.probes.items(), key=lambda kp: -kp[1][3])[:PROBES_KEPT]
+            self.probes = dict(newest)
+
+    def _fold(self, limits: Limits) -> None:
+        """Fold the charges no call can address any more (all but those of leased tickets)
+        into one entry per time slot (span / `SLOTS` wide), dated at its newest charge.
+
+        A slot leaves the window with its newest charge, so folding never admits earlier
+        than the exact window, and at most one slot width later. Such an entry's request flag
+        is the count of requests it holds.
+        """
+        span = limits.span
+        if not (0 < span < math.inf):
+            return
+        width = span / SLOTS
+        kept: list[Entry] = []
+        slots: dict[int, Entry] = {}
+        for e in self.entries:
+            if e[3] is True and e[0] in self.leases:
+                kept.append(e)
+                continue
+            cell = math.floor(e[1] / width)
+            slot = slots.get(cell)
+            if slot is None:
+                slots[cell] = [f"{SLOT}{cell}", e[1], int(e[2]), int(e[3])]
+            else:
+                slot[1] = max(slot[1], e[1])
+                slot[2] += int(e[2])
+                slot[3] += int(e[3])
+        kept.extend(slots.values())
+        kept.sort(key=lambda e: e[1])
+        self.entries = kept
+        self._index = {e[0]: e for e in kept if e[3] is True}
 
     def _tick(self, now: float) -> float:
         """Never let time run backwards: a caller that read the clock before waiting for the
@@ -211,7 +266,7 @@ class WindowState:
         if limits.requests is not None:
             excess = self._requests + len(ahead) + 1 - limits.requests
             if excess > 0:
-                requests = [e for e in self.entries if e[3]]
+                requests = [e for e in self.entries if e[3]]  # slots count their requests
                 return time_to_free(requests, excess, limits.span, now, unit=True), "requests"
         if limits.concurrency is not None and len(self.leases) + 1 > limits.concurrency:
             return limits.poll, "concurrency"
