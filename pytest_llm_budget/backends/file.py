@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -118,6 +119,11 @@ class _Flock:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.001)
 
+    @property
+    def fd(self) -> int:
+        """The descriptor, while the lock is held."""
+        return self._fd
+
     def release(self) -> None:
         """Let the next process in."""
         import fcntl
@@ -129,6 +135,173 @@ class _Flock:
         if self._fd >= 0 and self._pid == os.getpid():
             os.close(self._fd)
         self._fd, self._pid = -1, -1
+
+
+class _FairFlock:
+    """First come, first served on top of `_Flock`: a queue of node files, one per waiter.
+
+    An acquisition flocks one of its two node files (`<lock>.<pid>-<id>-<0|1>`, kept open),
+    swaps its name into `<lock>.queue` (the tail, under that file's own flock, held for a read
+    and a write), waits until the node before it is unlocked (or gone), and only then takes the
+    lock. Releasing unlocks the lock, then the node: that wakes exactly the next in line, where a
+    plain flock wakes every waiter and lets the releaser take it straight back. A node is
+    unlocked whatever ends its holder (release, a timeout, Ctrl-C, `kill -9`: the kernel drops a
+    dead process's flocks), so nobody waits on a dead process, and the next one removes a dead
+    process's nodes. The lock still does the excluding: a waiter let in early (the one before it
+    gave up or died while waiting) only waits for the holder ahead, never overlaps it. Two nodes
+    alternate so that a releaser queueing again never re-locks the node its successor is about
+    to wait on. A blocked flock has no timeout and only the main thread gets signals, so the wait
+    for the node before runs on a helper thread while the caller waits on an event (a timeout or
+    Ctrl-C ends that).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = _Flock(path)
+        self._queue = _Flock(f"{path}.queue")
+        self._tag = f"{id(self):x}{os.urandom(3).hex()}"
+        self._count = 0
+        self._pid = -1
+        self._nodes: list[tuple[str, int]] = []
+        self._held = -1
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove node files left by processes that died (or never closed their backend)."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return
+        for name in names:
+            pid = _node_pid(base, name)
+            if pid is not None and not pid_alive(pid):
+                _unlink(os.path.join(folder, name))
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait for the turn, then the lock; False (out of the queue) when `timeout` passed."""
+        import fcntl
+
+        deadline = time.monotonic() + timeout
+        if self._pid != os.getpid():
+            self._nodes = []  # a forked child makes its own
+            self._pid = os.getpid()
+        if not self._nodes:
+            names = [f"{self.path}.{self._pid}-{self._tag}-{i}" for i in (0, 1)]
+            self._nodes = [(name, open_file(name, os.O_RDWR)) for name in names]
+        self._count += 1
+        name, fd = self._nodes[self._count % 2]
+        fcntl.flock(fd, fcntl.LOCK_EX)  # its own node: no other process ever takes it
+        self._held = fd
+        try:
+            before = self._enqueue(name, deadline)
+            if before is None or (before and not self._wait_for(before, deadline)):
+                self._leave()
+                return False
+            if not self.lock.acquire(max(0.0, deadline - time.monotonic())):
+                self._leave()
+                return False
+            return True
+        except BaseException:
+            self._leave()
+            raise
+
+    def release(self) -> None:
+        """Let the next in line in."""
+        self.lock.release()
+        self._leave()
+
+    def _enqueue(self, name: str, deadline: float) -> str | None:
+        """Write `name` as the tail; the node before it ("" for none), None on timeout."""
+        if not self._queue.acquire(max(0.0, deadline - time.monotonic())):
+            return None
+        try:
+            fd = self._queue.fd
+            before = os.pread(fd, _TAIL, 0).decode("utf-8", "replace").strip()
+            os.pwrite(fd, name.encode().ljust(_TAIL), 0)
+        finally:
+            self._queue.release()
+        if _node_pid(self.path, before) is None:
+            return ""  # empty, or not a node of this lock: nobody to wait for
+        return before
+
+    def _wait_for(self, before: str, deadline: float) -> bool:
+        """Wait until the node before this one is unlocked or removed; False on timeout."""
+        import fcntl
+
+        try:
+            fd = os.open(before, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True  # its backend closed
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not _blocking_flock(fd, max(0.0, deadline - time.monotonic())):
+                return False
+        else:
+            os.close(fd)
+        pid = _node_pid(self.path, before)
+        if pid is not None and pid != self._pid and not pid_alive(pid):
+            for node in (f"{before[:-1]}0", f"{before[:-1]}1"):
+                _unlink(node)  # a dead process's nodes: nobody else removes them
+        return True
+
+    def _leave(self) -> None:
+        """Unlock this acquisition's node (the next in line goes on to the lock)."""
+        import fcntl
+
+        if self._held >= 0:
+            fcntl.flock(self._held, fcntl.LOCK_UN)
+            self._held = -1
+
+    def close(self) -> None:
+        """Close the descriptors and remove this backend's node files."""
+        self.lock.close()
+        self._queue.close()
+        if self._pid == os.getpid():
+            for name, fd in self._nodes:
+                _unlink(name)
+                os.close(fd)
+        self._nodes, self._pid = [], -1
+
+
+#: Bytes of the queue file: one node name, padded with spaces.
+_TAIL = 512
+_NODE = re.compile(r"(\d+)-[0-9a-f]+-[01]")
+
+
+def _node_pid(lock: str, name: str) -> int | None:
+    """The pid in a node file's name, None when `name` is not a node of `lock`."""
+    prefix = f"{lock}."
+    found = _NODE.fullmatch(name[len(prefix):]) if name.startswith(prefix) else None
+    return int(found.group(1)) if found else None
+
+
+def _blocking_flock(fd: int, timeout: float) -> bool:
+    """Take a shared flock on `fd` (then close it) on a helper thread; False after `timeout`.
+
+    The helper closes the descriptor whenever its flock returns, waited for or not.
+    """
+    import fcntl
+
+    done = threading.Event()
+
+    def take() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            done.set()
+
+    threading.Thread(target=take, name="llm-budget-lock-queue", daemon=True).start()
+    return done.wait(timeout)
+
+
+def _unlink(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 class FileBackend(StateBackend):
@@ -154,7 +327,7 @@ class FileBackend(StateBackend):
         self.poll_interval = poll_interval
         self.atomic_rename = atomic_rename or not hasattr(os, "pwrite")
         self._file_lock = FileLock(f"{self.path}.lock", timeout=lock_timeout)
-        self._flock = _Flock(f"{self.path}.lock") if sys.platform != "win32" else None
+        self._flock = _FairFlock(f"{self.path}.lock") if sys.platform != "win32" else None
         self._thread_lock = threading.Lock()
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
@@ -452,7 +625,8 @@ def _overwrite(fd: int, blob: bytes, old_len: int) -> None:
 
 def check_state_path(path: str) -> None:
     """Refuse a state path that cannot work (a symlink, a directory, a read-only folder) now."""
-    for name in (path, f"{path}.lock", f"{path}.cost.json", f"{path}.budgets.json"):
+    for name in (path, f"{path}.lock", f"{path}.lock.queue", f"{path}.cost.json",
+                 f"{path}.budgets.json"):  # fmt: skip
         if os.path.islink(name):
             raise ValueError(f"{name} is a symlink; the plugin never writes through one")
     if os.path.isdir(path):

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_llm_budget.limiting.buckets import UNKNOWN_TOKENS
+from pytest_llm_budget.reporting.chart import COLUMNS, MAX_DRAWN_CALLS, envelope
 
 __all__ = ["DIMENSION_TITLES", "dimension_charges", "dimension_charts"]
 
@@ -88,12 +89,23 @@ def _svg(
     def y(v: float) -> float:
         return _T + plot_h - max(0.0, v) / top * plot_h
 
+    summarised = len(events) > MAX_DRAWN_CALLS
+    drawn = list(events)
+    if summarised:  # the line at pixel resolution, the biggest charge of each time slice
+        corners = envelope(corners, start, span)
+        biggest: dict[int, tuple[float, float]] = {}
+        for at, charge in events:
+            column = min(COLUMNS - 1, max(0, int((at - start) / span * COLUMNS)))
+            if column not in biggest or charge > biggest[column][1]:
+                biggest[column] = (at, charge)
+        drawn = sorted(biggest.values())
     title = DIMENSION_TITLES.get(dimension, dimension)
     line = " ".join(f"{'M' if i == 0 else 'L'}{x(t):.1f},{y(v):.1f}" for i, (t, v) in
                     enumerate(corners))  # fmt: skip
     out = [
         f'<svg class="chart dimension" data-bucket="{_esc(bucket)}" '
-        f'data-dimension="{_esc(dimension)}" xmlns="http://www.w3.org/2000/svg" '
+        f'data-dimension="{_esc(dimension)}" data-calls="{len(events)}" '
+        f'data-drawn="{len(drawn)}" xmlns="http://www.w3.org/2000/svg" '
         f'viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
         f'aria-label="{_esc(title)} spent in the token bucket of {_esc(bucket)}">',
         f'<text class="title" x="{_L}" y="18">{_esc(bucket)}: {_esc(title)} spent in its token '
@@ -107,12 +119,21 @@ def _svg(
         f'<text x="{_L + plot_w / 2:.0f}" y="{_H - 4}" text-anchor="middle">'
         f"seconds since the run started (0 to {span:.0f}s)</text>",
     ]
-    for at, charge in events:
+    for at, charge in drawn:
         out.append(
             f'<circle class="call" cx="{x(at):.1f}" cy="{y(0):.1f}" r="2.6" fill="#2f6fce" '
             f'data-charge="{charge:g}"><title>{charge:g} at {at - start:.1f}s</title></circle>'
         )
     out.append("</svg>")
+    if summarised:
+        out.append(
+            f'<p class="meta chart-note" data-bucket="{_esc(bucket)}">{len(events)} calls, '
+            f"summarised: the line at pixel resolution ({COLUMNS} time slices, each from its "
+            f"lowest to its highest level), a mark for the biggest charge of each slice "
+            f"({len(drawn)} of {len(events)}); the fullest point, "
+            f"{max(v for _, v in corners):g} spent, is on the line; every call is in the JSON "
+            "report.</p>"
+        )
     return "\n".join(out)
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import fnmatch
 import html
 import re
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "CSS", "ChartPoint", "bucket_of", "chart_points", "test_id_html", "visible_sections",
+    "COLUMNS", "CSS", "MAX_DRAWN_CALLS", "ChartPoint", "bucket_of", "chart_points", "envelope",
+    "test_id_html", "visible_sections",
 ]
 
 CSS = """
@@ -29,6 +31,11 @@ svg.chart{display:block;margin:.3em 0 1em;max-width:100%;height:auto;background:
 svg.chart text{font:12px system-ui,sans-serif;fill:#444}
 svg.chart .title{font-weight:600;font-size:13px;fill:#222}
 """.strip()
+
+#: A bucket with more live calls than this gets a summarised chart (see `_summary_points`).
+MAX_DRAWN_CALLS = 1000
+#: Time slices of a summarised chart: about two pixels each.
+COLUMNS = 350
 
 _W, _H = 920, 270
 _L, _R, _T, _B = 64, 150, 30, 36  # margins: the legend sits on the right
@@ -106,12 +113,15 @@ def chart_points(document: Mapping[str, Any]) -> dict[str, list[ChartPoint]]:
     points: dict[str, list[ChartPoint]] = {}
     for bucket, calls in sorted(per_bucket.items()):
         calls.sort(key=lambda pair: pair[0])
-        held: list[tuple[float, int]] = []
+        held: deque[tuple[float, int]] = deque()
+        in_window = 0
         out = []
         for admitted, call in calls:
             charge = _charge(call)
-            held = [(t, c) for t, c in held if t > admitted - window]
+            while held and held[0][0] <= admitted - window:
+                in_window -= held.popleft()[1]
             held.append((admitted, charge))
+            in_window += charge
             out.append(
                 ChartPoint(
                     bucket=bucket,
@@ -119,7 +129,7 @@ def chart_points(document: Mapping[str, Any]) -> dict[str, list[ChartPoint]]:
                     asked=float(call.get("t") or 0),
                     admitted=admitted,
                     charge=charge,
-                    in_window=sum(c for _, c in held),
+                    in_window=in_window,
                     rate_limited=int(call.get("rate_limit_events") or 0),
                     waited_s=float(call.get("waited_s") or 0),
                     status=str(call.get("status", "")),
@@ -170,19 +180,39 @@ def _svg(
     def y(v: float) -> float:
         return _T + plot_h - v / y_top * plot_h
 
+    summarised = len(points) > MAX_DRAWN_CALLS
     path = [f"M{x(start):.1f},{y(0):.1f}"]
     level = 0
-    for t, delta in steps:
-        if t > end:
-            break
-        path.append(f"L{x(t):.1f},{y(level):.1f}")
-        level += delta
-        path.append(f"L{x(t):.1f},{y(level):.1f}")
+    if not summarised:
+        for t, delta in steps:
+            if t > end:
+                break
+            path.append(f"L{x(t):.1f},{y(level):.1f}")
+            level += delta
+            path.append(f"L{x(t):.1f},{y(level):.1f}")
+    else:  # one vertical stroke per column, from its lowest to its highest level
+        column, enter, low, high = -1, 0, 0, 0
+        for t, delta in [*steps, (end, 0)]:
+            if t > end:
+                break
+            at = _column(t, start, span)
+            if at != column:
+                if column >= 0:
+                    path.append(_stroke(x(start + column * span / COLUMNS), enter, low, high,
+                                        level, y))  # fmt: skip
+                column, enter, low, high = at, level, level, level
+            level += delta
+            low, high = min(low, level), max(high, level)
+        if column >= 0:
+            path.append(_stroke(x(start + column * span / COLUMNS), enter, low, high, level, y))
     path.append(f"L{x(end):.1f},{y(level):.1f}")
     line = " ".join(path)
+    drawn = _summary_points(points, start, span) if summarised else list(points)
+    top = max((p.in_window for p in points), default=0)
     area = f"{line} L{x(end):.1f},{y(0):.1f} Z"
     out = [
-        f'<svg class="chart" data-bucket="{_esc(bucket)}" xmlns="http://www.w3.org/2000/svg" '
+        f'<svg class="chart" data-bucket="{_esc(bucket)}" data-calls="{len(points)}" '
+        f'data-drawn="{len(drawn)}" data-peak="{top}" xmlns="http://www.w3.org/2000/svg" '
         f'viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
         f'aria-label="tokens in the window of {_esc(bucket)}">',
         f'<text class="title" x="{_L}" y="18">{_esc(bucket)}: tokens in the sliding '
@@ -221,7 +251,7 @@ def _svg(
             f'y2="{_T + plot_h}" stroke="#888" stroke-dasharray="2 3"/>'
             f'<text x="{fx + 4:.1f}" y="{_T + 12}">first test at {first_test - start:.1f}s</text>'
         )
-    for p in points:
+    for p in drawn:
         if p.waited_s > 0:
             out.append(
                 f'<line class="wait" x1="{x(p.asked):.1f}" x2="{x(p.admitted):.1f}" '
@@ -234,7 +264,7 @@ def _svg(
                 f'L{x(p.asked) + 6:.1f},{_T - 2} L{x(p.asked):.1f},{_T + 9} Z" fill="#d1342f">'
                 f"<title>429 x{p.rate_limited}: {_esc(p.test)}</title></path>"
             )
-    for p in points:
+    for p in drawn:
         fill = "#d1342f" if p.status != "ok" else "#2f6fce"
         out.append(
             f'<circle class="call" cx="{x(p.admitted):.1f}" cy="{y(p.in_window):.1f}" r="3.6" '
@@ -267,7 +297,67 @@ def _svg(
             )
         out.append(f'{mark}<text x="{lx + 24}" y="{ly}">{label}</text>')
     out.append("</svg>")
+    if summarised:
+        peak_at = next(p.admitted for p in points if p.in_window == top)
+        out.append(
+            f'<p class="meta chart-note" data-bucket="{_esc(bucket)}">{len(points)} calls, '
+            f"summarised: the line is drawn at pixel resolution (each of {COLUMNS} time slices "
+            "from its lowest to its highest level), and the dots are, per slice, the fullest "
+            f"call, the longest wait, a failed call and a 429: {len(drawn)} of {len(points)}. "
+            f"The peak, {top} tokens in the window at {peak_at - start:.1f}s, is drawn; every "
+            "call is in the JSON report.</p>"
+        )
     return "\n".join(out)
+
+
+def _column(t: float, start: float, span: float) -> int:
+    """The time slice (0 .. COLUMNS - 1) of a moment of the run."""
+    return max(0, min(COLUMNS - 1, int((t - start) / span * COLUMNS)))
+
+
+def _stroke(
+    at: float, enter: int, low: int, high: int, leave: int, y: Callable[[float], float]
+) -> str:
+    """A column of the summarised line: across to it, then its whole range, then its exit."""
+    return " ".join(f"L{at:.1f},{y(v):.1f}" for v in (enter, high, low, leave))
+
+
+def envelope(
+    corners: Sequence[tuple[float, float]], start: float, span: float
+) -> list[tuple[float, float]]:
+    """A line's (time, value) corners at pixel resolution: per time slice, where it enters, its
+    highest and lowest values and where it leaves, all at the slice's left edge."""
+    out: list[tuple[float, float]] = []
+    column, enter, low, high, leave = -1, 0.0, 0.0, 0.0, 0.0
+    for t, v in corners:
+        at = _column(t, start, span)
+        if at != column:
+            if column >= 0:
+                edge = start + column * span / COLUMNS
+                out += [(edge, enter), (edge, high), (edge, low), (edge, leave)]
+            column, enter, low, high = at, v, v, v
+        low, high, leave = min(low, v), max(high, v), v
+    if column >= 0:
+        edge = start + column * span / COLUMNS
+        out += [(edge, enter), (edge, high), (edge, low), (edge, leave)]
+    return out
+
+
+def _summary_points(points: Sequence[ChartPoint], start: float, span: float) -> list[ChartPoint]:
+    """Per time slice: the fullest call, the longest wait, a failed call and a 429 (at most
+    four a slice, so the global peak is always among them), in admission order."""
+    best: dict[tuple[int, str], tuple[float, int]] = {}
+    for i, p in enumerate(points):
+        at = _column(p.admitted, start, span)
+        for kind, score, wanted in (
+            ("full", float(p.in_window), True),
+            ("wait", p.waited_s, p.waited_s > 0),
+            ("failed", float(p.in_window), p.status != "ok"),
+            ("429", float(p.rate_limited), p.rate_limited > 0),
+        ):
+            if wanted and ((at, kind) not in best or score > best[(at, kind)][0]):
+                best[(at, kind)] = (score, i)
+    return [points[i] for i in sorted({i for _, i in best.values()})]
 
 
 def _seconds(value: Any) -> str:

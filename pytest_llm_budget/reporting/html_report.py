@@ -110,6 +110,22 @@ _CALL_COLUMNS = (
 )
 
 
+#: Rows of the per-test table (the biggest spenders) and of the per-call table (the first
+#: calls) before an "and N more" line: the JSON report lists them all.
+MAX_TEST_ROWS = 500
+MAX_CALL_ROWS = 1000
+
+
+def _more(rest: int, one: str, many: str) -> str:
+    """The line under a capped table, or nothing when the table shows every row."""
+    if rest <= 0:
+        return ""
+    return (
+        f'\n<p class="meta capped" data-more="{rest}">and {rest} more '
+        f"{one if rest == 1 else many}, see the JSON report (--llm-report PATH.json)</p>"
+    )
+
+
 def _esc(value: object) -> str:
     """HTML-escaped text of any value (quotes too, so it is safe in attributes as well)."""
     return html.escape(str(value), quote=True)
@@ -261,7 +277,8 @@ def render_html(document: dict[str, Any]) -> str:
     totals: dict[str, Any] = dict(document.get("totals") or {})
     totals["rate_limit_events"] = _rate_limits(document)
     buckets: Sequence[Mapping[str, Any]] = document.get("buckets") or []
-    calls = [_call_row(c) for c in document.get("calls") or []]
+    every_call: Sequence[Mapping[str, Any]] = document.get("calls") or []
+    calls = [_call_row(c) for c in every_call[:MAX_CALL_ROWS]]
 
     totals_html = "".join(
         f'<div><dt>{_esc(label)}</dt><dd data-key="{_esc(key)}">'
@@ -289,7 +306,8 @@ def render_html(document: dict[str, Any]) -> str:
         )
     tests = _test_rows(document)
     tests_html = (
-        _table(_test_columns(tests), tests, css="tests", row_class=_test_class)
+        _table(_test_columns(tests), tests[:MAX_TEST_ROWS], css="tests", row_class=_test_class)
+        + _more(len(tests) - MAX_TEST_ROWS, "test", "tests")
         if tests
         else '<p class="empty">No test called an LLM.</p>'
     )
@@ -301,11 +319,12 @@ def render_html(document: dict[str, Any]) -> str:
         )
     calls_html = (
         _table(_CALL_COLUMNS, calls, css="calls", row_class=_call_class)
+        + _more(len(every_call) - MAX_CALL_ROWS, "call", "calls")
         if calls
         else '<p class="empty">No LLM call was recorded.</p>'
     )
     backend = (document.get("run") or {}).get("backend") or settings.get("backend")
-    meta = f"{len(calls)} call(s), {len(buckets)} bucket(s)"
+    meta = f"{len(every_call)} call(s), {len(buckets)} bucket(s)"
     if backend:
         meta += f", backend {backend}"
     return (
