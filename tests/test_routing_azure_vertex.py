@@ -109,3 +109,33 @@ def test_azure_and_vertex_clients_are_metered_with_the_emulators_usage(
     assert {c["vendor"] for c in calls[5:]} == {"gemini"}
     # Three 1509-token chat calls against a 3400-token budget: the third waited for room.
     assert report["totals"]["waited_s"] > 0
+
+
+MATRIX = """
+def test_answer(llm_emulator, llm_model, llm_scenario, gemini_client, llm_usage):
+    answer = gemini_client.models.generate_content(model=llm_model.name, contents="hello")
+    assert answer.text and llm_usage.calls == 1
+    assert llm_emulator.log[-1].path.startswith("/v1beta1/publishers/google/models/")
+"""
+
+
+def test_the_matrix_runs_gemini_on_vertex_against_the_emulator(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")
+    pytester.makepyfile(test_inner=MATRIX)
+    pytester.makefile(
+        ".toml",
+        sc='[[scenarios]]\nvantage = "NONE"\ngrounding = "off"\n'
+        '[[scenarios]]\nvantage = "ALS_ONLY"\ngrounding = "required"\n',
+    )
+    pytester.makeini("[pytest]\nllm_scenarios = sc.toml\nllm_models = gemini:gemini-2.5-pro\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--llm-report", "out.json", "--llm-tpm", "4000"
+    )
+    result.assert_outcomes(passed=2)
+    report = json.loads((pytester.path / "out.json").read_text())
+    assert [(c["vendor"], c["model"], c["status"]) for c in report["calls"]] == [
+        ("gemini", "gemini-2.5-pro", "ok")
+    ] * 2
+    assert report["totals"]["rate_limit_events"] == 0
