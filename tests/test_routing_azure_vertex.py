@@ -139,3 +139,20 @@ def test_the_matrix_runs_gemini_on_vertex_against_the_emulator(
         ("gemini", "gemini-2.5-pro", "ok")
     ] * 2
     assert report["totals"]["rate_limit_events"] == 0
+
+
+def test_vertex_and_azure_requests_are_classified(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llm_budget.routing import traffic
+
+    monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", "http://vertex.test:9000/")
+    path = "/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-pro:generateContent"
+    found = traffic.classify("vertex.test", 9000, path)
+    assert found.llm_host and found.provider is not None and found.provider.vendor == "gemini"
+    assert not traffic.classify("vertex.test", 9001, path).llm_host
+    for azure_path in (
+        "/openai/deployments/prod/chat/completions?api-version=2024-10-21",
+        "/openai/deployments/prod/embeddings?api-version=2024-10-21",
+        "/openai/responses?api-version=2024-10-21",
+    ):
+        hit = traffic.classify("acme.openai.azure.com", None, azure_path)
+        assert hit.llm_host and hit.provider is not None and hit.provider.vendor == "openai"

@@ -13,7 +13,8 @@ tier): waiting inside a test run cannot help. Every other 429 is RATE_LIMIT with
 delay, else the message's "Please retry in 26.5s", else Retry-After, else None (Vertex).
 Gemini's OpenAI-compatible endpoint on a Google host (`GeminiOpenAIProvider`) keeps the OpenAI
 wire format but the "gemini" vendor, since the quota it spends is Gemini's. The `gemini_client`
-fixture gets a `genai.Client` whose sync and `.aio` paths both use routed httpx2 (or httpx).
+fixture gets a `genai.Client` whose sync and `.aio` paths both use routed httpx2 (or httpx); on
+Vertex AI (`vertexai=True` or `GOOGLE_GENAI_USE_VERTEXAI`) its base URL is `GOOGLE_VERTEX_BASE_URL`.
 """
 
 from __future__ import annotations
