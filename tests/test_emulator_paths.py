@@ -202,7 +202,7 @@ def test_azure_embeddings_and_responses(emu: Emulator) -> None:
 def test_azure_api_key_header_is_checked(emu: Emulator) -> None:
     assert azure(emu).chat.completions.create(model="prod-4o", messages=MSG, max_tokens=5)
     emu.configure(valid_keys=["right"])
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError, match="invalid subscription key"):
         azure(emu, key="wrong").chat.completions.create(model="prod-4o", messages=MSG)
     assert azure(emu, key="right").chat.completions.create(model="prod-4o", messages=MSG)
     status, _ = post(

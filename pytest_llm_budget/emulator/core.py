@@ -256,7 +256,8 @@ class EmulatorCore:
         if cfg.require_key or cfg.valid_keys is not None:
             key = self._key(vendor, req)
             if key is None or (cfg.valid_keys is not None and key not in cfg.valid_keys):
-                answer = wire.auth_error(key)
+                azure = vendor == "openai" and req.path.startswith("/openai/")
+                answer = openai_api.azure_auth_error() if azure else wire.auth_error(key)
                 self._record(vendor, "", req.path, answer.status, None, "auth", fault)
                 return answer
         now = int(self.clock())

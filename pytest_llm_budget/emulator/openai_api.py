@@ -16,6 +16,7 @@ from .wire import Answer, go_duration, json_answer, sse_answer, sse_event
 
 __all__ = [
     "auth_error",
+    "azure_auth_error",
     "bad_request",
     "chat_answer",
     "daily_quota_error",
@@ -79,6 +80,16 @@ def auth_error(key: str | None) -> Answer:
         " https://platform.openai.com/account/api-keys."
     )
     return _error(401, msg, "invalid_request_error", "invalid_api_key")
+
+
+def azure_auth_error() -> Answer:
+    """401 as Azure OpenAI answers a missing or wrong `api-key`."""
+    msg = (
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to"
+        " provide a valid key for an active subscription and use a correct regional API"
+        " endpoint for your resource."
+    )
+    return json_answer(401, {"error": {"code": "401", "message": msg}})
 
 
 def server_error(status: int) -> Answer:
