@@ -8,7 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import AnthropicLimitSpec, EmulatorConfig, LimitSpec, parse_limit_rule
+from .config import (
+    AnthropicLimitSpec,
+    EmulatorConfig,
+    LimitSpec,
+    azure_deployments,
+    parse_limit_rule,
+)
 from .faults import parse_fault
 from .server import Emulator
 
@@ -87,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send no x-ratelimit-* / anthropic-ratelimit-* headers (429 bodies still name limits)",
     )
+    p.add_argument(
+        "--azure-deployment",
+        action="append",
+        default=[],
+        metavar="DEPLOYMENT=MODEL",
+        help="Azure OpenAI deployment serving MODEL (repeatable; unlisted: the name is the model)",
+    )
+    p.add_argument(
+        "--embedding-dimensions", type=int, default=16, help="length of /v1/embeddings vectors"
+    )
     p.add_argument("--fault", help="fault for every request, e.g. 'latency=0.2'")
     p.add_argument("--log", dest="log_path", metavar="FILE", help="append records as JSONL")
     p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between SSE events")
@@ -139,6 +155,8 @@ def build_config(argv: Sequence[str] | None = None) -> EmulatorConfig:
             "insufficient_quota": a.insufficient_quota,
             "gemini_retry_info": not a.vertex_429,
             "fault": a.fault,
+            "azure_deployments": azure_deployments(a.azure_deployment),
+            "embedding_dimensions": a.embedding_dimensions,
             "log_path": a.log_path,
             "stream_delay": a.stream_delay,
             "reply_min_tokens": a.reply_tokens[0],
@@ -167,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  OpenAI base_url: {emulator.openai_base_url}\n"
         f"  Gemini base_url: {emulator.gemini_base_url}\n"
         f"  Anthropic base_url: {emulator.anthropic_base_url}\n"
+        f"  Azure OpenAI azure_endpoint: {emulator.azure_endpoint}\n"
+        f"  Vertex AI base_url: {emulator.vertex_base_url}\n"
         f"  mode={config.mode} window={config.window}s openai={config.openai} "
         f"gemini={config.gemini} anthropic={config.anthropic}",
         flush=True,

@@ -18,6 +18,7 @@ __all__ = [
     "Mode",
     "ModelLimit",
     "Vendor",
+    "azure_deployments",
     "parse_limit_rule",
 ]
 
@@ -163,6 +164,9 @@ class EmulatorConfig:
         "claude-opus-4-1",
         "claude-haiku-4-5",
     )
+    #: Azure OpenAI deployment name -> the model it serves (unlisted: the name is the model).
+    azure_deployments: tuple[tuple[str, str], ...] = ()
+    embedding_dimensions: int = 16
 
     def __post_init__(self) -> None:
         if not (self.window > 0 and math.isfinite(self.window)):
@@ -175,6 +179,9 @@ class EmulatorConfig:
             raise ValueError("need 1 <= reply_min_tokens <= reply_max_tokens")
         if self.stream_delay < 0:
             raise ValueError("stream_delay must be >= 0")
+        object.__setattr__(self, "azure_deployments", azure_deployments(self.azure_deployments))
+        if self.embedding_dimensions < 1:
+            raise ValueError("embedding_dimensions must be positive")
         if self.gemini_rpd is not None and self.gemini_rpd <= 0:
             raise ValueError(
                 f"gemini_rpd must be a positive integer or None, got {self.gemini_rpd}"
@@ -194,6 +201,10 @@ class EmulatorConfig:
                 return key, rule.limits
         key = f"{vendor}:{model}" if self.per_model else f"{vendor}:*"
         return key, self.openai if vendor == "openai" else self.gemini
+
+    def azure_model(self, deployment: str) -> str:
+        """The model an Azure OpenAI deployment serves: its mapping, else its own name."""
+        return dict(self.azure_deployments).get(deployment, deployment)
 
     def anthropic_limits_for(self, model: str) -> tuple[str, AnthropicLimitSpec]:
         """The pool and limits of an Anthropic model: a rule's models always share one pool.
@@ -240,6 +251,8 @@ class EmulatorConfig:
                     gemini = spec
             elif key in ("limits", "model_limits"):
                 kwargs["model_limits"] = _rules(value)
+            elif key == "azure_deployments":
+                kwargs[key] = azure_deployments(value)
             elif key in _TUPLES and value is not None:
                 kwargs[key] = tuple(value)
             elif key in known and key not in ("host", "port"):
@@ -252,6 +265,7 @@ class EmulatorConfig:
         """JSON-friendly view (limit rules rendered back to their text form)."""
         data = dataclasses.asdict(self)
         data["model_limits"] = [str(r) for r in self.model_limits]
+        data["azure_deployments"] = dict(self.azure_deployments)
         return data
 
 
@@ -265,3 +279,23 @@ def _rules(value: object) -> tuple[ModelLimit, ...]:
     if not isinstance(value, Sequence):
         raise ValueError("limits must be a list of rules like 'openai:gpt-5* tpm=30000'")
     return tuple(r if isinstance(r, ModelLimit) else parse_limit_rule(str(r)) for r in value)
+
+
+def azure_deployments(value: object) -> tuple[tuple[str, str], ...]:
+    """Accept {deployment: model}, or "deployment=model" strings, as the deployment map."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        pairs = []
+        for item in value:
+            if isinstance(item, str):
+                name, sep, model = item.partition("=")
+                if not (sep and name.strip() and model.strip()):
+                    raise ValueError(f"expected DEPLOYMENT=MODEL, got {item!r}")
+                pairs.append((name.strip(), model.strip()))
+            else:
+                name, model = item
+                pairs.append((str(name), str(model)))
+    else:
+        raise ValueError("azure_deployments: a {deployment: model} map or DEPLOYMENT=MODEL list")
+    return tuple(pairs)

@@ -20,9 +20,19 @@ from .wire import Answer, Request, json_answer
 
 __all__ = ["EmulatorCore"]
 
+# Gemini API (`/v1beta/models/M:method`) and Vertex AI, with a project and location
+# (`/v1beta1/projects/P/locations/L/publishers/google/models/M:method`) or in express mode
+# (`/v1beta1/publishers/google/models/M:method`, an API key).
 _GEMINI_PATH = re.compile(
-    r"^(?:/(?P<ver>v1|v1beta|v1alpha))?/models/(?P<model>[^/:]+):(?P<method>generateContent|"
-    r"streamGenerateContent)$"
+    r"^(?:/(?P<ver>v1|v1beta|v1alpha|v1beta1))?(?P<vertex>(?:/projects/[^/]+/locations/[^/]+)?"
+    r"/publishers/google)?/models/(?P<model>[^/:]+):(?P<method>generateContent|"
+    r"streamGenerateContent|countTokens)$"
+)
+# OpenAI (`/v1/...`) and Azure OpenAI: `/openai/deployments/D/...?api-version=`, whose
+# deployment names the model, and the deployment-less `/openai/responses`, `/openai/v1/...`.
+_OPENAI_PATH = re.compile(
+    r"^(?:/v1|/openai(?:/v1)?|/openai/deployments/(?P<deployment>[^/]+))"
+    r"/(?P<endpoint>chat/completions|responses|embeddings)$"
 )
 _RESET_FIELDS = ("window", "mode", "per_model", "model_limits", "anthropic_classes")
 _MESSAGES = "/v1/messages"
@@ -64,6 +74,8 @@ class EmulatorCore:
         self._daily = DailyQuota()
         self.cache = anthropic_api.PromptCache()
         self._in_flight = 0
+        #: The port the server bound (the HTTP side sets it; config.port may be 0).
+        self.bound_port: int | None = None
         self._server_fault = parse_fault(self.config.fault) if self.config.fault else None
 
     # --- control -----------------------------------------------------------------------------
@@ -106,10 +118,17 @@ class EmulatorCore:
     def stats(self) -> dict[str, Any]:
         """Totals per vendor and bucket, plus the configuration in force."""
         out = self.log.stats()
-        out["config"] = self.config.to_dict()
+        out["config"] = self.config_dict()
         out["in_flight"] = self._in_flight
         out["queued_faults"] = len(self.faults)
         return out
+
+    def config_dict(self) -> dict[str, Any]:
+        """The configuration in force as JSON, with the bound port rather than 0."""
+        data = self.config.to_dict()
+        if self.bound_port is not None:
+            data["port"] = self.bound_port
+        return data
 
     def admit(self, vendor: Vendor, model: str, charge: int) -> tuple[Decision, str, LimitSpec]:
         """Charge `charge` to the model's bucket if it fits (the enforcement point)."""
@@ -185,12 +204,13 @@ class EmulatorCore:
             if req.method == "GET" and name == "log":
                 return json_answer(200, [r.__dict__ for r in self.log.records()])
             if req.method == "GET" and name == "config":
-                return json_answer(200, self.config.to_dict())
+                return json_answer(200, self.config_dict())
             if req.method == "POST" and name == "reset":
                 self.reset()
                 return json_answer(200, {"ok": True})
             if req.method == "POST" and name == "config":
-                return json_answer(200, self.configure(body).to_dict())
+                self.configure(body)
+                return json_answer(200, self.config_dict())
             if req.method == "POST" and name == "faults":
                 if body.get("clear"):
                     self.faults.clear()
@@ -212,10 +232,13 @@ class EmulatorCore:
         return "openai"
 
     def _key(self, vendor: Vendor, req: Request) -> str | None:
-        if vendor == "gemini":
-            return req.headers.get("x-goog-api-key") or req.query.get("key") or None
+        if vendor == "gemini" and (req.headers.get("x-goog-api-key") or req.query.get("key")):
+            return req.headers.get("x-goog-api-key") or req.query.get("key")
         if vendor == "anthropic" and req.headers.get("x-api-key"):
             return req.headers["x-api-key"]
+        if vendor == "openai" and req.path.startswith("/openai/") and req.headers.get("api-key"):
+            return req.headers["api-key"]  # Azure's key header
+        # Vertex AI (and Azure with Entra ID) send an OAuth bearer token.
         auth = req.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         return token.strip() or None if scheme.lower() == "bearer" else None
@@ -233,7 +256,8 @@ class EmulatorCore:
         if cfg.require_key or cfg.valid_keys is not None:
             key = self._key(vendor, req)
             if key is None or (cfg.valid_keys is not None and key not in cfg.valid_keys):
-                answer = wire.auth_error(key)
+                azure = vendor == "openai" and req.path.startswith("/openai/")
+                answer = openai_api.azure_auth_error() if azure else wire.auth_error(key)
                 self._record(vendor, "", req.path, answer.status, None, "auth", fault)
                 return answer
         now = int(self.clock())
@@ -245,6 +269,9 @@ class EmulatorCore:
             return openai_api.models_answer(cfg.models, now)
         if req.method == "POST" and req.path == _COUNT_TOKENS:
             return self._count_tokens(req, fault)
+        gemini = _GEMINI_PATH.match(req.path)
+        if req.method == "POST" and gemini and gemini["method"] == "countTokens":
+            return self._gemini_count_tokens(req, gemini["model"], fault)
         try:
             call, sse = self._parse(req)
         except _BAD_REQUEST as exc:
@@ -275,6 +302,26 @@ class EmulatorCore:
         self._record("anthropic", model, req.path, answer.status, None, outcome, fault, bucket)
         return answer
 
+    def _gemini_count_tokens(self, req: Request, model: str, fault: Fault | None) -> Answer:
+        """models/M:countTokens (Gemini API and Vertex AI): free of TPM and RPM, logged.
+
+        Google limits countTokens apart from generateContent, so it is never charged to (nor
+        refused by) the model's bucket; it is logged in a bucket of its own
+        (`gemini:count_tokens`), and status/overloaded faults apply.
+        """
+        cfg = self.config
+        try:
+            call = gemini_api.parse_generate(
+                _json(req.body), model, False, cfg.reply_min_tokens, cfg.reply_max_tokens
+            )
+        except gemini_api.BadRequest as exc:
+            return gemini_api.bad_request(str(exc))
+        rejected = self._fault_answer("gemini", call, fault) if fault is not None else None
+        answer, outcome = rejected or (gemini_api.count_tokens_answer(call), "ok")
+        bucket = "gemini:count_tokens"
+        self._record("gemini", model, req.path, answer.status, None, outcome, fault, bucket)
+        return answer
+
     def _fault_for(self, req: Request) -> Fault | None:
         fault = self._server_fault
         queued = self.faults.pop()
@@ -293,9 +340,15 @@ class EmulatorCore:
             stream = m["method"] == "streamGenerateContent"
             call = gemini_api.parse_generate(payload, m["model"], stream, lo, hi)
             return call, req.query.get("alt") == "sse"
-        if req.method == "POST" and req.path == "/v1/chat/completions":
-            return openai_api.parse_chat(payload, cfg.default_max_output, lo, hi), True
-        if req.method == "POST" and req.path == "/v1/responses":
+        o = _OPENAI_PATH.match(req.path)
+        if req.method == "POST" and o:
+            if o["deployment"] and isinstance(payload, dict):
+                # Azure ignores the body's model: the deployment decides it (and the bucket).
+                payload = {**payload, "model": cfg.azure_model(o["deployment"])}
+            if o["endpoint"] == "embeddings":
+                return openai_api.parse_embeddings(payload, cfg.embedding_dimensions), False
+            if o["endpoint"] == "chat/completions":
+                return openai_api.parse_chat(payload, cfg.default_max_output, lo, hi), True
             return openai_api.parse_responses(payload, cfg.default_max_output, lo, hi), True
         if req.method == "POST" and req.path == _MESSAGES:
             return anthropic_api.parse_messages(payload, lo, hi), True
@@ -387,8 +440,13 @@ class EmulatorCore:
         else:
             headers = openai_api.ratelimit_headers(decision) if cfg.limit_headers else []
             headers.append(("x-request-id", f"req_emu{call.reply.digest}"))
-            build = openai_api.chat_answer if call.api == "chat" else openai_api.responses_answer
-            answer = build(call, created, headers, delay)
+            if call.api == "embeddings":
+                answer = openai_api.embeddings_answer(call, headers)
+            else:
+                build = (
+                    openai_api.chat_answer if call.api == "chat" else openai_api.responses_answer
+                )
+                answer = build(call, created, headers, delay)
         answer = _apply_output_faults(answer, fault, call)
         self._record(call.vendor, call.model, req.path, 200, call, "ok", fault, bucket, limits)
         return answer

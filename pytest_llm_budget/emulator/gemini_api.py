@@ -15,6 +15,7 @@ __all__ = [
     "BadRequest",
     "auth_error",
     "bad_request",
+    "count_tokens_answer",
     "daily_quota_error",
     "generate_answer",
     "models_answer",
@@ -256,6 +257,17 @@ def generate_answer(call: Call, sse: bool, delay: float = 0.0) -> Answer:
     if not sse:
         return json_answer(200, chunks)
     return sse_answer([sse_event(c) for c in chunks], delay=delay)
+
+
+def count_tokens_answer(call: Call) -> Answer:
+    """countTokens: the prompt's tokens as generateContent would report them."""
+    return json_answer(
+        200,
+        {
+            "totalTokens": call.prompt_tokens,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": call.prompt_tokens}],
+        },
+    )
 
 
 def models_answer(models: Sequence[str]) -> Answer:

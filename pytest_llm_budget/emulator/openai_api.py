@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 from .call import Call, text_chars
 from .limits import Decision
-from .synth import chars_tokens, request_digest, synthesize
+from .synth import Reply, chars_tokens, request_digest, synthesize
 from .wire import Answer, go_duration, json_answer, sse_answer, sse_event
 
 __all__ = [
     "auth_error",
+    "azure_auth_error",
     "bad_request",
     "chat_answer",
     "daily_quota_error",
+    "embeddings_answer",
     "models_answer",
     "not_found",
     "parse_chat",
+    "parse_embeddings",
     "parse_responses",
     "quota_error",
     "rate_limit_error",
@@ -74,6 +80,16 @@ def auth_error(key: str | None) -> Answer:
         " https://platform.openai.com/account/api-keys."
     )
     return _error(401, msg, "invalid_request_error", "invalid_api_key")
+
+
+def azure_auth_error() -> Answer:
+    """401 as Azure OpenAI answers a missing or wrong `api-key`."""
+    msg = (
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to"
+        " provide a valid key for an active subscription and use a correct regional API"
+        " endpoint for your resource."
+    )
+    return json_answer(401, {"error": {"code": "401", "message": msg}})
 
 
 def server_error(status: int) -> Answer:
@@ -244,6 +260,85 @@ def parse_responses(raw: Any, default_max_output: int, lo: int, hi: int) -> Call
         payload, model, "responses", [inp, payload.get("instructions")], items,
         ("max_output_tokens",), (default_max_output, lo, hi),
     )
+
+
+def _embedding_inputs(inp: object) -> list[str | list[int]]:
+    """The inputs of an embeddings request: strings and token-id arrays (400 otherwise)."""
+    if isinstance(inp, list) and inp and all(_is_id(t) for t in inp):
+        inp = [inp]
+    items = [inp] if isinstance(inp, str) else inp if isinstance(inp, list) else []
+    valid: list[str | list[int]] = []
+    for item in items:
+        if isinstance(item, str) and item:
+            valid.append(item)
+        elif isinstance(item, list) and item and all(_is_id(t) for t in item):
+            valid.append([int(t) for t in item])
+    if not items or len(valid) != len(items):
+        raise BadRequest(
+            "'$.input' is invalid. Please check the API reference:"
+            " https://platform.openai.com/docs/api-reference.",
+            "input",
+        )
+    return valid
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_embeddings(raw: Any, dimensions: int) -> Call:
+    """POST /v1/embeddings -> Call charged its input alone: ceil(chars/4) + token ids given."""
+    payload, model = _common(raw, "embeddings")
+    inputs = _embedding_inputs(payload.get("input"))
+    fmt = payload.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise BadRequest(f"Invalid 'encoding_format': {fmt!r}.", "encoding_format")
+    dims = payload.get("dimensions", dimensions)
+    if not _is_id(dims) or dims < 1:
+        raise BadRequest(f"Invalid 'dimensions': expected an integer >= 1, got {dims!r}.")
+    chars = sum(len(i) for i in inputs if isinstance(i, str))
+    tokens = chars_tokens(chars) + sum(len(i) for i in inputs if isinstance(i, list))
+    digest = request_digest(payload, "embeddings")
+    return Call(
+        vendor="openai",
+        api="embeddings",
+        model=model,
+        stream=False,
+        prompt_chars=chars,
+        prompt_tokens=tokens,
+        max_output=0,
+        charge=tokens,
+        reply=Reply(words=(), truncated=False, digest=digest.hex()[:24]),
+        payload={**payload, "input": inputs, "dimensions": dims, "encoding_format": fmt},
+    )
+
+
+def embedding_vector(model: str, item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector drawn from a hash of the model and the input: same input, same vector."""
+    seed = hashlib.sha256(f"{model}\x00{item!r}".encode()).digest()
+    raw: list[float] = []
+    block = seed
+    while len(raw) < dimensions:
+        block = hashlib.sha256(block).digest()
+        raw += [b / 127.5 - 1.0 for b in block]
+    vector = raw[:dimensions]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [round(v / norm, 6) for v in vector]
+
+
+def embeddings_answer(call: Call, headers: Sequence[tuple[str, str]]) -> Answer:
+    """The embeddings list (floats, or base64 little-endian float32 as the SDK asks by default)."""
+    payload = call.payload
+    data = []
+    for index, item in enumerate(payload["input"]):
+        vector = embedding_vector(call.model, item, payload["dimensions"])
+        encoded: object = vector
+        if payload["encoding_format"] == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    usage = {"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens}
+    body = {"object": "list", "data": data, "model": call.model, "usage": usage}
+    return json_answer(200, body, headers)
 
 
 def _usage(call: Call) -> dict[str, Any]:

@@ -168,6 +168,7 @@ class Emulator:
             daemon=True,
         )
         self._server, self._thread = server, thread
+        self.core.bound_port = int(server.server_address[1])
         thread.start()
         return self
 
@@ -179,6 +180,7 @@ class Emulator:
             server.shutdown()
             server.close_connections()
             server.server_close()
+            self.core.bound_port = None
         if thread is not None:
             thread.join(timeout=5)
         self.core.log.close()
@@ -232,6 +234,16 @@ class Emulator:
     @property
     def gemini_base_url(self) -> str:
         """What google-genai's `HttpOptions(base_url=...)` takes (the root URL)."""
+        return f"{self.url}/"
+
+    @property
+    def azure_endpoint(self) -> str:
+        """What `openai.AzureOpenAI(azure_endpoint=...)` takes: the root (the SDK adds /openai)."""
+        return self.url
+
+    @property
+    def vertex_base_url(self) -> str:
+        """What google-genai's `HttpOptions(base_url=...)` takes with `vertexai=True`."""
         return f"{self.url}/"
 
     @property

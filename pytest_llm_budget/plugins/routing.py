@@ -128,6 +128,7 @@ def llm_emulator(
         env.setenv("OPENAI_BASE_URL", emulator.openai_base_url)
         env.setenv("OPENAI_API_KEY", "sk-emulator")
         env.setenv("GOOGLE_GEMINI_BASE_URL", emulator.gemini_base_url)
+        env.setenv("GOOGLE_VERTEX_BASE_URL", emulator.vertex_base_url)
         env.setenv("GEMINI_API_KEY", "emulator-key")
         env.delenv("GOOGLE_API_KEY", raising=False)
         env.setenv("ANTHROPIC_BASE_URL", emulator.anthropic_base_url)

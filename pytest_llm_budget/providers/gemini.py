@@ -13,7 +13,8 @@ tier): waiting inside a test run cannot help. Every other 429 is RATE_LIMIT with
 delay, else the message's "Please retry in 26.5s", else Retry-After, else None (Vertex).
 Gemini's OpenAI-compatible endpoint on a Google host (`GeminiOpenAIProvider`) keeps the OpenAI
 wire format but the "gemini" vendor, since the quota it spends is Gemini's. The `gemini_client`
-fixture gets a `genai.Client` whose sync and `.aio` paths both use routed httpx2 (or httpx).
+fixture gets a `genai.Client` whose sync and `.aio` paths both use routed httpx2 (or httpx); on
+Vertex AI (`vertexai=True` or `GOOGLE_GENAI_USE_VERTEXAI`) its base URL is `GOOGLE_VERTEX_BASE_URL`.
 """
 
 from __future__ import annotations
@@ -52,10 +53,17 @@ from pytest_llm_budget.tokens.counting import TextMeasure, TokenCounter
 from pytest_llm_budget.tokens.policy import EstimatePolicy
 
 __all__ = [
-    "GeminiOpenAIProvider", "GeminiProvider", "gemini_method", "gemini_model", "genai_library",
+    "GeminiOpenAIProvider",
+    "GeminiProvider",
+    "gemini_method",
+    "gemini_model",
+    "genai_library",
 ]
 
 _GOOGLE_HOST_SUFFIX = "googleapis.com"
+_GEMINI_BASE_URL = "GOOGLE_GEMINI_BASE_URL"
+_VERTEX_BASE_URL = "GOOGLE_VERTEX_BASE_URL"
+_USE_VERTEX = "GOOGLE_GENAI_USE_VERTEXAI"
 
 _PATH = re.compile(
     r"/(?:models|tunedModels|endpoints)/(?P<model>[^/:?]+):(?P<method>[A-Za-z]+)(?:\?.*)?$"
@@ -136,7 +144,7 @@ class GeminiProvider(ProviderDefaults):
         "*-aiplatform.googleapis.com",
         "aiplatform.googleapis.com",
     )
-    base_url_env: tuple[str, ...] = ("GOOGLE_GEMINI_BASE_URL",)
+    base_url_env: tuple[str, ...] = (_GEMINI_BASE_URL, _VERTEX_BASE_URL)
     key_env: tuple[str, ...] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     placeholder_key: str | None = "llm-budget-replay-placeholder"
     secret_headers: tuple[str, ...] = ("x-goog-api-key", "authorization")
@@ -286,7 +294,9 @@ class GeminiProvider(ProviderDefaults):
             "httpx_client": routed.client(library),
             "httpx_async_client": routed.client(library, is_async=True),
         }
-        base_url = next(filter(None, (os.environ.get(v) for v in self.base_url_env)), None)
+        vertex = kwargs["vertexai"] if "vertexai" in kwargs else _env_true(_USE_VERTEX)
+        # google-genai reads GOOGLE_VERTEX_BASE_URL for Vertex AI, GOOGLE_GEMINI_BASE_URL else.
+        base_url = os.environ.get(_VERTEX_BASE_URL if vertex else _GEMINI_BASE_URL)
         if base_url and not options.base_url:
             update["base_url"] = base_url
         if "api_key" not in kwargs and not kwargs.get("vertexai"):
@@ -315,6 +325,11 @@ class GeminiOpenAIProvider(OpenAIProvider):
         """An OpenAI path on a `*.googleapis.com` host."""
         hostname = host.split(":", 1)[0].lower().rstrip(".")
         return hostname.endswith(_GOOGLE_HOST_SUFFIX) and super().handles(host, path)
+
+
+def _env_true(name: str) -> bool:
+    """A boolean environment variable as google-genai reads it ("true" / "1")."""
+    return os.environ.get(name, "").strip().lower() in ("true", "1")
 
 
 def genai_library(routed: RoutedHTTP) -> ModuleType:
