@@ -8,9 +8,10 @@ from typing import Any
 from pytest_llm_budget.limiting.buckets import BucketStats
 from pytest_llm_budget.records import CallRecord, Totals
 from pytest_llm_budget.reporting.bucket_chart import _levels, dimension_charts
-from pytest_llm_budget.reporting.chart import COLUMNS, MAX_DRAWN_CALLS, chart_points
+from pytest_llm_budget.reporting.chart import chart_points
 from pytest_llm_budget.reporting.html_report import MAX_CALL_ROWS, MAX_TEST_ROWS, render_html
 from pytest_llm_budget.reporting.report import build_report
+from pytest_llm_budget.reporting.slices import COLUMNS, MAX_DRAWN_CALLS
 
 T0 = 1_700_000_000.0
 WINDOW = 6.0

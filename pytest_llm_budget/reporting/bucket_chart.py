@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_llm_budget.limiting.buckets import UNKNOWN_TOKENS
-from pytest_llm_budget.reporting.chart import COLUMNS, MAX_DRAWN_CALLS, envelope
+from pytest_llm_budget.reporting.slices import COLUMNS, MAX_DRAWN_CALLS, envelope, slice_of
 
 __all__ = ["DIMENSION_TITLES", "dimension_charges", "dimension_charts"]
 
@@ -95,7 +95,7 @@ def _svg(
         corners = envelope(corners, start, span)
         biggest: dict[int, tuple[float, float]] = {}
         for at, charge in events:
-            column = min(COLUMNS - 1, max(0, int((at - start) / span * COLUMNS)))
+            column = slice_of(at, start, span)
             if column not in biggest or charge > biggest[column][1]:
                 biggest[column] = (at, charge)
         drawn = sorted(biggest.values())

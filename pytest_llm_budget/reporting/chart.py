@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_llm_budget.reporting.slices import COLUMNS, MAX_DRAWN_CALLS, slice_of
+
 __all__ = [
-    "COLUMNS", "CSS", "MAX_DRAWN_CALLS", "ChartPoint", "bucket_of", "chart_points", "envelope",
-    "test_id_html", "visible_sections",
+    "CSS", "ChartPoint", "bucket_of", "chart_points", "test_id_html", "visible_sections",
 ]
 
 CSS = """
@@ -31,11 +32,6 @@ svg.chart{display:block;margin:.3em 0 1em;max-width:100%;height:auto;background:
 svg.chart text{font:12px system-ui,sans-serif;fill:#444}
 svg.chart .title{font-weight:600;font-size:13px;fill:#222}
 """.strip()
-
-#: A bucket with more live calls than this gets a summarised chart (see `_summary_points`).
-MAX_DRAWN_CALLS = 1000
-#: Time slices of a summarised chart: about two pixels each.
-COLUMNS = 350
 
 _W, _H = 920, 270
 _L, _R, _T, _B = 64, 150, 30, 36  # margins: the legend sits on the right
@@ -195,7 +191,7 @@ def _svg(
         for t, delta in [*steps, (end, 0)]:
             if t > end:
                 break
-            at = _column(t, start, span)
+            at = slice_of(t, start, span)
             if at != column:
                 if column >= 0:
                     path.append(_stroke(x(start + column * span / COLUMNS), enter, low, high,
@@ -310,11 +306,6 @@ def _svg(
     return "\n".join(out)
 
 
-def _column(t: float, start: float, span: float) -> int:
-    """The time slice (0 .. COLUMNS - 1) of a moment of the run."""
-    return max(0, min(COLUMNS - 1, int((t - start) / span * COLUMNS)))
-
-
 def _stroke(
     at: float, enter: int, low: int, high: int, leave: int, y: Callable[[float], float]
 ) -> str:
@@ -322,33 +313,12 @@ def _stroke(
     return " ".join(f"L{at:.1f},{y(v):.1f}" for v in (enter, high, low, leave))
 
 
-def envelope(
-    corners: Sequence[tuple[float, float]], start: float, span: float
-) -> list[tuple[float, float]]:
-    """A line's (time, value) corners at pixel resolution: per time slice, where it enters, its
-    highest and lowest values and where it leaves, all at the slice's left edge."""
-    out: list[tuple[float, float]] = []
-    column, enter, low, high, leave = -1, 0.0, 0.0, 0.0, 0.0
-    for t, v in corners:
-        at = _column(t, start, span)
-        if at != column:
-            if column >= 0:
-                edge = start + column * span / COLUMNS
-                out += [(edge, enter), (edge, high), (edge, low), (edge, leave)]
-            column, enter, low, high = at, v, v, v
-        low, high, leave = min(low, v), max(high, v), v
-    if column >= 0:
-        edge = start + column * span / COLUMNS
-        out += [(edge, enter), (edge, high), (edge, low), (edge, leave)]
-    return out
-
-
 def _summary_points(points: Sequence[ChartPoint], start: float, span: float) -> list[ChartPoint]:
     """Per time slice: the fullest call, the longest wait, a failed call and a 429 (at most
     four a slice, so the global peak is always among them), in admission order."""
     best: dict[tuple[int, str], tuple[float, int]] = {}
     for i, p in enumerate(points):
-        at = _column(p.admitted, start, span)
+        at = slice_of(p.admitted, start, span)
         for kind, score, wanted in (
             ("full", float(p.in_window), True),
             ("wait", p.waited_s, p.waited_s > 0),
