@@ -233,6 +233,8 @@ class _FairFlock:
             fd = os.open(before, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
         except FileNotFoundError:
             return True  # its backend closed
+        except OSError:
+            return True  # another user's node (a state shared by a group): the lock still excludes
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
