@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,36 @@ class FakeClock:
 def clock() -> FakeClock:
     return FakeClock()
 
+
+
+# -- backend contract tests (test_backend_*.py, test_window_scale.py) --------------------------
+@pytest.fixture
+def new_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Open an empty backend of a kind (memory, file, file-rename, redis, redis-cluster), each on
+    its own file or key prefix; closed at teardown."""
+    from pytest_llm_budget.backends.file import FileBackend
+    from pytest_llm_budget.backends.memory import MemoryBackend
+
+    made: list[Any] = []
+
+    def open_kind(kind: str) -> Any:
+        if kind == "memory":
+            backend: Any = MemoryBackend()
+        elif kind in ("file", "file-rename"):
+            backend = FileBackend(tmp_path / "state.json", atomic_rename=kind == "file-rename")
+        elif kind in ("redis", "redis-cluster"):
+            from pytest_llm_budget.backends.redis import RedisBackend
+
+            server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+            backend = RedisBackend.from_url(server.url, prefix=f"t-{uuid.uuid4().hex[:8]}")
+        else:
+            raise ValueError(f"no backend kind {kind!r}")
+        made.append(backend)
+        return backend
+
+    yield open_kind
+    for backend in made:
+        backend.close()
 
 
 # -- routing tests (test_routing_*.py): emulator reset per test, small budgets, scripted server --

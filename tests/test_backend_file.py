@@ -13,8 +13,8 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
@@ -28,7 +28,6 @@ from pytest_llm_budget.backends.file import (
     owner_pid,
     pid_alive,
 )
-from pytest_llm_budget.backends.memory import MemoryBackend
 from pytest_llm_budget.limiting.admission import Admitted, Deferred, Limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,24 +38,10 @@ SPAN = LIMITS.span
 
 
 @pytest.fixture(params=["memory", "file", "file-rename", "redis", "redis-cluster"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, new_backend: Any) -> Backend:
     """Each backend, empty, on its own file / key prefix."""
-    b: Backend
-    if request.param == "memory":
-        b = MemoryBackend()
-    elif request.param == "file":
-        b = FileBackend(tmp_path / "state.json")
-    elif request.param == "file-rename":
-        b = FileBackend(tmp_path / "state.json", atomic_rename=True)
-    else:
-        from pytest_llm_budget.backends.redis import RedisBackend
-
-        server = request.getfixturevalue(
-            "redis_cluster" if request.param == "redis-cluster" else "redis_server"
-        )
-        b = RedisBackend.from_url(server.url, prefix=f"t-{uuid.uuid4().hex[:8]}")
-    yield b
-    b.close()
+    b: Backend = new_backend(request.param)
+    return b
 
 
 def admitted(d: object) -> Admitted:

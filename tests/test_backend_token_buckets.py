@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from hypothesis import strategies as st
 from redis_server import RedisCluster, RedisServer, redis_cluster, redis_server  # noqa: F401
 
 from pytest_llm_budget.backends.base import Backend
-from pytest_llm_budget.backends.file import FileBackend
 from pytest_llm_budget.backends.memory import MemoryBackend
 from pytest_llm_budget.limiting.admission import Admitted, Deferred
 from pytest_llm_budget.limiting.token_bucket import TokenBucketLimits
@@ -33,22 +31,10 @@ LIMITS = TokenBucketLimits(tokens=1000, window=6.0, requests=5, output=600)
 
 
 @pytest.fixture(params=["memory", "file", "redis", "redis-cluster"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, new_backend: Any) -> Backend:
     """Each backend, empty, on its own file / key prefix."""
-    b: Backend
-    if request.param == "memory":
-        b = MemoryBackend()
-    elif request.param == "file":
-        b = FileBackend(tmp_path / "state.json")
-    else:
-        from pytest_llm_budget.backends.redis import RedisBackend
-
-        server = request.getfixturevalue(
-            "redis_cluster" if request.param == "redis-cluster" else "redis_server"
-        )
-        b = RedisBackend.from_url(server.url, prefix=f"tb-{uuid.uuid4().hex[:8]}")
-    yield b
-    b.close()
+    b: Backend = new_backend(request.param)
+    return b
 
 
 def admitted(d: object) -> Admitted:

@@ -4,9 +4,8 @@ time slots), on memory, file and Redis alike, and folding admits at most one slo
 from __future__ import annotations
 
 import random
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis_server import redis_server  # noqa: F401 - fixture
@@ -24,20 +23,10 @@ B = "openai:*"
 
 
 @pytest.fixture(params=["memory", "file", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, new_backend: Any) -> Backend:
     """Each backend, empty."""
-    b: Backend
-    if request.param == "memory":
-        b = MemoryBackend()
-    elif request.param == "file":
-        b = FileBackend(tmp_path / "state.json")
-    else:
-        from pytest_llm_budget.backends.redis import RedisBackend
-
-        server = request.getfixturevalue("redis_server")
-        b = RedisBackend.from_url(server.url, prefix=f"t-{uuid.uuid4().hex[:8]}")
-    yield b
-    b.close()
+    b: Backend = new_backend(request.param)
+    return b
 
 
 def state_size(b: Backend, tmp_path: Path) -> int:
