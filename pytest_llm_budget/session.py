@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pytest_llm_budget.backends import Backend, open_backend
 from pytest_llm_budget.cost.caps import CostGuard
@@ -63,6 +63,18 @@ class BudgetSnapshot:
     stats: BucketStats
 
 
+class InFlight(Protocol):
+    """What the session needs of a call in flight (`routing.call.Call`)."""
+
+    charge: int
+    charged: int
+
+    def record(
+        self, usage: None, status: str, *, malformed: bool, error_code: str | None = None,
+        cost_usd: float | None = 0.0,
+    ) -> None: ...
+
+
 class BudgetSession:
     """Everything one pytest session (or one library user) shares: one limiter, one call log."""
 
@@ -114,7 +126,7 @@ class BudgetSession:
         self.started = time.time()
         #: Set when the run is interrupted: no new call is sent; the calls in flight end.
         self.stopping = False
-        self._in_flight = 0
+        self._flying: set[InFlight] = set()
         self._flight_lock = threading.Lock()
         WaitWatch(self).attach()
         self.limiter.limit_listeners.append(lambda event: notify(self.limit_observers, event))
@@ -158,20 +170,31 @@ class BudgetSession:
         self.calls.add(record)
         notify(self.observers, record)  # an observer's bug must not fail the test's LLM call
 
-    def call_started(self) -> None:
+    def call_started(self, call: InFlight) -> None:
         """A call was admitted: it is in flight until `call_ended`."""
         with self._flight_lock:
-            self._in_flight += 1
+            self._flying.add(call)
 
-    def call_ended(self) -> None:
+    def call_ended(self, call: InFlight) -> None:
         """An admitted call ended and was recorded."""
         with self._flight_lock:
-            self._in_flight -= 1
+            self._flying.discard(call)
 
     @property
     def calls_in_flight(self) -> int:
         """Admitted calls not yet recorded."""
-        return self._in_flight
+        return len(self._flying)
+
+    def record_unfinished(self, error_code: str) -> int:
+        """Record every call still in flight as an error with `error_code` (the run ended
+        under it: an interrupt that landed between its answer and its record, a response never
+        read); its estimate stays charged. Returns how many."""
+        with self._flight_lock:
+            calls = list(self._flying)
+        for call in calls:
+            call.charged += call.charge
+            call.record(None, "error", malformed=False, error_code=error_code, cost_usd=None)
+        return len(calls)
 
     def usage(self, test: str | None = None) -> TestUsage:
         """Live usage of a test (default: the one running)."""

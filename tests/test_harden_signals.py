@@ -97,3 +97,33 @@ def test_sigterm_handler_is_restored_after_the_session(pytester: pytest.Pytester
     finally:
         signal.signal(signal.SIGTERM, outer)
     result.assert_outcomes(passed=1)
+
+
+def test_a_call_cut_off_between_its_answer_and_its_record_is_still_reported(
+    pytester: pytest.Pytester,
+) -> None:
+    """The interrupt lands after the answer's headers came, before its body was read: the
+    admitted call is in the report (an error, LLM_RUN_INTERRUPTED), not lost."""
+    pytester.makepyfile(
+        test_cut="""
+def test_cut(openai_client):
+    manager = openai_client.chat.completions.with_streaming_response.create(
+        model="gpt-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    manager.__enter__()  # the answer's body is never read: the call is still in flight
+    raise KeyboardInterrupt
+"""
+    )
+    with Emulator() as emulator:
+        env = dict(os.environ, OPENAI_BASE_URL=emulator.openai_base_url, OPENAI_API_KEY="sk-t")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
+             "--llm-report", "r.json", "test_cut.py"],
+            cwd=pytester.path, env=env, capture_output=True, timeout=120,
+        )
+        admitted = emulator.stats()["totals"]["admitted"]
+    out = proc.stdout.decode(errors="replace")
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    report = json.loads((pytester.path / "r.json").read_text())
+    calls = [(c["test"], c["status"], c["error_code"], c["attempts"]) for c in report["calls"]]
+    assert admitted == 1
+    assert calls == [("test_cut.py::test_cut", "error", "LLM_RUN_INTERRUPTED", 1)], out

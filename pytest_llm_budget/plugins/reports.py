@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llm_budget.errors import LLMBudgetWarning
+from pytest_llm_budget.errors import LLMBudgetWarning, RunInterrupted
 from pytest_llm_budget.plugins import ci, live_hooks, session_of
 from pytest_llm_budget.reporting.report import write_report
 from pytest_llm_budget.reporting.summary import session_report, session_summary
@@ -27,9 +27,11 @@ def _warn(config: pytest.Config, message: str) -> None:
             reporter.write_line(f"pytest-llm-budget: warning: {message}")
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     budget_session = session_of(config)
+    if exitstatus == pytest.ExitCode.INTERRUPTED:  # an interrupt can land after a call's send
+        budget_session.record_unfinished(RunInterrupted.code)
     workeroutput: dict[str, Any] | None = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["llm_budget"] = json.dumps(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Call"]
 
 
-@dataclass
+@dataclass(eq=False)
 class Call:
     """One call's state: what it reserves (`charge`), its cost hold, its 429s; records itself."""
 
@@ -49,6 +49,8 @@ class Call:
     flying: bool = False
     #: Tokens the window keeps for this call's attempts (settled, released or 429'd).
     charged: int = 0
+    #: Its record was made (a call is recorded once: see `BudgetSession.record_unfinished`).
+    recorded: bool = False
 
     def timed_out(self, exc: BaseException) -> bool:
         """Whether `exc` ended the call because `--llm-call-timeout` ran out."""
@@ -87,7 +89,10 @@ class Call:
         error_code: str | None = None,
         cost_usd: float | None = 0.0,
     ) -> None:
-        """Record the call in its session, with the usage the provider reported (if any)."""
+        """Record the call in its session, with the usage the provider reported (if any), once."""
+        if self.recorded:
+            return
+        self.recorded = True
         try:
             self._record(usage, status, malformed, error_code, cost_usd)
         finally:
@@ -97,7 +102,7 @@ class Call:
         """The call is no longer in flight (recorded, or it never reached the provider)."""
         if self.flying:
             self.flying = False
-            self.session.call_ended()
+            self.session.call_ended(self)
 
     def _record(
         self,

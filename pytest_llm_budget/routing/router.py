@@ -124,7 +124,7 @@ class Gate:
             yield
             if not self.call.flying:
                 self.call.flying = True
-                session.call_started()
+                session.call_started(self.call)
         except LLMBudgetError as err:
             self.error = err
             raise
