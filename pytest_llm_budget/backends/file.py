@@ -257,7 +257,8 @@ class _FairFlock:
             self._held = -1
 
     def close(self) -> None:
-        """Close the descriptors and remove this backend's node files."""
+        """Close the descriptors, remove this backend's node files and any a dead process left
+        (one that died while others waited may not have looked dead yet when they went on)."""
         self.lock.close()
         self._queue.close()
         if self._pid == os.getpid():
@@ -265,6 +266,7 @@ class _FairFlock:
                 _unlink(name)
                 os.close(fd)
         self._nodes, self._pid = [], -1
+        self._sweep()
 
 
 #: Bytes of the queue file: one node name, padded with spaces.
