@@ -58,7 +58,7 @@ def worker(spec: str, bucket: str, ops: int, window: float, barrier: Barrier, ou
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (0..1) of values, nearest-rank."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def run(spec: str, procs: int, ops: int, window: float) -> dict[str, float]:

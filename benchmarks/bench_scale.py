@@ -32,6 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from bench_backends import pct  # noqa: E402
+
 from pytest_llm_budget.backends import open_backend  # noqa: E402
 from pytest_llm_budget.limiting.admission import Admitted, Limits  # noqa: E402
 
@@ -72,12 +74,6 @@ def state_bytes(spec: str, bucket: str) -> int:
     size = int(backend.client.strlen(backend.key(bucket)))  # type: ignore[attr-defined]
     backend.close()
     return size
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of values, nearest-rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def closed(
